@@ -1,0 +1,4 @@
+"""tdpsim: an executable, bit-accurate model of KVM's x86 TDP MMU with TDX mirror roots
+and of the TDX module's Secure-EPT."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,57 @@
+"""Scheduling points: the one place where a model thread may be preempted.
+
+Mirrors no kernel file: it marks the kernel's atomic steps (reference §7 "Atomic steps to
+model individually").  Every SPTE read, cmpxchg, xchg and freeze, every SEAMCALL / TDCALL,
+every mmu_lock / tdp_mmu_pages_lock acquire and release and every RCU read-side section
+boundary calls ``SchedPoints.point(kind, key, write)`` *before* the access happens.
+
+In sequential runs ``hook`` is None and a point costs one attribute load and a test.  The
+concurrency explorer installs a hook that switches between model threads (greenlets), and
+uses ``key``/``write`` to derive its dependency relation: two steps conflict when they touch
+the same key and at least one writes.
+
+Keys are plain tuples of ints/strings, deterministic across runs (never ``id()``):
+  ("spte", table_pfn, index)     one SPTE slot of a page-table page
+  ("lock", name)                 mmu_lock, tdp_mmu_pages_lock, ...
+  ("sept", level, gfn)           one S-EPT entry inside the TDX module
+  ("tdx", resource)              a TDX-module-wide resource (epoch, op_state, sept_tree)
+  ("rcu",)                       RCU grace-period state
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Hashable
+
+# Kinds of scheduling point.  Strings so that schedules and traces stay readable.
+SPTE_READ = "spte_read"
+SPTE_CMPXCHG = "spte_cmpxchg"
+SPTE_XCHG = "spte_xchg"
+SPTE_WRITE = "spte_write"
+LOCK_ACQUIRE = "lock_acquire"
+LOCK_WAIT = "lock_wait"
+LOCK_RELEASE = "lock_release"
+SEAMCALL = "seamcall"
+TDCALL = "tdcall"
+RCU = "rcu"
+VCPU = "vcpu"
+
+SchedHook = Callable[[str, Hashable, bool], None]
+
+
+class SchedPoints:
+    """Holder of the scheduling hook shared by every model object of one VM/TD.
+
+    ``hook(kind, key, write)`` is called before the access it names.  A hook may switch to
+    another model thread and come back later; the model re-reads whatever it needs after
+    the point, exactly as kernel code re-reads memory after a preemption.
+    """
+
+    __slots__ = ("hook",)
+
+    def __init__(self, hook: SchedHook | None = None) -> None:
+        self.hook = hook
+
+    def point(self, kind: str, key: Hashable, write: bool = False) -> None:
+        hook = self.hook
+        if hook is not None:
+            hook(kind, key, write)
