@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from . import uapi as u
-from .guest import (PAGE_2M, PAGE_4K, RET_OPCODE, GuestCode, IdentityPageTables,
-                    page_tables_needed, touch_loop_code)
+from .guest import (ACCESS_KINDS, PAGE_2M, PAGE_4K, RET_OPCODE, GuestCode,
+                    IdentityPageTables, page_tables_needed, touch_loop_code)
 
 __all__ = [
     "KvmCheckError", "KvmError", "KvmUnavailable",
@@ -218,6 +218,19 @@ class HostMemory:
             else:
                 raise ValueError(f"unknown THP split method {method!r}")
             frame += PAGE_2M
+
+    def frame_offset(self, frame: int) -> int:
+        """Offset (from ``addr``) of the start of host 2 MiB frame *frame* (0 = the frame
+        holding ``addr``), clamped to the memory."""
+        return max(0, frame * PAGE_2M - self.hva_skew % PAGE_2M)
+
+    def split_thp_frames(self, frames: Iterable[int], method: str = "dontneed") -> None:
+        """:meth:`split_thp` on whole host 2 MiB frames (indices as in :meth:`huge_frames`)."""
+        for f in frames:
+            off = self.frame_offset(f)
+            end = min(self.size, (f + 1) * PAGE_2M - self.hva_skew % PAGE_2M)
+            if end > off:
+                self.split_thp(off, end - off, method)
 
     def huge_frames(self) -> tuple[bool, ...]:
         """For each 2 MiB host frame overlapping the memory: is it mapped by a huge page?"""
@@ -787,10 +800,16 @@ class TouchGuest:
     :meth:`finalize` once all windows exist (writes page tables, sets CPUID, sregs).
     """
 
+    #: byte distance between the three loop variants inside the code page
+    CODE_STRIDE = 0x80
+
     def __init__(self, system: KvmSystem, access: str = "write", *, native: bool = True,
-                 max_window_span: int = 1 << 30, window_page_size: int = PAGE_2M):
+                 max_window_span: int = 1 << 30):
         self.system = system
-        self.code: GuestCode = touch_loop_code(access)
+        self.access = access
+        # All variants are loaded; ``access`` is only the default for touch().
+        self.codes: dict[str, GuestCode] = {a: touch_loop_code(a) for a in ACCESS_KINDS}
+        self.code: GuestCode = self.codes[access]
         self.vm = system.create_vm()
         try:
             self.vcpu = self.vm.create_vcpu(0)
@@ -798,16 +817,20 @@ class TouchGuest:
             sys_size = _round_up(PT_OFFSET + pt_pages * PAGE_4K, PAGE_2M)
             self.sys_mem = HostMemory(sys_size, thp=False)
             self.sys_mem.prefault()
-            self.vm.add_memslot(SYS_SLOT, SYS_GPA, self.sys_mem)
+            self.vm.add_memslot(SYS_SLOT, SYS_GPA, self.sys_mem, own=False)
             self.pt = IdentityPageTables(SYS_GPA + PT_OFFSET, pt_pages)
             self.pt.map(SYS_GPA, SYS_GPA + sys_size, PAGE_4K)
-            self.sys_mem.write(CODE_OFFSET, self.code.code)
+            for i, a in enumerate(ACCESS_KINDS):
+                self.sys_mem.write(CODE_OFFSET + i * self.CODE_STRIDE, self.codes[a].code)
             self.native: NativeMsrProbe | None = None
             self._want_native = native
             self._finalized = False
         except BaseException:
             self.vm.close()
             raise
+
+    def code_gpa(self, access: str) -> int:
+        return SYS_GPA + CODE_OFFSET + ACCESS_KINDS.index(access) * self.CODE_STRIDE
 
     def add_window(self, slot: int, gpa: int, memory: HostMemory, *, guest_page_size: int = PAGE_2M,
                    flags: int = 0, size: int | None = None) -> Memslot:
@@ -825,13 +848,17 @@ class TouchGuest:
             self.native = self.vcpu.probe_native_execution()
         self._finalized = True
 
-    def touch(self, start: int, count: int, stride: int = PAGE_4K) -> ExitInfo:
-        """Run the loop over ``count`` addresses from ``start`` by ``stride``; expect HLT."""
+    def touch(self, start: int, count: int, stride: int = PAGE_4K,
+              access: str | None = None) -> ExitInfo:
+        """Run the *access* loop over ``count`` addresses from ``start`` by ``stride``
+        (RIP/RDI/RCX/RDX/RSP set here); returns the HLT exit or raises GuestError."""
         if not self._finalized:
             self.finalize()
-        self.vcpu.set_regs(u.kvm_regs(rip=SYS_GPA + CODE_OFFSET, rdi=start, rcx=count,
+        access = access or self.access
+        entry = self.code_gpa(access)
+        self.vcpu.set_regs(u.kvm_regs(rip=entry, rdi=start, rcx=count,
                                       rdx=stride, rsp=SYS_GPA + STACK_TOP_OFFSET, rflags=0x2))
-        hlt_rip = SYS_GPA + CODE_OFFSET + self.code.hlt_offset
+        hlt_rip = entry + self.codes[access].hlt_offset
         while True:
             ex = self.vcpu.run()
             if ex.reason == u.KVM_EXIT_INTR:
@@ -850,7 +877,7 @@ class TouchGuest:
         return out
 
     def close(self) -> None:
-        self.vm.close()
+        self.vm.close()        # closes vCPU/VM fds first, then window memory
         self.sys_mem.close()
 
     def __enter__(self) -> "TouchGuest":

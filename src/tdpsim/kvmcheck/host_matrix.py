@@ -1,0 +1,415 @@
+"""Run a matrix of tiny guests on the host's KVM and collect KVM's own statistics.
+
+Each :class:`HostScenario` describes one guest: a test memslot ("window") with a given
+size, GPA and host-address skew, host backing (THP on/off, hugetlbfs), guest page size,
+access kind and a sequence of events (dirty logging on/off, host THP split).  The
+scenario is executed in a fresh VM as *phases*; after each phase the VM and vCPU
+statistics are sampled, so that :class:`HostResult` carries, per phase,
+
+* ``pages``: the number of leaf SPTEs of each size (``pages_4k``/``pages_2m``/``pages_1g``)
+  relative to the baseline taken after a warm-up run (code, stack and page tables are
+  faulted in by the warm-up, so the numbers describe the test window only), and
+* ``counters``: the change of every statistic during that phase (pf_fixed, exits, ...).
+
+Everything returned is a plain dataclass, so the model side can build the same
+structures and compare with ``==``.  Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Iterable, Mapping
+
+from . import uapi as u
+from .guest import PAGE_1G, PAGE_2M, PAGE_4K
+from .vm import (DEFAULT_KVM_PATH, KvmCheckError, KvmSystem, HostMemory, NativeMsrProbe,
+                 TouchGuest, fill_window, hugetlb_free_pages, kvm_vendor_modules,
+                 read_module_params)
+
+__all__ = [
+    "PageCounts", "HostScenario", "PhaseResult", "NativeExecution", "HostResult",
+    "DEFAULT_MATRIX", "run_host_scenario", "run_host_matrix", "host_facts",
+    "DIRTY_LOG_MODES", "THP_SPLIT_METHODS", "WINDOW_SLOT", "PAGE_STATS",
+]
+
+MiB = 1 << 20
+WINDOW_SLOT = 1
+DEFAULT_WINDOW_GPA = 1 << 30
+PAGE_STATS = ("pages_4k", "pages_2m", "pages_1g")
+
+#: dirty-logging timelines a scenario can ask for
+DIRTY_LOG_MODES = (
+    "off",                  # never
+    "before_touch",         # KVM_MEM_LOG_DIRTY_PAGES set when the slot is created
+    "after_mapping",        # touch -> enable logging -> write everything
+    "after_mapping_then_disable",   # ... -> disable logging -> touch everything again
+)
+THP_SPLIT_METHODS = ("dontneed", "mremap", "nohugepage")
+
+
+@dataclass(frozen=True, order=True)
+class PageCounts:
+    """Leaf SPTE counts by size (KVM VM stats pages_4k / pages_2m / pages_1g)."""
+
+    pages_4k: int = 0
+    pages_2m: int = 0
+    pages_1g: int = 0
+
+    @classmethod
+    def from_stats(cls, stats: Mapping[str, int], base: Mapping[str, int] | None = None) -> "PageCounts":
+        base = base or {}
+        return cls(*(int(stats.get(k, 0)) - int(base.get(k, 0)) for k in PAGE_STATS))
+
+    def __str__(self) -> str:
+        parts = [f"{n} x {sz}" for n, sz in ((self.pages_1g, "1G"), (self.pages_2m, "2M"),
+                                              (self.pages_4k, "4K")) if n]
+        return " + ".join(parts) or "none"
+
+
+@dataclass(frozen=True)
+class HostScenario:
+    """One guest configuration of the matrix (see module doc).
+
+    ``slot_size`` is the test memslot's size; the host memory behind it is rounded up to
+    whole 2 MiB frames (so a tail frame can be a THP on the host even when the slot ends
+    mid-frame).  ``gpa_skew``/``hva_skew`` shift the slot's GPA / host address by that
+    many bytes from 2 MiB alignment.  ``split_frames`` are host 2 MiB frame indices (as
+    in ``host_huge_frames``) split with ``thp_split`` after the first touch; empty =
+    every frame.  ``expected`` is the window's final SPTE census that the host is known
+    to produce (from earlier measurements), or None.
+    """
+
+    name: str
+    slot_size: int = 16 * MiB
+    gpa_skew: int = 0
+    hva_skew: int = 0
+    thp: bool = True
+    hugetlb: bool = False
+    guest_page_size: int = PAGE_2M
+    access: str = "write"
+    stride: int = PAGE_4K
+    dirty_log: str = "off"
+    manual_protect: bool = False
+    thp_split: str | None = None
+    split_frames: tuple[int, ...] = (0,)
+    prefault: bool = True
+    window_gpa: int = DEFAULT_WINDOW_GPA
+    expected: PageCounts | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.dirty_log not in DIRTY_LOG_MODES:
+            raise ValueError(f"dirty_log must be one of {DIRTY_LOG_MODES}")
+        if self.thp_split is not None and self.thp_split not in THP_SPLIT_METHODS:
+            raise ValueError(f"thp_split must be None or one of {THP_SPLIT_METHODS}")
+        if self.access not in ("write", "read", "exec"):
+            raise ValueError("access must be write, read or exec")
+        if self.guest_page_size not in (PAGE_4K, PAGE_2M, PAGE_1G):
+            raise ValueError("guest_page_size must be 4 KiB, 2 MiB or 1 GiB")
+        if self.window_gpa % PAGE_1G and self.guest_page_size == PAGE_1G:
+            raise ValueError("1 GiB guest pages need a 1 GiB aligned window_gpa")
+
+    @property
+    def gpa(self) -> int:
+        return self.window_gpa + self.gpa_skew
+
+    @property
+    def touches(self) -> int:
+        return self.slot_size // self.stride
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """State after one phase of a scenario."""
+
+    name: str
+    pages: PageCounts                      # window SPTEs vs. the post-warm-up baseline
+    counters: Mapping[str, int]            # change of every stat during this phase (non-zero only)
+    host_huge_frames: tuple[bool, ...]     # PAGEMAP_SCAN: host 2 MiB frame mapped huge?
+    dirty_pages: int | None = None         # set bits from KVM_GET_DIRTY_LOG, when read
+
+    def signature(self) -> tuple:
+        """The deterministic part, used to compare repeated runs."""
+        return (self.name, self.pages, self.host_huge_frames, self.dirty_pages)
+
+
+@dataclass(frozen=True)
+class NativeExecution:
+    """Did the undocumented native-execution MSR (0x4b564d10, bit 0) take effect?
+
+    ``took_effect`` is measured, not inferred from the MSR: the warm-up run created
+    SPTEs (an emulating vCPU creates none) and emulated fewer instructions than the
+    loop has.
+    """
+
+    msr: int
+    requested: bool
+    accepted: bool
+    readback: int | None
+    listed_in_msr_index_list: bool
+    took_effect: bool
+    warmup_insn_emulation: int
+    warmup_sptes: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class HostResult:
+    scenario: HostScenario
+    skipped: str | None = None
+    phases: tuple[PhaseResult, ...] = ()
+    stat_deltas: Mapping[str, int] = field(default_factory=dict)   # baseline -> end, non-zero
+    native: NativeExecution | None = None
+    kvm_params: Mapping[str, str] = field(default_factory=dict)
+    vendor_modules: tuple[str, ...] = ()
+    kernel_release: str = ""
+    repeats: int = 1
+    repeatable: bool | None = None
+    repeat_mismatches: tuple[str, ...] = ()
+
+    @property
+    def final(self) -> PageCounts | None:
+        return self.phases[-1].pages if self.phases else None
+
+    @property
+    def pages_4k(self) -> int | None:
+        return self.final.pages_4k if self.final else None
+
+    @property
+    def pages_2m(self) -> int | None:
+        return self.final.pages_2m if self.final else None
+
+    @property
+    def pages_1g(self) -> int | None:
+        return self.final.pages_1g if self.final else None
+
+    def phase(self, name: str) -> PhaseResult:
+        for p in self.phases:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    @property
+    def matches_expected(self) -> bool | None:
+        if self.skipped or self.scenario.expected is None:
+            return None
+        return self.final == self.scenario.expected
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------
+# the matrix
+# --------------------------------------------------------------------------------------
+_K4 = PAGE_4K
+DEFAULT_MATRIX: tuple[HostScenario, ...] = (
+    # --- the seven rows observed when this host was first probed -----------------------
+    HostScenario("aligned", expected=PageCounts(0, 8, 0),
+                 description="16 MiB slot, GPA and host address 2 MiB aligned, THP, 2M guest pages"),
+    HostScenario("gpa-skew-4k", gpa_skew=_K4, expected=PageCounts(4096, 0, 0),
+                 description="slot GPA +4 KiB: GPA and host address disagree mod 2 MiB"),
+    HostScenario("hva-skew-4k", hva_skew=_K4, expected=PageCounts(4096, 0, 0),
+                 description="host address +4 KiB: GPA and host address disagree mod 2 MiB"),
+    HostScenario("both-skew-4k", gpa_skew=_K4, hva_skew=_K4, expected=PageCounts(512, 7, 0),
+                 description="GPA and host address both +4 KiB: 7 whole frames + partial head/tail"),
+    HostScenario("dirty-log-before-touch", dirty_log="before_touch", expected=PageCounts(4096, 0, 0),
+                 description="KVM_MEM_LOG_DIRTY_PAGES set before the first touch"),
+    HostScenario("thp-off", thp=False, expected=PageCounts(4096, 0, 0),
+                 description="host memory MADV_NOHUGEPAGE"),
+    HostScenario("guest-4k", guest_page_size=PAGE_4K, expected=PageCounts(4096, 0, 0),
+                 description="guest maps the window with 4 KiB pages"),
+    # --- further rows ------------------------------------------------------------------
+    HostScenario("read", access="read", expected=PageCounts(0, 8, 0),
+                 description="aligned, the loop reads every page"),
+    HostScenario("exec", access="exec", expected=PageCounts(0, 8, 0),
+                 description="aligned, window filled with ret, the loop calls every page"),
+    HostScenario("tail-frame", slot_size=17 * MiB, expected=PageCounts(256, 8, 0),
+                 description="17 MiB slot: the last 2 MiB frame is only half in the slot "
+                             "(host THP still covers it)"),
+    HostScenario("dirty-log-after-mapping", dirty_log="after_mapping", expected=PageCounts(4096, 0, 0),
+                 description="touch (2M SPTEs), enable dirty logging, write every page"),
+    HostScenario("dirty-log-disable-again", dirty_log="after_mapping_then_disable",
+                 expected=PageCounts(0, 8, 0),
+                 description="... then disable dirty logging and touch every page again"),
+    HostScenario("dirty-log-manual-protect", dirty_log="after_mapping", manual_protect=True,
+                 expected=PageCounts(4096, 0, 0),
+                 description="as dirty-log-after-mapping with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2; "
+                             "then KVM_CLEAR_DIRTY_LOG and write again"),
+    HostScenario("thp-split-dontneed", thp_split="dontneed", split_frames=(0,),
+                 expected=PageCounts(512, 7, 0),
+                 description="touch, then MADV_DONTNEED 4 KiB of host frame 0 (PMD split), touch again"),
+    HostScenario("thp-split-mremap", thp_split="mremap", split_frames=(3,),
+                 expected=PageCounts(512, 7, 0),
+                 description="touch, then mremap 4 KiB of host frame 3 away and back, touch again"),
+    HostScenario("thp-nohugepage-after-mapping", thp_split="nohugepage", split_frames=(),
+                 expected=PageCounts(0, 8, 0),
+                 description="touch, then MADV_NOHUGEPAGE the whole window (does not split "
+                             "existing THPs), touch again"),
+    HostScenario("hugetlb-2m", hugetlb=True, expected=PageCounts(0, 8, 0),
+                 description="hugetlbfs 2 MiB pages (MAP_HUGETLB); needs a non-empty pool"),
+)
+
+
+# --------------------------------------------------------------------------------------
+# running
+# --------------------------------------------------------------------------------------
+def host_facts() -> dict:
+    """Kernel release, KVM vendor modules and /sys/module/kvm*/parameters."""
+    params = read_module_params("kvm")
+    mods = kvm_vendor_modules()
+    for m in mods:
+        for k, v in read_module_params(m).items():
+            params[f"{m}.{k}"] = v
+    return {"kernel_release": os.uname().release, "vendor_modules": tuple(mods),
+            "kvm_params": params}
+
+
+def _skip_reason(s: HostScenario) -> str | None:
+    if s.hugetlb:
+        need = -(-(s.hva_skew + s.slot_size) // PAGE_2M)
+        free = hugetlb_free_pages(2048)
+        if free < need:
+            return (f"hugetlb pool has {free} free 2 MiB pages, scenario needs {need} "
+                    f"(raise /proc/sys/vm/nr_hugepages to run it)")
+    return None
+
+
+def _diff(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]:
+    out = {}
+    for k, v in after.items():
+        d = v - before.get(k, 0)
+        if d:
+            out[k] = d
+    return out
+
+
+#: instructions the warm-up run executes (push, pop, test, jz, hlt): an emulating vCPU
+#: reports all of them in insn_emulation; a native one only the hlt.
+_WARMUP_INSNS = 5
+
+
+def _popcount(bitmap: bytes) -> int:
+    return sum(bin(b).count("1") for b in bitmap)
+
+
+def _run_once(s: HostScenario, kvm_path: str, native: bool) -> tuple[tuple[PhaseResult, ...], dict, NativeExecution]:
+    with KvmSystem(kvm_path) as kvm, TouchGuest(kvm, s.access, native=native,
+                                                max_window_span=s.slot_size + s.gpa_skew) as g:
+        mem = HostMemory(s.slot_size, hva_skew=s.hva_skew, thp=None if s.hugetlb else s.thp,
+                         hugetlb=s.hugetlb)
+        try:
+            if s.prefault:
+                fill_window(mem, s.access)
+            if s.manual_protect:
+                g.vm.enable_manual_dirty_log_protect(initially_set=False)
+            flags = u.KVM_MEM_LOG_DIRTY_PAGES if s.dirty_log == "before_touch" else 0
+            g.add_window(WINDOW_SLOT, s.gpa, mem, guest_page_size=s.guest_page_size, flags=flags)
+            g.finalize()
+
+            # warm-up: faults in code, stack and page tables, touches nothing in the window
+            pre = g.stats()
+            g.touch(s.gpa, 0)
+            base = g.stats()
+            warm = _diff(base, pre)
+            sptes = sum(base.get(k, 0) for k in PAGE_STATS)
+            probe: NativeMsrProbe | None = g.native
+            nat = NativeExecution(
+                msr=probe.msr if probe else 0x4B564D10, requested=native,
+                accepted=bool(probe and probe.accepted), readback=probe.readback if probe else None,
+                listed_in_msr_index_list=bool(probe and probe.listed),
+                took_effect=sptes > 0 and warm.get("insn_emulation", 0) < _WARMUP_INSNS,
+                warmup_insn_emulation=warm.get("insn_emulation", 0), warmup_sptes=sptes,
+                error=probe.error if probe else None)
+
+            phases: list[PhaseResult] = []
+            last = base
+
+            def phase(name: str, dirty: int | None = None) -> None:
+                nonlocal last
+                now = g.stats()
+                phases.append(PhaseResult(name, PageCounts.from_stats(now, base), _diff(now, last),
+                                          mem.huge_frames(), dirty))
+                last = now
+
+            def touch(access: str | None = None) -> None:
+                g.touch(s.gpa, s.touches, s.stride, access)
+
+            touch()
+            phase("touch")
+
+            if s.dirty_log in ("after_mapping", "after_mapping_then_disable"):
+                g.vm.set_dirty_logging(WINDOW_SLOT, True)
+                phase("dirty_log_on")
+                touch("write")
+                phase("write_logged", _popcount(g.vm.get_dirty_log(WINDOW_SLOT)))
+                if s.manual_protect:
+                    g.vm.clear_dirty_log(WINDOW_SLOT)
+                    phase("clear_dirty_log")
+                    touch("write")
+                    phase("write_after_clear", _popcount(g.vm.get_dirty_log(WINDOW_SLOT)))
+                if s.dirty_log == "after_mapping_then_disable":
+                    g.vm.set_dirty_logging(WINDOW_SLOT, False)
+                    phase("dirty_log_off")
+                    touch()
+                    phase("touch_again")
+            elif s.dirty_log == "before_touch":
+                phases[-1] = replace(phases[-1], dirty_pages=_popcount(g.vm.get_dirty_log(WINDOW_SLOT)))
+
+            if s.thp_split:
+                frames = s.split_frames or tuple(range(len(mem.huge_frames())))
+                mem.split_thp_frames(frames, s.thp_split)
+                phase(f"thp_split_{s.thp_split}")
+                touch()
+                phase("touch_again")
+
+            stat_deltas = _diff(g.stats(), base)
+            return tuple(phases), stat_deltas, nat
+        finally:
+            # the VM must drop its memslot before the memory goes away
+            g.vm.close()
+            mem.close()
+
+
+def run_host_scenario(s: HostScenario, *, repeats: int = 2, kvm_path: str = DEFAULT_KVM_PATH,
+                      native: bool = True, facts: dict | None = None) -> HostResult:
+    """Run *s* ``repeats`` times in fresh VMs; the first run is reported, the others
+    are compared with it (``repeatable``/``repeat_mismatches``).
+
+    Raises :class:`~tdpsim.kvmcheck.vm.KvmUnavailable` when /dev/kvm cannot be used and
+    :class:`~tdpsim.kvmcheck.vm.KvmError` / ``GuestError`` on unexpected failures.
+    A scenario whose prerequisites are missing (hugetlb pool) is returned with
+    ``skipped`` set instead.
+    """
+    facts = facts if facts is not None else host_facts()
+    common = dict(kvm_params=facts["kvm_params"], vendor_modules=facts["vendor_modules"],
+                  kernel_release=facts["kernel_release"])
+    reason = _skip_reason(s)
+    if reason:
+        return HostResult(s, skipped=reason, **common)
+    phases, deltas, nat = _run_once(s, kvm_path, native)
+    mismatches: list[str] = []
+    for i in range(1, repeats):
+        p2, _, nat2 = _run_once(s, kvm_path, native)
+        sig1 = [p.signature() for p in phases]
+        sig2 = [p.signature() for p in p2]
+        if sig1 != sig2:
+            for a, b in zip(sig1, sig2):
+                if a != b:
+                    mismatches.append(f"run {i + 1} phase {a[0]}: {b[1:]} != {a[1:]}")
+            if len(sig1) != len(sig2):
+                mismatches.append(f"run {i + 1}: {len(sig2)} phases != {len(sig1)}")
+        if nat2.took_effect != nat.took_effect:
+            mismatches.append(f"run {i + 1}: native took_effect={nat2.took_effect}")
+    return HostResult(s, phases=phases, stat_deltas=deltas, native=nat, repeats=repeats,
+                      repeatable=(not mismatches) if repeats > 1 else None,
+                      repeat_mismatches=tuple(mismatches), **common)
+
+
+def run_host_matrix(matrix: Iterable[HostScenario] = DEFAULT_MATRIX, *, repeats: int = 2,
+                    kvm_path: str = DEFAULT_KVM_PATH, native: bool = True) -> list[HostResult]:
+    """:func:`run_host_scenario` for every row (host facts read once)."""
+    facts = host_facts()
+    return [run_host_scenario(s, repeats=repeats, kvm_path=kvm_path, native=native, facts=facts)
+            for s in matrix]
