@@ -1,0 +1,633 @@
+"""Streaming parser for ``trace-cmd report`` output and raw ftrace text.
+
+Accepted line layouts (one event per line)::
+
+    <comm>-<pid> [(<tgid>)] [<cpu>] [<irq-flags>] <timestamp>: <event>: <text>
+
+which covers ``/sys/kernel/tracing/trace`` and ``trace_pipe`` (with or without the
+``# tracer:`` header block, with or without the irq-info column ``d..1.`` and the
+``record-tgid`` column) and ``trace-cmd report`` (with or without ``-l`` latency flags).
+Comments (``#``), blank lines, ``cpus=N``/``version = N`` and other non-event lines are
+counted and skipped; events of other systems are counted and skipped without being parsed;
+``CPU:N [LOST M EVENTS]`` / ``CPU N [LOST M EVENTS]`` lines are counted in
+:attr:`TraceStats.lost_events`.
+
+A line whose event name is one of ours but whose header or text does not parse raises
+:class:`TraceParseError` (file, line number, line text, failing field), or with
+``skip_bad=True`` is counted and skipped.
+
+Limitation: a task name (comm) that itself contains a digit followed by ``": "`` cannot be
+told apart from the timestamp; such lines are counted as non-event lines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from .formats import format_pferr_flags
+from .records import (
+    EVENT_CLASSES,
+    CheckMmioSpte,
+    FastPageFault,
+    HandleMmioPageFault,
+    KvmEntry,
+    KvmExit,
+    KvmMmuGetPage,
+    KvmMmuPrepareZapPage,
+    KvmMmuSetSpte,
+    KvmMmuSplitHugePage,
+    KvmMmuSpteRequested,
+    KvmMmuSyncPage,
+    KvmMmuUnsyncPage,
+    KvmMmuZapAllFast,
+    KvmPageFault,
+    KvmTdpMmuSpteChanged,
+    MarkMmioSpte,
+    TraceRecord,
+)
+
+__all__ = [
+    "TraceParseError",
+    "TraceStats",
+    "BadLine",
+    "TraceParser",
+    "parse_trace",
+    "parse_line",
+    "SUPPORTED_EVENTS",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Errors and statistics
+# ---------------------------------------------------------------------------------------
+
+
+class TraceParseError(ValueError):
+    """A line that names one of our events does not parse."""
+
+    def __init__(self, filename: str, lineno: int, line: str, field: str, reason: str,
+                 event: str | None = None) -> None:
+        self.filename = filename
+        self.lineno = lineno
+        self.line = line
+        self.field = field
+        self.reason = reason
+        self.event = event
+        ev = f" {event}" if event else ""
+        super().__init__(
+            f"{filename}:{lineno}: bad{ev} line: field '{field}': {reason}: {line!r}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """One example of a skipped bad line (``skip_bad=True``)."""
+
+    filename: str
+    lineno: int
+    line: str
+    field: str
+    reason: str
+
+
+@dataclass(slots=True)
+class TraceStats:
+    """Counters filled while a :class:`TraceParser` is iterated."""
+
+    lines: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+    skipped_other: int = 0
+    skipped_comments: int = 0
+    lost_events: int = 0
+    bad_lines: int = 0
+    bad_examples: list[BadLine] = field(default_factory=list)
+
+    @property
+    def parsed(self) -> int:
+        return sum(self.events.values())
+
+
+class _FieldError(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(field, reason)
+        self.field = field
+        self.reason = reason
+
+
+# ---------------------------------------------------------------------------------------
+# Field kinds: regex + converter
+# ---------------------------------------------------------------------------------------
+
+_U32 = 0xFFFF_FFFF
+
+
+def _hex(s: str) -> int:
+    return int(s, 16)
+
+
+def _dec(limit: int) -> Callable[[str], int]:
+    def conv(s: str) -> int:
+        v = int(s)
+        if v > limit:
+            raise ValueError(f"{s} exceeds {limit}")
+        return v
+    return conv
+
+
+def _s32(s: str) -> int:
+    v = int(s)
+    if not -(1 << 31) <= v < (1 << 31):
+        raise ValueError(f"{s} is not a 32-bit int")
+    return v
+
+
+def _ptr(s: str) -> int:
+    if s[0] == "(":
+        return 0
+    return int(s, 16)
+
+
+def _num(limit: int) -> Callable[[str], int]:
+    def conv(s: str) -> int:
+        v = int(s, 0)
+        if v > limit:
+            raise ValueError(f"{s} exceeds {limit}")
+        return v
+    return conv
+
+
+def _pferr(s: str) -> int:
+    value = 0
+    for tok in s.split("|") if s else ():
+        if tok.startswith("0x"):
+            value |= int(tok, 16)
+        else:
+            value |= {"P": 1, "W": 2, "U": 4, "RSVD": 8, "F": 16}[tok]
+    if value > _U32 or format_pferr_flags(value) != s:
+        raise ValueError(f"{s!r} is not a canonical __print_flags() string")
+    return value
+
+
+_ACCESS = {a: i for i, a in enumerate(("---", "--x", "w--", "w-x", "-u-", "-ux", "wu-", "wux"))}
+_HEX64 = r"0|[1-9a-f][0-9a-f]{0,15}"
+_HEX32 = r"0|[1-9a-f][0-9a-f]{0,7}"
+
+_KINDS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "x": (_HEX64, _hex),                       # %llx / %lx (64-bit)
+    "x32": (_HEX32, _hex),                     # %x of a 32-bit value
+    "x16": (r"[0-9a-f]{16}", _hex),            # %016llx
+    "x08": (r"[0-9a-f]{8}", _hex),             # %08x
+    "xpfx": (r"0x(?:" + _HEX64 + r")|0", _hex),  # %#llx (kernel "0x0"; glibc "0")
+    "ptr": (r"[0-9a-f]{1,16}|0x[0-9a-f]{1,16}|\(nil\)|\(null\)", _ptr),
+    "u2": (r"[0-3]", int),
+    "u4": (r"1[0-5]|[0-9]", int),
+    "u8": (r"0|[1-9][0-9]{0,2}", _dec(0xFF)),
+    "u32": (r"0|[1-9][0-9]{0,9}", _dec(_U32)),
+    "d32": (r"0|-?[1-9][0-9]{0,9}", _s32),
+    "b01": (r"[01]", lambda s: s == "1"),
+    "r": (r"[r-]", lambda s: s == "r"),
+    "w": (r"[w-]", lambda s: s == "w"),
+    "xf": (r"[x-]", lambda s: s == "x"),
+    "u": (r"[u-]?", lambda s: -1 if not s else (1 if s == "u" else 0)),
+    "direct": (r"(?: direct)?", bool),
+    "invalid": (r"(?: invalid)?", bool),
+    "smep": (r"(?: smep)?", bool),
+    "smap": (r"(?: smap)?", bool),
+    "smm": (r"(?: smm)?", bool),
+    "access": (r"---|--x|w--|w-x|-u-|-ux|wu-|wux", _ACCESS.__getitem__),
+    "bang": (r"!?", lambda s: s == "!"),
+    "gpte": (r"[48]", int),
+    "sync": (r"sync|unsync", lambda s: s == "unsync"),
+    "created": (r"new|existing", lambda s: s == "new"),
+    "reason": (r"\S+(?: \S+)*?", str),
+    "sym": (r"(?: \S+)?", lambda s: s[1:] if s else None),
+    "imm": (r"(?:\[immediate exit\])?", bool),
+    "pferr": (r"(?:(?:P|W|U|RSVD|F|0x[0-9a-f]{1,8})(?:\|(?:P|W|U|RSVD|F|0x[0-9a-f]{1,8}))*)?", _pferr),
+    "n8": (r"0x[0-9a-f]{1,16}|0|[1-9][0-9]{0,19}", _num(0xFF)),
+    "n32": (r"0x[0-9a-f]{1,16}|0|[1-9][0-9]{0,19}", _num(_U32)),
+    "n64": (r"0x[0-9a-f]{1,16}|0|[1-9][0-9]{0,19}", _num((1 << 64) - 1)),
+    "nb": (r"0x[0-9a-f]{1,16}|0|[1-9][0-9]{0,19}", _num(1)),
+}
+
+_FIELD_RE = re.compile(r"\{(\w+):(\w+)\}")
+
+
+class _Template:
+    """A TP_printk-like template: literal text with ``{name:kind}`` fields."""
+
+    __slots__ = ("text", "style", "tokens", "regex", "convs", "names", "assemble", "_prefixes")
+
+    def __init__(self, text: str, style: str, assemble: Callable[[list[Any]], tuple[Any, ...]]) -> None:
+        self.text = text
+        self.style = style
+        self.assemble = assemble
+        tokens: list[tuple[str, str | None]] = []  # (literal, None) or (name, kind)
+        pos = 0
+        for m in _FIELD_RE.finditer(text):
+            if m.start() > pos:
+                tokens.append((text[pos:m.start()], None))
+            tokens.append((m.group(1), m.group(2)))
+            pos = m.end()
+        if pos < len(text):
+            tokens.append((text[pos:], None))
+        self.tokens = tokens
+        self.regex = re.compile(self._pattern(tokens), re.ASCII)
+        self.convs = [_KINDS[k][1] for _, k in tokens if k is not None]
+        self.names = [n for n, k in tokens if k is not None]
+        self._prefixes: list[re.Pattern[str]] | None = None
+
+    @staticmethod
+    def _pattern(tokens: Sequence[tuple[str, str | None]]) -> str:
+        out = []
+        for t, k in tokens:
+            out.append(re.escape(t) if k is None else "(" + _KINDS[k][0] + ")")
+        return "".join(out)
+
+    def convert(self, m: re.Match[str]) -> list[Any]:
+        vals: list[Any] = []
+        try:
+            for conv, g in zip(self.convs, m.groups()):
+                vals.append(conv(g))
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise _FieldError(self.names[len(vals)], f"bad value: {exc}") from None
+        return vals
+
+    def diagnose(self, body: str) -> tuple[int, str, str]:
+        """(progress, field, reason) for a body that does not match."""
+        if self._prefixes is None:
+            self._prefixes = [
+                re.compile(self._pattern(self.tokens[: i + 1]), re.ASCII)
+                for i in range(len(self.tokens))
+            ]
+        names = [n for n, k in self.tokens if k is not None]
+        last_field = names[0] if names else "text"
+        for i, rx in enumerate(self._prefixes):
+            tok, kind = self.tokens[i]
+            if rx.match(body) is None:
+                if kind is not None:
+                    return i, tok, f"expected {kind} value (format {self.text!r})"
+                nxt = next((n for n, k in self.tokens[i:] if k is not None), last_field)
+                return i, nxt, f"expected {tok!r} (format {self.text!r})"
+            if kind is not None:
+                last_field = tok
+        return len(self.tokens), last_field, f"unexpected trailing text (format {self.text!r})"
+
+
+# ---------------------------------------------------------------------------------------
+# Event table
+# ---------------------------------------------------------------------------------------
+
+
+def _same(style: str | None = None) -> Callable[[list[Any]], tuple[Any, ...]]:
+    if style is None:
+        return tuple  # type: ignore[return-value]
+    return lambda v: (*v, style)
+
+
+def _page_kernel(v: list[Any]) -> tuple[Any, ...]:
+    gen, gfn, level, gpte, quad, direct, access, invalid, nonx, noad, root, unsync = v[:12]
+    role = (level | (gpte == 4) << 4 | quad << 5 | direct << 7 | access << 8 | invalid << 11
+            | (not nonx) << 12 | noad << 16)
+    out = (gen, gfn, role, root, unsync, "kernel")
+    return out + (v[12],) if len(v) > 12 else out
+
+
+def _page_plugin(v: list[Any], has_gfn: bool) -> tuple[Any, ...]:
+    created = gfn = None
+    if has_gfn:
+        created, gfn = v[0], v[1]
+        v = v[2:]
+    level, quad, direct, access, invalid, nopae, nonx, nowp, smep, smap, smm, root, unsync = v
+    role = (level | (not nopae) << 4 | quad << 5 | direct << 7 | access << 8 | invalid << 11
+            | (not nonx) << 12 | (not nowp) << 13 | smep << 14 | smap << 15 | smm << 24)
+    out = (None, gfn, role, root, unsync, "plugin")
+    return out + (created,) if has_gfn else out
+
+
+def _page_raw(v: list[Any]) -> tuple[Any, ...]:
+    gen, gfn, role, root, unsync = v[:5]
+    out = (gen, gfn, role, root, bool(unsync), "raw")
+    return out + (bool(v[5]),) if len(v) > 5 else out
+
+
+def _set_spte(v: list[Any]) -> tuple[Any, ...]:
+    gfn, spte, r, w, x, u, level, sptep = v
+    if w != bool(spte & 2):
+        raise _FieldError("w", "writable flag disagrees with spte bit 1 (PT_WRITABLE_MASK)")
+    return (gfn, spte, level, sptep, r, w, x, u)
+
+
+def _fast_pf(v: list[Any]) -> tuple[Any, ...]:
+    if v[6] and v[7]:
+        raise _FieldError("fixed", "spurious and fixed cannot both be 1")
+    return tuple(v)
+
+
+def _check_mmio(v: list[Any]) -> tuple[Any, ...]:
+    spte, kvm_gen, spte_gen, valid = v
+    if valid != (kvm_gen == spte_gen):
+        raise _FieldError("valid", "valid must equal (kvm_gen == spte_gen)")
+    return (spte, kvm_gen, spte_gen)
+
+
+def _entry_kernel(v: list[Any]) -> tuple[Any, ...]:
+    return (v[0], v[1], v[2], None, "kernel")
+
+
+def _entry_plugin(v: list[Any]) -> tuple[Any, ...]:
+    return (v[0], v[1], False, v[2], "plugin")
+
+
+def _exit_kernel(v: list[Any]) -> tuple[Any, ...]:
+    return (*v, None, "kernel")
+
+
+def _exit_plugin(v: list[Any]) -> tuple[Any, ...]:
+    reason, rip, sym, info1, info2 = v
+    return (None, reason, rip, info1, info2, None, None, sym, "plugin")
+
+
+_PAGE_K = ("sp gen {gen:u8} gfn {gfn:x} l{level:u4} {gpte_bytes:gpte}-byte q{quadrant:u2}"
+           "{direct:direct} {access:access}{invalid:invalid} {nxe:bang}nxe {ad:bang}ad "
+           "root {root_count:u32} {unsync:sync}")
+_PAGE_P = ("{level:u4} q{quadrant:u2}{direct:direct} {access:access}{invalid:invalid} "
+           "{pae:bang}pae {nxe:bang}nxe {wp:bang}wp{smep:smep}{smap:smap}{smm:smm} "
+           "root {root_count:u32} {unsync:sync}")
+_PAGE_R = ("[FAILED TO PARSE] mmu_valid_gen={mmu_valid_gen:n8} gfn={gfn:n64} role={role:n32} "
+           "root_count={root_count:n32} unsync={unsync:nb}")
+
+
+def _page_templates(get_page: bool) -> list[_Template]:
+    if get_page:
+        return [
+            _Template(_PAGE_K + " {created:created}", "kernel", _page_kernel),
+            _Template("{created:created} sp gfn {gfn:x} " + _PAGE_P, "plugin",
+                      lambda v: _page_plugin(v, True)),
+            _Template(_PAGE_R + " created={created:nb}", "raw", _page_raw),
+        ]
+    return [
+        _Template(_PAGE_K, "kernel", _page_kernel),
+        _Template(_PAGE_P, "plugin", lambda v: _page_plugin(v, False)),
+        _Template(_PAGE_R, "raw", _page_raw),
+    ]
+
+
+_TEMPLATES: dict[type[TraceRecord], list[_Template]] = {
+    KvmPageFault: [
+        _Template("vcpu {vcpu_id:u32} rip 0x{guest_rip:x} address 0x{fault_address:x16} "
+                  "error_code 0x{error_code:x}", "kernel", _same("kernel")),
+        _Template("vcpu {vcpu_id:u32} rip 0x{guest_rip:x} address 0x{fault_address:x} "
+                  "error_code {error_code:x32}", "v2", _same("v2")),
+        _Template("address {fault_address:x} error_code {error_code:x32}", "v1",
+                  lambda v: (None, None, v[0], v[1], "v1")),
+    ],
+    KvmEntry: [
+        _Template("vcpu {vcpu_id:u32}, rip 0x{rip:x}{immediate_exit:imm}", "kernel", _entry_kernel),
+        _Template("vcpu {vcpu_id:u32} rip 0x{rip:x}{rip_sym:sym}", "plugin", _entry_plugin),
+    ],
+    KvmExit: [
+        _Template("vcpu {vcpu_id:u32} reason {exit_reason:reason} rip 0x{guest_rip:x} "
+                  "info1 0x{info1:x16} info2 0x{info2:x16} intr_info 0x{intr_info:x08} "
+                  "error_code 0x{error_code:x08}", "kernel", _exit_kernel),
+        _Template("reason {exit_reason:reason} rip 0x{guest_rip:x}{rip_sym:sym} "
+                  "info {info1:x} {info2:x}", "plugin", _exit_plugin),
+    ],
+    KvmMmuSpteRequested: [
+        _Template("gfn {gfn:x} pfn {pfn:x} level {level:u8}", "kernel", _same()),
+    ],
+    KvmMmuSetSpte: [
+        _Template("gfn {gfn:x} spte {spte:x} ({r:r}{w:w}{x:xf}{u:u}) level {level:u8} "
+                  "at {sptep:x}", "kernel", _set_spte),
+    ],
+    KvmTdpMmuSpteChanged: [
+        _Template("as id {as_id:u8} gfn {gfn:x} level {level:u8} old_spte {old_spte:x} "
+                  "new_spte {new_spte:x}", "kernel", _same()),
+    ],
+    KvmMmuSplitHugePage: [
+        _Template("gfn {gfn:x} spte {spte:x} level {level:d32} errno {errno:d32}", "kernel", _same()),
+    ],
+    KvmMmuGetPage: _page_templates(True),
+    KvmMmuPrepareZapPage: _page_templates(False),
+    KvmMmuSyncPage: _page_templates(False),
+    KvmMmuUnsyncPage: _page_templates(False),
+    FastPageFault: [
+        _Template("vcpu {vcpu_id:d32} gva {cr2_or_gpa:x} error_code {error_code:pferr} "
+                  "sptep {sptep:ptr} old {old_spte:xpfx} new {new_spte:x} "
+                  "spurious {spurious:b01} fixed {fixed:b01}", "kernel", _fast_pf),
+    ],
+    MarkMmioSpte: [
+        _Template("sptep:{sptep:ptr} gfn {gfn:x} access {access:x32} gen {gen:x32}", "kernel", _same()),
+    ],
+    HandleMmioPageFault: [
+        _Template("addr:{addr:x} gfn {gfn:x} access {access:x32}", "kernel", _same()),
+    ],
+    CheckMmioSpte: [
+        _Template("spte {spte:x} kvm_gen {kvm_gen:x32} spte-gen {spte_gen:x32} valid {valid:b01}",
+                  "kernel", _check_mmio),
+    ],
+    KvmMmuZapAllFast: [
+        _Template("kvm-mmu-valid-gen {mmu_valid_gen:u8} used_pages {mmu_used_pages:x32}",
+                  "kernel", _same()),
+    ],
+}
+
+#: Names of the events this parser decodes.
+SUPPORTED_EVENTS: frozenset[str] = frozenset(EVENT_CLASSES)
+
+
+def _make_builder(cls: type[TraceRecord]) -> Callable[..., TraceRecord]:
+    """A fast positional constructor for a frozen slotted dataclass (bypasses the
+    generated ``__init__``, which costs one ``object.__setattr__`` call per field; the
+    result is indistinguishable from a normally constructed instance)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    setters = [getattr(cls, n).__set__ for n in names]
+    params = ", ".join(names)
+    src = [f"def factory(_new, _cls, {', '.join('_s_' + n for n in names)}):",
+           f" def build({params}):",
+           "  o = _new(_cls)"]
+    src += [f"  _s_{n}(o, {n})" for n in names]
+    src += ["  return o", " return build"]
+    ns: dict[str, Any] = {}
+    exec("\n".join(src), ns)  # noqa: S102 - generated from dataclass field names only
+    return ns["factory"](object.__new__, cls, *setters)  # type: ignore[no-any-return]
+
+
+_EVENTS: dict[str, tuple[str, Callable[..., TraceRecord], list[_Template]]] = {
+    cls.EVENT: (cls.EVENT, _make_builder(cls), _TEMPLATES[cls]) for cls in EVENT_CLASSES.values()
+}
+assert set(_EVENTS) == set(EVENT_CLASSES)
+
+
+def _parse_body(templates: list[_Template], body: str) -> tuple[Any, ...]:
+    for t in templates:
+        m = t.regex.fullmatch(body)
+        if m is not None:
+            return t.assemble(t.convert(m))
+    best = max((t.diagnose(body) for t in templates), key=lambda d: d[0])
+    raise _FieldError(best[1], best[2])
+
+
+# ---------------------------------------------------------------------------------------
+# Header
+# ---------------------------------------------------------------------------------------
+
+_HDR_RE = re.compile(
+    r"\s*(.+?)-(\d{1,10})\s+(?:\(\s*(\d{1,10}|-+)\)\s+)?\[(\d{1,6})\]\s+(?:(\S{1,8})\s+)?"
+    r"(\d{1,20}(?:\.\d{1,12})?)",
+    re.ASCII,
+)
+_LOST_RE = re.compile(r"CPU:?\s*\d+\s*\[LOST (\d+) EVENTS\]", re.ASCII)
+_DIGITS = frozenset("0123456789")
+
+
+# ---------------------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------------------
+
+
+class TraceParser:
+    """Iterate the records of a trace, in file order, in constant memory.
+
+    ``source`` is a path (str/PathLike, opened lazily in text mode), a text or binary file
+    object, or any iterable of lines.  ``stats`` is filled while iterating.
+    """
+
+    def __init__(self, source: str | os.PathLike[str] | Iterable[str] | Iterable[bytes] | io.IOBase,
+                 *, skip_bad: bool = False, max_bad_examples: int = 10,
+                 filename: str | None = None, events: Iterable[str] | None = None) -> None:
+        self.source = source
+        self.skip_bad = skip_bad
+        self.max_bad_examples = max_bad_examples
+        if filename is None:
+            if isinstance(source, (str, os.PathLike)):
+                filename = os.fspath(source)
+            else:
+                filename = str(getattr(source, "name", "<stream>"))
+        self.filename = filename
+        self.stats = TraceStats()
+        if events is None:
+            self._table = _EVENTS
+        else:
+            wanted = set(events)
+            unknown = wanted - set(_EVENTS)
+            if unknown:
+                raise ValueError(f"unsupported events: {sorted(unknown)}")
+            self._table = {k: v for k, v in _EVENTS.items() if k in wanted}
+
+    def __iter__(self) -> Iterator[TraceRecord]:
+        src = self.source
+        if isinstance(src, (str, os.PathLike)):
+            with open(src, encoding="utf-8", errors="replace", newline=None) as f:
+                yield from self._run(f)
+        else:
+            yield from self._run(src)  # type: ignore[arg-type]
+
+    # The hot loop.  Kept in one function with local aliases on purpose.
+    def _run(self, lines: Iterable[Any]) -> Iterator[TraceRecord]:
+        stats = self.stats
+        table = self._table
+        events = stats.events
+        hdr_match = _HDR_RE.fullmatch
+        digits = _DIGITS
+        fname = self.filename
+        lineno = 0
+        nlines = 0
+        other = 0
+        try:
+            for line in lines:
+                lineno += 1
+                if line.__class__ is not str:
+                    line = line.decode("utf-8", "replace") if isinstance(line, (bytes, bytearray)) else str(line)
+                k = line.find(": ")
+                if k <= 0 or line[k - 1] not in digits:
+                    k = self._slow_locate(line)
+                    if k < 0:
+                        continue
+                e = line.find(":", k + 2)
+                if e < 0:
+                    other += 1
+                    continue
+                ent = table.get(line[k + 2:e])
+                if ent is None:
+                    other += 1
+                    continue
+                name, build, templates = ent
+                h = hdr_match(line, 0, k)
+                try:
+                    if h is None:
+                        raise _FieldError("header", "expected '<comm>-<pid> [<cpu>] [flags] <timestamp>'")
+                    comm, pid, tgid, cpu, flags, ts = h.groups()
+                    body = line[e + 1:].strip(" \t\r\n\x00")
+                    vals = _parse_body(templates, body)
+                    if tgid is not None:
+                        tgid = -1 if tgid[0] == "-" else int(tgid)
+                    rec = build(comm.strip(), int(pid), int(cpu), ts, lineno, tgid, flags, *vals)
+                except _FieldError as exc:
+                    self._bad(fname, lineno, line, exc.field, exc.reason, name)
+                    continue
+                except Exception as exc:  # safety net: never leak anything else
+                    self._bad(fname, lineno, line, "?", f"internal error: {exc!r}", name)
+                    continue
+                events[name] = events.get(name, 0) + 1
+                yield rec
+        finally:
+            stats.lines += lineno
+            stats.skipped_other += other
+
+    def _slow_locate(self, line: str) -> int:
+        """Classify a line the fast path could not; return the index of the ': ' after the
+        timestamp, or -1 when the line is not an event line (and count it)."""
+        s = line.strip()
+        if not s or s[0] == "#":
+            self.stats.skipped_comments += 1
+            return -1
+        m = _LOST_RE.search(s)
+        if m is not None and s.startswith("CPU"):
+            self.stats.lost_events += int(m.group(1))
+            self.stats.skipped_comments += 1
+            return -1
+        k = line.find(": ")
+        while k > 0:
+            if line[k - 1] in _DIGITS:
+                return k
+            k = line.find(": ", k + 2)
+        self.stats.skipped_comments += 1
+        return -1
+
+    def _bad(self, fname: str, lineno: int, line: str, fld: str, reason: str, event: str) -> None:
+        text = line.rstrip("\r\n")
+        if not self.skip_bad:
+            raise TraceParseError(fname, lineno, text, fld, reason, event)
+        st = self.stats
+        st.bad_lines += 1
+        if len(st.bad_examples) < self.max_bad_examples:
+            st.bad_examples.append(BadLine(fname, lineno, text, fld, reason))
+
+
+def parse_trace(source: str | os.PathLike[str] | Iterable[str] | Iterable[bytes] | io.IOBase,
+                *, skip_bad: bool = False, max_bad_examples: int = 10,
+                filename: str | None = None, stats: TraceStats | None = None,
+                events: Iterable[str] | None = None) -> Iterator[TraceRecord]:
+    """Generator of records.  Pass a :class:`TraceStats` as ``stats`` to get the counters
+    (it is updated in place while iterating)."""
+    p = TraceParser(source, skip_bad=skip_bad, max_bad_examples=max_bad_examples,
+                    filename=filename, events=events)
+    if stats is not None:
+        p.stats = stats
+    return iter(p)
+
+
+def parse_line(line: str, *, filename: str = "<line>", lineno: int = 1) -> TraceRecord | None:
+    """Parse one line: a record, or None for a comment/other-event line; raises
+    :class:`TraceParseError` for a bad line of one of our events."""
+    p = TraceParser([line], filename=filename)
+    for rec in p._run([line]):
+        if lineno != 1:
+            rec = dataclasses.replace(rec, lineno=lineno)
+        return rec
+    return None
