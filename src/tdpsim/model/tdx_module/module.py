@@ -958,6 +958,12 @@ class TdxModule:
         w = S.walk(self.root, gpa >> 12, 0)
         return SeptEntryInfo(w.page.gfn_of(w.idx), w.level, w.state, w.pfn)
 
+    def violations(self) -> list[str]:
+        """Broken internal invariants (see ``invariants.py``); empty when consistent."""
+        from .invariants import module_violations
+
+        return module_violations(self)
+
     def results_by_status(self) -> dict[str, int]:
         out: Counter[str] = Counter()
         for (_, name), n in self.results.items():
