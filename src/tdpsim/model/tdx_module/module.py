@@ -14,7 +14,8 @@ Simplifications:
 - PAGE.ADD's source page, MR.EXTEND, RELOCATE, migration, L2 VMs and TDX Connect are absent.
 - VP.ENTER models only the epoch/TLB/zero-step part; a vCPU's TLB caches every translation it
   used until an epoch flush (worst case, unbounded capacity).
-- Zero-step: 6 private EPT violations at the same RIP arm the filter (RIP must be supplied).
+- Zero-step: 6 private EPT violations at the same RIP arm the filter (RIP must be supplied);
+  the filter treats MAPPED and PENDING leaves as "no longer faulting" [inferred].
 - NON-BLOCKING-RESIZE (unverified feature, no source): DEMOTE/PROMOTE of an unblocked entry skip
   the BLOCK/TRACK requirement.
 - DPAMT: a 2M range needs PAMT.ADD before any 4K page in it is used; DEMOTE of a 2M guest page
@@ -825,7 +826,9 @@ class TdxModule:
             return _OK
         for gpa in sorted(v.stepping_gpas):
             w = S.walk(self.root, gpa >> 12, 0)
-            if w.state != S.MAPPED:
+            # [inferred] a PENDING leaf no longer faults for the filter: the host did map it,
+            # and the guest's ACCEPT at that RIP must be allowed to run.
+            if w.state not in (S.MAPPED, S.PENDING):
                 self._td_exit(v)
                 eeq = make_eeq(EEQ_TYPE_NONE, 0, w.level, S.ARCH_STATE[w.state],
                                S.is_leaf(w.state))
