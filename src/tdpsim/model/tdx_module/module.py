@@ -11,6 +11,8 @@ Simplifications:
 - One ``TdxModule`` per TD; the TDR/TDCS are Python attributes, the TDR PA is not an input.
 - Inputs are (gpa, TDX level, pfn); the page_info reserved-bit checks reduce to level range,
   alignment and "private GPA below the shared bit".
+- No modelled leaf takes OP_STATE exclusive (only migration leaves do), so BUSY|OP_STATE
+  cannot arise; the shared acquisition is still modelled.
 - PAGE.ADD's source page, MR.EXTEND, RELOCATE, migration, L2 VMs and TDX Connect are absent.
 - VP.ENTER models only the epoch/TLB/zero-step part; a vCPU's TLB caches every translation it
   used until an epoch flush (worst case, unbounded capacity).
@@ -352,8 +354,9 @@ class TdxModule:
         return self._call("TDH.MR.FINALIZE", self._mr_finalize, key=KEY_OP_STATE)
 
     def _mr_finalize(self, c: CallCtx) -> TdxResult:
-        # TDR is in RCX here; OP_STATE is taken exclusive because the op-state changes.
-        err = self._prologue(c, "TDH.MR.FINALIZE", tdr_excl=True, op_excl=True,
+        # TDR (in RCX) exclusive and no OP_STATE lock, as in tdh_mr_finalize.c; the TDR lock
+        # alone excludes every S-EPT SEAMCALL.  The "at least one vCPU" check is not modelled.
+        err = self._prologue(c, "TDH.MR.FINALIZE", tdr_excl=True, op_lock=False,
                              tdr_busy=_BUSY_RCX)
         if err:
             return TdxResult(err)
