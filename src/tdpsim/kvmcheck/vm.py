@@ -23,8 +23,8 @@ __all__ = [
     "KvmCheckError", "KvmError", "KvmUnavailable",
     "KvmSystem", "Vm", "Vcpu", "HostMemory", "Memslot", "ExitInfo",
     "StatDescriptor", "StatsFd", "parse_stats_buffer", "NativeMsrProbe", "TouchGuest",
-    "read_module_params", "kvm_vendor_modules", "hugetlb_free_pages",
-    "NATIVE_EXEC_MSR", "DEFAULT_KVM_PATH",
+    "read_module_params", "kvm_vendor_modules", "hugetlb_free_pages", "GuestError",
+    "fill_window", "pagemap_scan", "NATIVE_EXEC_MSR", "DEFAULT_KVM_PATH",
 ]
 
 DEFAULT_KVM_PATH = "/dev/kvm"
@@ -811,6 +811,7 @@ class TouchGuest:
         self.codes: dict[str, GuestCode] = {a: touch_loop_code(a) for a in ACCESS_KINDS}
         self.code: GuestCode = self.codes[access]
         self.vm = system.create_vm()
+        self.sys_mem: HostMemory | None = None
         try:
             self.vcpu = self.vm.create_vcpu(0)
             pt_pages = page_tables_needed(max_window_span, PAGE_4K) + 8
@@ -826,7 +827,7 @@ class TouchGuest:
             self._want_native = native
             self._finalized = False
         except BaseException:
-            self.vm.close()
+            self.close()
             raise
 
     def code_gpa(self, access: str) -> int:
@@ -878,7 +879,8 @@ class TouchGuest:
 
     def close(self) -> None:
         self.vm.close()        # closes vCPU/VM fds first, then window memory
-        self.sys_mem.close()
+        if self.sys_mem is not None:
+            self.sys_mem.close()
 
     def __enter__(self) -> "TouchGuest":
         return self
