@@ -29,8 +29,10 @@ __all__ = [
 
 DEFAULT_KVM_PATH = "/dev/kvm"
 
-#: Undocumented MSR of this host's KVM build: bit 0 set by a host-initiated
+#: Undocumented MSR of this host's KVM build (kvm_pvm): bit 0 set by a host-initiated
 #: KVM_SET_MSRS makes the vCPU run natively instead of emulating every instruction.
+#: Reads back as 0x400 when refused, 0x401 when accepted.  See TouchGuest for the
+#: conditions under which it is accepted and takes effect.
 NATIVE_EXEC_MSR = 0x4B564D10
 
 # --------------------------------------------------------------------------------------
@@ -780,8 +782,11 @@ SYS_SLOT = 0
 # Layout of the system slot.  Two quirks of the PVM-based KVM measured here shape it
 # (both found by probing, see the kvmcheck report):
 #  * KVM_SET_MSRS of NATIVE_EXEC_MSR only sticks when a memslot covers GPA 0;
-#  * native execution then only happens when CR3 points at an *odd* 4 KiB frame
-#    (bit 12 set); with an even PML4 frame the vCPU silently keeps emulating.
+#  * native execution then only happens while CR3 points at an *odd* 4 KiB frame
+#    (bit 12 set; checked at KVM_RUN, not when the MSR is written); with an even
+#    PML4 frame the vCPU silently keeps emulating;
+#  * natively executing, the guest's CPL0 code needs U/S=1 in its page tables
+#    (else SHUTDOWN on the first fetch) -- IdentityPageTables sets it by default.
 SYS_GPA = 0x0
 CODE_OFFSET = 0x1000               # page 0 stays unused (no code at VA 0)
 STACK_TOP_OFFSET = 0x3000          # stack page is 0x2000..0x2fff
