@@ -160,3 +160,16 @@ def test_unmapped_gpa_is_mmio_exit_and_stats_fd():
             assert k in vcpu_stats
         assert mem.read(0, 1) == b"\x01"                      # the guest's write landed
         assert mem.huge_frames() == (True,)
+
+
+@needs_kvm
+def test_readonly_slot_read_ok_write_is_mmio():
+    with KvmSystem() as kvm, TouchGuest(kvm, "read") as g:
+        mem = HostMemory(2 * MiB)
+        fill_window(mem, "read")
+        g.add_window(1, 1 << 30, mem, guest_page_size=PAGE_2M, flags=u.KVM_MEM_READONLY)
+        g.finalize()
+        g.touch(1 << 30, 512)                                  # reads are fine
+        with pytest.raises(GuestError) as ei:
+            g.touch(1 << 30, 1, access="write")
+        assert ei.value.exit.reason == u.KVM_EXIT_MMIO and ei.value.exit.mmio_is_write

@@ -23,7 +23,7 @@ from typing import Iterable, Mapping
 
 from . import uapi as u
 from .guest import PAGE_1G, PAGE_2M, PAGE_4K
-from .vm import (DEFAULT_KVM_PATH, KvmCheckError, KvmSystem, HostMemory, NativeMsrProbe,
+from .vm import (DEFAULT_KVM_PATH, KvmSystem, HostMemory, NativeMsrProbe,
                  TouchGuest, fill_window, hugetlb_free_pages, kvm_vendor_modules,
                  read_module_params)
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import errno as _errno
-import mmap as _mmap
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from . import uapi as u
