@@ -50,7 +50,7 @@ from .sept import SeptEntryInfo, SeptPage, Walk
 from .status import (
     TDX_EPT_ENTRY_STATE_INCORRECT, TDX_EPT_INVALID_PROMOTE_CONDITIONS, TDX_EPT_PAGE_NOT_FREE,
     TDX_EPT_WALK_FAILED, TDX_FLUSHVP_NOT_DONE, TDX_GPA_RANGE_ALREADY_BLOCKED,
-    TDX_GPA_RANGE_NOT_BLOCKED, TDX_INTERRUPTED_RESTARTABLE, TDX_LIFECYCLE_STATE_INCORRECT,
+    TDX_GPA_RANGE_NOT_BLOCKED, TDX_HPA_RANGE_NOT_FREE, TDX_INTERRUPTED_RESTARTABLE, TDX_LIFECYCLE_STATE_INCORRECT,
     TDX_MISSING_PAMT_PAGE_PAIR, TDX_OP_STATE_INCORRECT, TDX_OPERAND_BUSY,
     TDX_OPERAND_ID_OP_STATE, TDX_OPERAND_ID_R8, TDX_OPERAND_ID_RCX, TDX_OPERAND_ID_RDX,
     TDX_OPERAND_ID_SEPT, TDX_OPERAND_ID_TD_EPOCH, TDX_OPERAND_INVALID,
@@ -760,7 +760,7 @@ class TdxModule:
         if pfn_2m & 511:
             return TdxResult(_INVALID_RCX)
         if pfn_2m in self.pamt.dpamt_backed:
-            return TdxResult(with_operand(0xC000030400000000, TDX_OPERAND_ID_RCX))
+            return TdxResult(with_operand(TDX_HPA_RANGE_NOT_FREE, TDX_OPERAND_ID_RCX))
         c.point()
         self.pamt.dpamt_backed.add(pfn_2m)
         return _OK
@@ -771,7 +771,7 @@ class TdxModule:
 
     def _pamt_remove(self, c: CallCtx, pfn_2m: int) -> TdxResult:
         if pfn_2m not in self.pamt.dpamt_backed or not self.pamt.range_free(pfn_2m, 1):
-            return TdxResult(with_operand(0xC000030400000000, TDX_OPERAND_ID_RCX))
+            return TdxResult(with_operand(TDX_HPA_RANGE_NOT_FREE, TDX_OPERAND_ID_RCX))
         c.point()
         self.pamt.dpamt_backed.discard(pfn_2m)
         return _OK
