@@ -186,7 +186,7 @@ _KINDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ptr": (r"[0-9a-f]{1,16}|0x[0-9a-f]{1,16}|\(nil\)|\(null\)", _ptr),
     "u2": (r"[0-3]", int),
     "u4": (r"1[0-5]|[0-9]", int),
-    "u8": (r"0|[1-9][0-9]{0,2}", _dec(0xFF)),
+    "u8": (r"25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]", int),  # 0..255 by regex
     "u32": (r"0|[1-9][0-9]{0,9}", _dec(_U32)),
     "d32": (r"0|-?[1-9][0-9]{0,9}", _s32),
     "b01": (r"[01]", lambda s: s == "1"),
@@ -214,18 +214,49 @@ _KINDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "nb": (r"0x[0-9a-f]{1,16}|0|[1-9][0-9]{0,19}", _num(1)),
 }
 
+#: Inline conversion expressions for the generated fast converters (``G`` = group text).
+#: Kinds missing here are converted by calling their ``_KINDS`` converter.
+_KIND_EXPR: dict[str, str] = {
+    "x": "int(G, 16)", "x32": "int(G, 16)", "x16": "int(G, 16)", "x08": "int(G, 16)",
+    "xpfx": "int(G, 16)", "u8": "int(G)", "u2": "int(G)", "u4": "int(G)", "gpte": "int(G)",
+    "b01": "G == '1'", "r": "G == 'r'", "w": "G == 'w'", "xf": "G == 'x'",
+    "u": "(1 if G == 'u' else 0) if G else -1", "direct": "G != ''", "invalid": "G != ''",
+    "smep": "G != ''", "smap": "G != ''", "smm": "G != ''", "imm": "G != ''",
+    "access": "_ACCESS[G]", "bang": "G == '!'", "sync": "G == 'unsync'",
+    "created": "G == 'new'", "reason": "G", "sym": "G[1:] if G else None",
+}
+
+_HDR_PATTERN = (
+    r"[ \t]*(.+?)-([0-9]{1,10})[ \t]+(?:\([ \t]*([0-9]{1,10}|-+)\)[ \t]+)?\[([0-9]{1,6})\][ \t]+"
+    r"(?:([^ \t]{1,8})[ \t]+)?([0-9]{1,20}(?:\.[0-9]{1,12})?)"
+)
+
+
+def _tgid(s: str) -> int:
+    return -1 if s[0] == "-" else int(s)
+
+
 _FIELD_RE = re.compile(r"\{(\w+):(\w+)\}")
 
 
 class _Template:
     """A TP_printk-like template: literal text with ``{name:kind}`` fields."""
 
-    __slots__ = ("text", "style", "tokens", "regex", "convs", "names", "assemble", "_prefixes")
+    __slots__ = ("text", "style", "tokens", "regex", "convs", "names", "assemble", "suffix",
+                 "_prefixes", "fast", "line_regex", "line_fast")
 
-    def __init__(self, text: str, style: str, assemble: Callable[[list[Any]], tuple[Any, ...]]) -> None:
+    def __init__(self, text: str, style: str,
+                 assemble: Callable[[list[Any]], tuple[Any, ...]] | tuple[Any, ...] = ()) -> None:
         self.text = text
         self.style = style
-        self.assemble = assemble
+        # ``assemble`` maps the converted values (template order) to the record's event
+        # fields; a tuple means "values as they are, followed by these constants".
+        if isinstance(assemble, tuple):
+            self.assemble: Callable[[list[Any]], tuple[Any, ...]] | None = None
+            self.suffix: tuple[Any, ...] = assemble
+        else:
+            self.assemble = assemble
+            self.suffix = ()
         tokens: list[tuple[str, str | None]] = []  # (literal, None) or (name, kind)
         pos = 0
         for m in _FIELD_RE.finditer(text):
@@ -240,6 +271,9 @@ class _Template:
         self.convs = [_KINDS[k][1] for _, k in tokens if k is not None]
         self.names = [n for n, k in tokens if k is not None]
         self._prefixes: list[re.Pattern[str]] | None = None
+        self.fast = self._gen(None)
+        self.line_regex: re.Pattern[str] | None = None
+        self.line_fast: Callable[[re.Match[str], int], TraceRecord] | None = None
 
     @staticmethod
     def _pattern(tokens: Sequence[tuple[str, str | None]]) -> str:
@@ -247,6 +281,60 @@ class _Template:
         for t, k in tokens:
             out.append(re.escape(t) if k is None else "(" + _KINDS[k][0] + ")")
         return "".join(out)
+
+    def bind(self, event: str, build: Callable[..., TraceRecord]) -> None:
+        """Compile the whole-line regex (header + ``: <event>:`` + body) and its
+        generated ``line_fast(match, lineno) -> record``."""
+        self.line_regex = re.compile(
+            _HDR_PATTERN + re.escape(": " + event + ":") + r"[ \t]*"
+            + self._pattern(self.tokens) + r"[ \t\r\n\x00]*",
+            re.ASCII,
+        )
+        self.line_fast = self._gen(build)
+
+    def _gen(self, build: Callable[..., TraceRecord] | None) -> Callable[..., Any]:
+        """Generate the converter.  ``build is None``: ``fast(body_match) -> event field
+        tuple``; else ``fast(line_match, lineno) -> record``.  Any exception it raises is
+        re-diagnosed by the slow path."""
+        kinds = [k for _, k in self.tokens if k is not None]
+        gs = [f"g{i}" for i in range(len(kinds))]
+        ns: dict[str, Any] = {"_ACCESS": _ACCESS, "_asm": self.assemble, "_sfx": self.suffix,
+                              "_build": build, "_tgid": _tgid}
+        exprs = []
+        for i, k in enumerate(kinds):
+            if k in _KIND_EXPR:
+                exprs.append("(" + _KIND_EXPR[k].replace("G", gs[i]) + ")")
+            else:
+                ns[f"_c{i}"] = _KINDS[k][1]
+                exprs.append(f"_c{i}({gs[i]})")
+        if self.assemble is None:
+            vals = "".join(e + ", " for e in exprs) + "*_sfx"
+        else:
+            vals = "*_asm([" + ", ".join(exprs) + "])"
+        if build is None:
+            allg = gs
+            lines = ["def fast(m):"]
+            ret = f" return ({vals},)"
+        else:
+            allg = ["h0", "h1", "h2", "h3", "h4", "h5", *gs]
+            lines = ["def fast(m, lineno):"]
+            ret = (" return _build(h0, int(h1), int(h3), h5, lineno, "
+                   f"None if h2 is None else _tgid(h2), h4, {vals})")
+        lines.append(f" {', '.join(allg)}, = m.groups()")
+        lines.append(ret)
+        exec("\n".join(lines), ns)  # noqa: S102 - generated from the fixed templates above
+        return ns["fast"]  # type: ignore[no-any-return]
+
+    def parse(self, m: re.Match[str]) -> tuple[Any, ...]:
+        try:
+            return self.fast(m)  # type: ignore[no-any-return]
+        except _FieldError:
+            raise
+        except Exception:
+            vals = self.convert(m)  # raises _FieldError naming the field
+            if self.assemble is None:
+                return (*vals, *self.suffix)
+            return self.assemble(vals)
 
     def convert(self, m: re.Match[str]) -> list[Any]:
         vals: list[Any] = []
@@ -283,10 +371,8 @@ class _Template:
 # ---------------------------------------------------------------------------------------
 
 
-def _same(style: str | None = None) -> Callable[[list[Any]], tuple[Any, ...]]:
-    if style is None:
-        return tuple  # type: ignore[return-value]
-    return lambda v: (*v, style)
+def _same(style: str | None = None) -> tuple[Any, ...]:
+    return () if style is None else (style,)
 
 
 def _page_kernel(v: list[Any]) -> tuple[Any, ...]:
@@ -457,17 +543,29 @@ def _make_builder(cls: type[TraceRecord]) -> Callable[..., TraceRecord]:
     return ns["factory"](object.__new__, cls, *setters)  # type: ignore[no-any-return]
 
 
-_EVENTS: dict[str, tuple[str, Callable[..., TraceRecord], list[_Template]]] = {
-    cls.EVENT: (cls.EVENT, _make_builder(cls), _TEMPLATES[cls]) for cls in EVENT_CLASSES.values()
+def _bind_event(cls: type[TraceRecord]) -> tuple[str, tuple[tuple[Any, Any], ...], list[_Template]]:
+    build = _make_builder(cls)
+    templates = _TEMPLATES[cls]
+    for t in templates:
+        t.bind(cls.EVENT, build)
+    fast = tuple((t.line_regex.fullmatch, t.line_fast) for t in templates)  # type: ignore[union-attr]
+    return cls.EVENT, fast, templates
+
+
+_EVENTS: dict[str, tuple[str, tuple[tuple[Any, Any], ...], list[_Template]]] = {
+    cls.EVENT: _bind_event(cls) for cls in EVENT_CLASSES.values()
 }
 assert set(_EVENTS) == set(EVENT_CLASSES)
+_BUILDERS: dict[str, Callable[..., TraceRecord]] = {
+    cls.EVENT: _make_builder(cls) for cls in EVENT_CLASSES.values()
+}
 
 
 def _parse_body(templates: list[_Template], body: str) -> tuple[Any, ...]:
     for t in templates:
         m = t.regex.fullmatch(body)
         if m is not None:
-            return t.assemble(t.convert(m))
+            return t.parse(m)
     best = max((t.diagnose(body) for t in templates), key=lambda d: d[0])
     raise _FieldError(best[1], best[2])
 
@@ -476,11 +574,7 @@ def _parse_body(templates: list[_Template], body: str) -> tuple[Any, ...]:
 # Header
 # ---------------------------------------------------------------------------------------
 
-_HDR_RE = re.compile(
-    r"\s*(.+?)-(\d{1,10})\s+(?:\(\s*(\d{1,10}|-+)\)\s+)?\[(\d{1,6})\]\s+(?:(\S{1,8})\s+)?"
-    r"(\d{1,20}(?:\.\d{1,12})?)",
-    re.ASCII,
-)
+_HDR_RE = re.compile(_HDR_PATTERN, re.ASCII)
 _LOST_RE = re.compile(r"CPU:?\s*\d+\s*\[LOST (\d+) EVENTS\]", re.ASCII)
 _DIGITS = frozenset("0123456789")
 
@@ -532,11 +626,9 @@ class TraceParser:
         stats = self.stats
         table = self._table
         events = stats.events
-        hdr_match = _HDR_RE.fullmatch
         digits = _DIGITS
         fname = self.filename
         lineno = 0
-        nlines = 0
         other = 0
         try:
             for line in lines:
@@ -556,28 +648,45 @@ class TraceParser:
                 if ent is None:
                     other += 1
                     continue
-                name, build, templates = ent
-                h = hdr_match(line, 0, k)
+                name, fast, templates = ent
+                rec = None
                 try:
-                    if h is None:
-                        raise _FieldError("header", "expected '<comm>-<pid> [<cpu>] [flags] <timestamp>'")
-                    comm, pid, tgid, cpu, flags, ts = h.groups()
-                    body = line[e + 1:].strip(" \t\r\n\x00")
-                    vals = _parse_body(templates, body)
-                    if tgid is not None:
-                        tgid = -1 if tgid[0] == "-" else int(tgid)
-                    rec = build(comm.strip(), int(pid), int(cpu), ts, lineno, tgid, flags, *vals)
-                except _FieldError as exc:
-                    self._bad(fname, lineno, line, exc.field, exc.reason, name)
-                    continue
-                except Exception as exc:  # safety net: never leak anything else
-                    self._bad(fname, lineno, line, "?", f"internal error: {exc!r}", name)
-                    continue
+                    for match, conv in fast:
+                        m = match(line)
+                        if m is not None:
+                            rec = conv(m, lineno)
+                            break
+                except Exception:
+                    rec = None
+                if rec is None:
+                    # Slow path: find and name the offending field (or build the record
+                    # the careful way if the whole-line regex was merely too strict).
+                    try:
+                        rec = self._slow_record(line, k, e, lineno, name, templates)
+                    except _FieldError as exc:
+                        self._bad(fname, lineno, line, exc.field, exc.reason, name)
+                        continue
+                    except Exception as exc:  # safety net: never leak anything else
+                        self._bad(fname, lineno, line, "?", f"internal error: {exc!r}", name)
+                        continue
                 events[name] = events.get(name, 0) + 1
                 yield rec
         finally:
             stats.lines += lineno
             stats.skipped_other += other
+
+    @staticmethod
+    def _slow_record(line: str, k: int, e: int, lineno: int, name: str,
+                     templates: list[_Template]) -> TraceRecord:
+        h = _HDR_RE.fullmatch(line, 0, k)
+        if h is None:
+            raise _FieldError("header", "expected '<comm>-<pid> [(<tgid>)] [<cpu>] [<flags>] <timestamp>'")
+        comm, pid, tgid, cpu, flags, ts = h.groups()
+        body = line[e + 1:].strip(" \t\r\n\x00")
+        vals = _parse_body(templates, body)
+        build = _BUILDERS[name]
+        return build(comm, int(pid), int(cpu), ts, lineno,
+                     None if tgid is None else _tgid(tgid), flags, *vals)
 
     def _slow_locate(self, line: str) -> int:
         """Classify a line the fast path could not; return the index of the ': ' after the
