@@ -1,0 +1,335 @@
+"""The VM: ``struct kvm`` / ``struct kvm_arch`` / ``struct kvm_vcpu`` and the
+``kvm_x86_ops`` external page-table hooks (``arch/x86/include/asm/kvm_host.h``,
+``include/linux/kvm_host.h``, ``virt/kvm/kvm_main.c``).
+
+Everything a run mutates hangs off one ``Kvm`` object: no module-level state, so a run is
+a pure function of its inputs.
+
+Simplifications (one line each):
+- One address space (as_id 0): SMM is not modelled.
+- ``kvm_make_all_cpus_request`` sets the request on every vCPU and counts the ones that
+  were in guest mode as IPI'd; it does not wait (the engines decide when vCPUs exit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from .events import KvmBug, KvmFlushRemoteTlbs, KvmWarn
+from .locking import Rcu, RwLock, SpinLock
+from .memslot import KvmMemorySlot, RangeSet
+from .mmu_internal import KvmMmuPage
+from .policy import Policy
+from .sched import SchedPoints
+from .spte import (
+    KVM_PAGES_PER_HPAGE,
+    MTRR_TYPE_WRBACK,
+    PAGE_SHIFT,
+    gfn_round_for_level,
+    VMX_EPT_IPAT_BIT,
+    VMX_EPT_MISCONFIG_WX_VALUE,
+    VMX_EPT_MT_EPTE_SHIFT,
+)
+
+KVM_X86_DEFAULT_VM = 0
+KVM_X86_TDX_VM = 5
+
+# Requests (arch/x86/include/asm/kvm_host.h / include/linux/kvm_host.h).
+KVM_REQ_TLB_FLUSH = "KVM_REQ_TLB_FLUSH"
+KVM_REQ_OUTSIDE_GUEST_MODE = "KVM_REQ_OUTSIDE_GUEST_MODE"
+KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
+
+OUTSIDE_GUEST_MODE = 0
+IN_GUEST_MODE = 1
+
+# Host pfns of page-table pages come from here; guest memory lives far above (see
+# workloads), so the two never collide.
+PT_PFN_BASE = 0x100000
+
+
+@dataclass
+class KvmVmStat:
+    """``struct kvm_vm_stat`` (the fields the TDP MMU touches)."""
+
+    pages: list[int] = field(default_factory=lambda: [0, 0, 0])
+    nx_lpage_splits: int = 0
+    remote_tlb_flush: int = 0
+    remote_tlb_flush_requests: int = 0
+
+    @property
+    def pages_4k(self) -> int:
+        return self.pages[0]
+
+    @property
+    def pages_2m(self) -> int:
+        return self.pages[1]
+
+    @property
+    def pages_1g(self) -> int:
+        return self.pages[2]
+
+
+@dataclass
+class KvmVcpuStat:
+    """``struct kvm_vcpu_stat`` (page-fault counters)."""
+
+    pf_taken: int = 0
+    pf_fixed: int = 0
+    pf_emulate: int = 0
+    pf_spurious: int = 0
+    pf_fast: int = 0
+    pf_mmio_spte_created: int = 0
+    pf_guest: int = 0
+    pf_retry: int = 0  # not a kernel stat: RET_PF_RETRY results, for the metrics
+
+
+class KvmX86Ops:
+    """The ``kvm_x86_ops`` hooks the TDP MMU calls for mirror roots (UPSTREAM API, plus
+    HP-v3's ``split_external_spte``) and ``gmem_max_mapping_level``.
+
+    This base class is what a non-TDX VM has: ``gmem_max_mapping_level`` returns 0 (no
+    limit) and the external hooks are never reached because there is no mirror root.
+    """
+
+    def link_external_spt(self, kvm: "Kvm", gfn: int, level: int, external_spt: int) -> int:
+        raise NotImplementedError("link_external_spt on a VM without mirror roots")
+
+    def set_external_spte(self, kvm: "Kvm", gfn: int, level: int, mirror_spte: int) -> int:
+        raise NotImplementedError("set_external_spte on a VM without mirror roots")
+
+    def free_external_spt(self, kvm: "Kvm", gfn: int, level: int, external_spt: int) -> int:
+        raise NotImplementedError("free_external_spt on a VM without mirror roots")
+
+    def remove_external_spte(self, kvm: "Kvm", gfn: int, level: int, mirror_spte: int) -> None:
+        raise NotImplementedError("remove_external_spte on a VM without mirror roots")
+
+    def split_external_spte(self, kvm: "Kvm", gfn: int, level: int, old_spte: int,
+                            new_external_spt: int, shared: bool) -> int:
+        raise NotImplementedError("split_external_spte on a VM without mirror roots")
+
+    def promote_external_spte(self, kvm: "Kvm", gfn: int, level: int, new_spte: int) -> int:
+        """Not in any kernel: the hypothetical ``mirror_promotion="seamcall"`` KVM."""
+        raise NotImplementedError("promote_external_spte on a VM without mirror roots")
+
+    def gmem_max_mapping_level(self, kvm: "Kvm", pfn: int, is_private: bool) -> int:
+        return 0
+
+
+class RecordingExternalOps(KvmX86Ops):
+    """A fake TDX side that accepts every call and records it, for core-model tests.
+
+    ``private_max_level`` plays ``tdx_gmem_max_mapping_level`` (HP-v3: 2M once RUNNABLE).
+    ``fail`` maps a hook name to an errno the next calls return (e.g. -EBUSY).
+    """
+
+    def __init__(self, private_max_level: int = 2) -> None:
+        self.private_max_level = private_max_level
+        self.calls: list[tuple] = []
+        self.fail: dict[str, int] = {}
+
+    def _record(self, name: str, *args: object) -> int:
+        self.calls.append((name, *args))
+        return self.fail.get(name, 0)
+
+    def link_external_spt(self, kvm, gfn, level, external_spt):
+        return self._record("link_external_spt", gfn, level, external_spt)
+
+    def set_external_spte(self, kvm, gfn, level, mirror_spte):
+        return self._record("set_external_spte", gfn, level, mirror_spte)
+
+    def free_external_spt(self, kvm, gfn, level, external_spt):
+        return self._record("free_external_spt", gfn, level, external_spt)
+
+    def remove_external_spte(self, kvm, gfn, level, mirror_spte):
+        self._record("remove_external_spte", gfn, level, mirror_spte)
+
+    def split_external_spte(self, kvm, gfn, level, old_spte, new_external_spt, shared):
+        return self._record("split_external_spte", gfn, level, old_spte, new_external_spt,
+                            shared)
+
+    def promote_external_spte(self, kvm, gfn, level, new_spte):
+        return self._record("promote_external_spte", gfn, level, new_spte)
+
+    def gmem_max_mapping_level(self, kvm, pfn, is_private):
+        return self.private_max_level if is_private else 0
+
+
+class KernelBUG(Exception):
+    """``BUG()``: the kernel would crash the host here.  Engines report it and stop."""
+
+
+class KvmVcpu:
+    """``struct kvm_vcpu`` with the MMU roots of ``vcpu->arch.mmu``."""
+
+    __slots__ = ("kvm", "vcpu_id", "stat", "root", "mirror_root", "requests", "mode")
+
+    def __init__(self, kvm: "Kvm", vcpu_id: int) -> None:
+        self.kvm = kvm
+        self.vcpu_id = vcpu_id
+        self.stat = KvmVcpuStat()
+        self.root: Optional[KvmMmuPage] = None
+        self.mirror_root: Optional[KvmMmuPage] = None
+        self.requests: set[str] = set()
+        self.mode = OUTSIDE_GUEST_MODE
+
+    def kvm_make_request(self, req: str) -> None:
+        self.requests.add(req)
+
+    def kvm_check_request(self, req: str) -> bool:
+        if req in self.requests:
+            self.requests.discard(req)
+            return True
+        return False
+
+
+class Kvm:
+    """``struct kvm`` + ``struct kvm_arch``: one VM or TD."""
+
+    def __init__(self, *, vm_type: int = KVM_X86_DEFAULT_VM, policy: Policy | None = None,
+                 nr_vcpus: int = 1, root_level: int = 4,
+                 x86_ops: KvmX86Ops | None = None, sched: SchedPoints | None = None,
+                 tracer: Callable[[object], None] | None = None) -> None:
+        if root_level not in (4, 5):
+            raise ValueError("root_level must be 4 or 5 (EPT walk length)")
+        self.vm_type = vm_type
+        self.policy = policy or Policy()
+        self.root_level = root_level
+        self.sched = sched or SchedPoints()
+        self.tracer = tracer
+        self.x86_ops = x86_ops or KvmX86Ops()
+        self.mmu_lock = RwLock("mmu_lock", self.sched)
+        self.mmu_lock.lockdep_report = lambda msg: self.WARN_ON_ONCE(True, "lockdep", msg)
+        self.tdp_mmu_pages_lock = SpinLock("tdp_mmu_pages_lock", self.sched)
+        self.rcu = Rcu(self.sched)
+        self.tdp_mmu_roots: list[KvmMmuPage] = []
+        self.tdp_mmu_pages = 0
+        self.possible_nx_huge_pages: list[KvmMmuPage] = []
+        self.stat = KvmVmStat()
+        self.memslots: list[KvmMemorySlot] = []
+        self.memslots_generation = 0
+        self.mem_attr_private = RangeSet()
+        self.mmu_invalidate_seq = 0
+        self.mmu_invalidate_in_progress = 0
+        self.mmu_invalidate_range_start = 0
+        self.mmu_invalidate_range_end = 0
+        self.vm_bugged = False
+        self.vm_dead = False
+        self.bugs: list[KvmBug] = []
+        self.warnings: list[KvmWarn] = []
+        # How often each KVM_BUG_ON / WARN fired; the lists above keep the first of each.
+        self.bug_counts: dict[tuple[str, str], int] = {}
+        self.sp_by_pfn: dict[int, KvmMmuPage] = {}
+        self.next_pt_pfn = PT_PFN_BASE
+        self.vcpus = [KvmVcpu(self, i) for i in range(nr_vcpus)]
+        if self.kvm_has_mirrored_tdp():
+            # tdx_vm_init(): MMIO SPTEs get value 0 so the access reaches the TD as #VE;
+            # TDs disable KVM_X86_QUIRK_IGNORE_GUEST_PAT, so no IPAT in the memtype.
+            self.shadow_mmio_value = 0
+            self.mt_mask = MTRR_TYPE_WRBACK << VMX_EPT_MT_EPTE_SHIFT
+            # The shared bit as a gfn bit: GPA bit 47 (4-level) or 51 (5-level).
+            self.gfn_direct_bits = 1 << ((47 if root_level == 4 else 51) - PAGE_SHIFT)
+        else:
+            self.shadow_mmio_value = VMX_EPT_MISCONFIG_WX_VALUE
+            self.mt_mask = (MTRR_TYPE_WRBACK << VMX_EPT_MT_EPTE_SHIFT) | VMX_EPT_IPAT_BIT
+            self.gfn_direct_bits = 0
+
+    # --- predicates -------------------------------------------------------------------
+
+    def kvm_has_mirrored_tdp(self) -> bool:
+        return self.vm_type == KVM_X86_TDX_VM
+
+    def kvm_gfn_direct_bits(self) -> int:
+        return self.gfn_direct_bits
+
+    def kvm_is_addr_direct(self, gpa: int) -> bool:
+        """True if the VM has no direct bits or the shared bit is set."""
+        bits = self.gfn_direct_bits << PAGE_SHIFT
+        return not bits or bool(gpa & bits)
+
+    def kvm_gfn_root_bits(self, root: KvmMmuPage) -> int:
+        """Mirror roots index by the private gfn; direct roots by the aliased shared gfn."""
+        return 0 if root.role.is_mirror else self.gfn_direct_bits
+
+    def is_nx_huge_page_enabled(self) -> bool:
+        return self.policy.nx_huge_pages
+
+    def kvm_ad_enabled(self) -> bool:
+        return self.policy.ad_enabled
+
+    def kvm_mem_is_private(self, gfn: int) -> bool:
+        return self.mem_attr_private.contains(gfn)
+
+    def gfn_to_memslot(self, gfn: int) -> Optional[KvmMemorySlot]:
+        for slot in self.memslots:
+            if slot.contains(gfn):
+                return slot
+        return None
+
+    # --- page-table page allocator ----------------------------------------------------
+
+    def alloc_pt_pfn(self) -> int:
+        pfn = self.next_pt_pfn
+        self.next_pt_pfn += 1
+        return pfn
+
+    # --- bugs, tracing, TLB -----------------------------------------------------------
+
+    def KVM_BUG_ON(self, cond: bool, function: str, message: str) -> bool:
+        """``KVM_BUG_ON(cond, kvm)``: on true, mark the VM bugged (``kvm_vm_bugged``) and
+        record why; returns the condition so callers bail out as the kernel does."""
+        if cond:
+            bug = KvmBug(function, message)
+            if self._count((function, message)):
+                self.bugs.append(bug)
+            self.vm_bugged = True
+            self.vm_dead = True
+            for vcpu in self.vcpus:
+                vcpu.kvm_make_request("KVM_REQ_VM_DEAD")
+            if self.tracer is not None:
+                self.tracer(bug)
+        return cond
+
+    def _count(self, key: tuple[str, str]) -> bool:
+        """Count one firing; True the first time (the kernel prints a splat only once)."""
+        n = self.bug_counts.get(key, 0)
+        self.bug_counts[key] = n + 1
+        return n == 0
+
+    def WARN_ON_ONCE(self, cond: bool, function: str, message: str) -> bool:
+        """``WARN_ON_ONCE(cond)``: recorded, never fatal; returns the condition as the
+        kernel macro does."""
+        if cond:
+            warn = KvmWarn(function, message)
+            if self._count(("WARN " + function, message)):
+                self.warnings.append(warn)
+            if self.tracer is not None:
+                self.tracer(warn)
+        return cond
+
+    def kvm_make_all_cpus_request(self, req: str) -> bool:
+        """Returns whether any vCPU had to be IPI'd (was in guest mode)."""
+        called = False
+        for vcpu in self.vcpus:
+            vcpu.kvm_make_request(req)
+            called |= vcpu.mode == IN_GUEST_MODE
+        return called
+
+    def kvm_flush_remote_tlbs(self, gfn: int = 0, nr_pages: int = 0) -> None:
+        """``kvm_flush_remote_tlbs``; ``_range``/``_gfn``/``_memslot`` degrade to it on
+        hosts without a ranged-flush hook (bare-metal VMX)."""
+        self.stat.remote_tlb_flush_requests += 1
+        if self.kvm_make_all_cpus_request(KVM_REQ_TLB_FLUSH):
+            self.stat.remote_tlb_flush += 1
+        if self.tracer is not None:
+            self.tracer(KvmFlushRemoteTlbs(gfn, nr_pages))
+
+    def kvm_flush_remote_tlbs_gfn(self, gfn: int, level: int) -> None:
+        self.kvm_flush_remote_tlbs(gfn_round_for_level(gfn, level), KVM_PAGES_PER_HPAGE(level))
+
+    def kvm_flush_remote_tlbs_memslot(self, slot: KvmMemorySlot) -> None:
+        self.kvm_flush_remote_tlbs(slot.base_gfn, slot.npages)
+
+    def kvm_update_page_stats(self, level: int, count: int) -> None:
+        """``kvm_update_page_stats``: ``stat.pages[level - 1] += count``."""
+        self.stat.pages[level - 1] += count

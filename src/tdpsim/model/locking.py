@@ -1,0 +1,157 @@
+"""mmu_lock, tdp_mmu_pages_lock and RCU, with scheduling points.
+
+Mirrors the locking of ``arch/x86/kvm/mmu/tdp_mmu.c`` (``kvm->mmu_lock`` is an rwlock on
+x86, ``KVM_HAVE_MMU_RWLOCK``; ``kvm->arch.tdp_mmu_pages_lock`` a spinlock) and the RCU
+protection of page-table pages (``call_rcu(tdp_mmu_free_sp_rcu_callback)``).
+
+Simplifications (one line each):
+- A grace period ends when no RCU reader is left at all (conservative: real grace periods
+  only wait for readers that started before ``call_rcu``).
+- ``lockdep_assert_held*`` are real checks; a failure is reported through
+  ``lockdep_report`` (the owning ``Kvm`` records it as a warning, like a lockdep splat that
+  lets the kernel carry on) or, with no reporter, raises ``LockingError``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .sched import LOCK_ACQUIRE, LOCK_RELEASE, LOCK_WAIT, RCU, SchedPoints
+
+
+class LockingError(AssertionError):
+    """A lock was used wrongly (the model's lockdep splat), or a sequential run would
+    block forever."""
+
+
+def _block(sched: SchedPoints, name: str, key: tuple, write: bool) -> None:
+    """Wait for a held lock: only another model thread can release it, so a sequential
+    run that gets here is deadlocked."""
+    if sched.hook is None:
+        raise LockingError(f"{name}: would block forever in a sequential run")
+    sched.point(LOCK_WAIT, key, write)
+
+
+class RwLock:
+    """``rwlock_t`` with acquisition counters (the metrics read them)."""
+
+    __slots__ = ("name", "key", "readers", "writer", "read_acquisitions",
+                 "write_acquisitions", "_sp", "lockdep_report")
+
+    def __init__(self, name: str, sched: SchedPoints) -> None:
+        self.name = name
+        self.key = ("lock", name)
+        self.readers = 0
+        self.writer = False
+        self.read_acquisitions = 0
+        self.write_acquisitions = 0
+        self._sp = sched
+        self.lockdep_report: Callable[[str], None] | None = None
+
+    def read_lock(self) -> None:
+        self._sp.point(LOCK_ACQUIRE, self.key, False)
+        while self.writer:
+            _block(self._sp, self.name, self.key, False)
+        self.readers += 1
+        self.read_acquisitions += 1
+
+    def read_unlock(self) -> None:
+        if self.readers <= 0:
+            raise LockingError(f"read_unlock({self.name}) without read_lock")
+        self._sp.point(LOCK_RELEASE, self.key, False)
+        self.readers -= 1
+
+    def write_lock(self) -> None:
+        self._sp.point(LOCK_ACQUIRE, self.key, True)
+        while self.writer or self.readers > 0:
+            _block(self._sp, self.name, self.key, True)
+        self.writer = True
+        self.write_acquisitions += 1
+
+    def write_unlock(self) -> None:
+        if not self.writer:
+            raise LockingError(f"write_unlock({self.name}) without write_lock")
+        self._sp.point(LOCK_RELEASE, self.key, True)
+        self.writer = False
+
+    def _lockdep(self, ok: bool, what: str) -> None:
+        if ok:
+            return
+        message = f"{self.name} not held{what}"
+        if self.lockdep_report is None:
+            raise LockingError(message)
+        self.lockdep_report(message)
+
+    def lockdep_assert_held_read(self) -> None:
+        self._lockdep(self.readers > 0, " for read")
+
+    def lockdep_assert_held_write(self) -> None:
+        self._lockdep(self.writer, " for write")
+
+    def lockdep_assert_held(self) -> None:
+        self._lockdep(self.writer or self.readers > 0, "")
+
+    def assert_held(self, shared: bool) -> None:
+        """``kvm_lockdep_assert_mmu_lock_held(kvm, shared)``."""
+        if shared:
+            self.lockdep_assert_held_read()
+        else:
+            self.lockdep_assert_held_write()
+
+
+class SpinLock:
+    """``spinlock_t``."""
+
+    __slots__ = ("name", "key", "held", "_sp")
+
+    def __init__(self, name: str, sched: SchedPoints) -> None:
+        self.name = name
+        self.key = ("lock", name)
+        self.held = False
+        self._sp = sched
+
+    def lock(self) -> None:
+        self._sp.point(LOCK_ACQUIRE, self.key, True)
+        while self.held:
+            _block(self._sp, self.name, self.key, True)
+        self.held = True
+
+    def unlock(self) -> None:
+        if not self.held:
+            raise LockingError(f"spin_unlock({self.name}) without spin_lock")
+        self._sp.point(LOCK_RELEASE, self.key, True)
+        self.held = False
+
+
+class Rcu:
+    """RCU read-side sections and ``call_rcu`` callbacks."""
+
+    __slots__ = ("readers", "pending", "_sp")
+
+    KEY = ("rcu",)
+
+    def __init__(self, sched: SchedPoints) -> None:
+        self.readers = 0
+        self.pending: list[Callable[[], None]] = []
+        self._sp = sched
+
+    def rcu_read_lock(self) -> None:
+        self._sp.point(RCU, self.KEY, False)
+        self.readers += 1
+
+    def rcu_read_unlock(self) -> None:
+        self._sp.point(RCU, self.KEY, False)
+        self.readers -= 1
+        if self.readers == 0 and self.pending:
+            self.rcu_barrier()
+
+    def call_rcu(self, callback: Callable[[], None]) -> None:
+        self.pending.append(callback)
+        if self.readers == 0:
+            self.rcu_barrier()
+
+    def rcu_barrier(self) -> None:
+        """Run every callback whose grace period has ended."""
+        pending, self.pending = self.pending, []
+        for callback in pending:
+            callback()

@@ -1,0 +1,273 @@
+"""The page-fault entry of the MMU — ``kvm_mmu_do_page_fault`` (``mmu_internal.h``),
+``kvm_tdp_page_fault`` / ``kvm_tdp_mmu_page_fault``, ``kvm_mmu_faultin_pfn``,
+``is_page_fault_stale``, ``fast_page_fault``, ``kvm_mmu_load`` and
+``kvm_tdp_mmu_map_private_pfn`` from ``arch/x86/kvm/mmu/mmu.c``.
+
+Simplifications (one line each):
+- ``fast_page_fault`` only fixes write-protected (dirty-logged) direct leaves; access
+  tracking is never used (hardware A/D bits are on).
+- Userspace memory is always host-writable; ``map_writable`` is only cleared by read-only
+  memslots.
+- ``mmu_topup_memory_caches`` cannot fail, so it is not modelled.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .mmu_internal import (
+    EFAULT,
+    EINTR,
+    EIO,
+    KVM_PFN_NOSLOT,
+    PFERR_FETCH_MASK,
+    PFERR_GUEST_FINAL_MASK,
+    PFERR_PRESENT_MASK,
+    PFERR_PRIVATE_ACCESS,
+    PFERR_RSVD_MASK,
+    PFERR_USER_MASK,
+    PFERR_WRITE_MASK,
+    RET_PF_CONTINUE,
+    RET_PF_EMULATE,
+    RET_PF_FIXED,
+    RET_PF_INVALID,
+    RET_PF_RETRY,
+    RET_PF_SPURIOUS,
+    KvmPageFault,
+)
+from .memslot import KVM_MEM_READONLY, kvm_max_level_for_order
+from .spte import (
+    KVM_MAX_HUGEPAGE_LEVEL,
+    PAGE_SHIFT,
+    PG_LEVEL_4K,
+    PT_WRITABLE_MASK,
+    is_last_spte,
+    is_mmu_writable_spte,
+    is_shadow_present_pte,
+    is_writable_pte,
+    shadow_dirty_mask,
+)
+from .tdp_iter import for_each_tdp_pte
+from .tdp_mmu import (
+    is_access_allowed,
+    kvm_tdp_mmu_alloc_root,
+    kvm_tdp_mmu_map,
+    kvm_tdp_mmu_promote_mirror_spte,
+    kvm_tdp_mmu_put_root,
+    try_cmpxchg64,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .kvm import Kvm, KvmVcpu
+
+
+def kvm_mmu_load(vcpu: "KvmVcpu") -> None:
+    """``kvm_mmu_load`` → ``mmu_alloc_direct_roots``: a TD gets its mirror root first;
+    obsolete (invalid) roots are dropped and replaced (``kvm_mmu_free_obsolete_roots``)."""
+    kvm = vcpu.kvm
+    vcpu.kvm_check_request("KVM_REQ_MMU_FREE_OBSOLETE_ROOTS")
+    for attr in ("mirror_root", "root"):
+        root = getattr(vcpu, attr)
+        if root is not None and root.role.invalid:
+            kvm.mmu_lock.write_lock()
+            kvm_tdp_mmu_put_root(kvm, root)
+            kvm.mmu_lock.write_unlock()
+            setattr(vcpu, attr, None)
+    if kvm.kvm_has_mirrored_tdp() and vcpu.mirror_root is None:
+        kvm_tdp_mmu_alloc_root(vcpu, True)
+    if vcpu.root is None:
+        kvm_tdp_mmu_alloc_root(vcpu, False)
+
+
+def mmu_invalidate_retry_gfn(kvm: "Kvm", mmu_seq: int, gfn: int) -> bool:
+    """``mmu_invalidate_retry_gfn``: an invalidation covering gfn is in flight, or one
+    finished since the fault snapshotted ``mmu_seq``."""
+    kvm.mmu_lock.lockdep_assert_held()
+    if kvm.mmu_invalidate_in_progress and (
+            kvm.mmu_invalidate_range_start <= gfn < kvm.mmu_invalidate_range_end):
+        return True
+    return kvm.mmu_invalidate_seq != mmu_seq
+
+
+def mmu_invalidate_retry_gfn_unsafe(kvm: "Kvm", mmu_seq: int, gfn: int) -> bool:
+    """``mmu_invalidate_retry_gfn_unsafe``: the same check without mmu_lock (may give false
+    negatives, rechecked under the lock)."""
+    if kvm.mmu_invalidate_in_progress and (
+            kvm.mmu_invalidate_range_start <= gfn < kvm.mmu_invalidate_range_end):
+        return True
+    return kvm.mmu_invalidate_seq != mmu_seq
+
+
+def is_page_fault_stale(vcpu: "KvmVcpu", fault: KvmPageFault) -> bool:
+    """``is_page_fault_stale``: the (direct) root became obsolete, or an invalidation hit."""
+    if vcpu.root is not None and vcpu.root.role.invalid:
+        return True
+    return fault.slot is not None and mmu_invalidate_retry_gfn(vcpu.kvm, fault.mmu_seq, fault.gfn)
+
+
+def kvm_mmu_faultin_pfn(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
+    """``kvm_mmu_faultin_pfn``: snapshot ``mmu_invalidate_seq``, check the private/shared
+    attribute, then get the pfn from guest_memfd (private) or the host mapping."""
+    kvm = vcpu.kvm
+    fault.mmu_seq = kvm.mmu_invalidate_seq
+    if kvm.kvm_has_mirrored_tdp() and fault.is_private != kvm.kvm_mem_is_private(fault.gfn):
+        return -EFAULT  # kvm_mmu_prepare_memory_fault_exit: userspace must convert
+    slot = fault.slot
+    if slot is None:
+        if fault.is_private:
+            return -EFAULT
+        fault.pfn = KVM_PFN_NOSLOT  # kvm_handle_noslot_fault: emulated MMIO
+        fault.map_writable = False
+        return RET_PF_CONTINUE
+    if mmu_invalidate_retry_gfn_unsafe(kvm, fault.mmu_seq, fault.gfn):
+        return RET_PF_RETRY
+    fault.map_writable = not slot.flags & KVM_MEM_READONLY
+    if fault.is_private:
+        if slot.gmem is None:
+            return -EFAULT
+        fault.pfn, order = slot.gmem.kvm_gmem_get_pfn(fault.gfn - slot.base_gfn + slot.gmem_offset)
+        fault.max_level = kvm_max_level_for_order(order)
+    else:
+        fault.pfn = slot.gfn_to_hva(fault.gfn) >> PAGE_SHIFT
+    return RET_PF_CONTINUE
+
+
+def fast_page_fault(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
+    """``fast_page_fault`` (direct root, no mmu_lock): make a write-protected but
+    MMU-writable leaf writable again with one cmpxchg, logging the page dirty.  Private
+    faults never come here (``page_fault_can_be_fast``)."""
+    if fault.is_private or not fault.present or fault.slot is None:
+        return RET_PF_INVALID
+    kvm = vcpu.kvm
+    kvm.rcu.rcu_read_lock()
+    ret = RET_PF_INVALID
+    for iter in for_each_tdp_pte(kvm, vcpu.root, fault.gfn, fault.gfn + 1):
+        if not is_shadow_present_pte(iter.old_spte) or not is_last_spte(iter.old_spte, iter.level):
+            continue
+        spte = iter.old_spte
+        if is_access_allowed(fault, spte):
+            ret = RET_PF_SPURIOUS
+        elif fault.write and not is_writable_pte(spte) and is_mmu_writable_spte(spte) \
+                and iter.level == PG_LEVEL_4K:
+            ok, _ = try_cmpxchg64(kvm, iter.sp, iter.index, spte,
+                                  spte | PT_WRITABLE_MASK | shadow_dirty_mask)
+            if ok:
+                fault.slot.mark_page_dirty_in_slot(iter.gfn)  # fast_pf_fix_direct_spte
+                vcpu.stat.pf_fast += 1
+                ret = RET_PF_FIXED
+        break
+    kvm.rcu.rcu_read_unlock()
+    return ret
+
+
+def kvm_tdp_mmu_page_fault(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
+    """``kvm_tdp_mmu_page_fault``: fast path, faultin, then map under the read lock."""
+    kvm = vcpu.kvm
+    r = fast_page_fault(vcpu, fault)
+    if r != RET_PF_INVALID:
+        return r
+    r = kvm_mmu_faultin_pfn(vcpu, fault)
+    if r != RET_PF_CONTINUE:
+        return r
+    r = RET_PF_RETRY
+    kvm.mmu_lock.read_lock()
+    if not is_page_fault_stale(vcpu, fault):
+        r = kvm_tdp_mmu_map(vcpu, fault)
+    kvm.mmu_lock.read_unlock()
+    if fault.mirror_promotion_level:
+        r = _promote_then_map(vcpu, fault)
+    return r
+
+
+def _promote_then_map(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
+    """The hypothetical ``mirror_promotion="seamcall"`` KVM: promote under the write lock;
+    if the TDX module refuses, fall back to the 4K mapping the SEED patch would make."""
+    kvm = vcpu.kvm
+    kvm.mmu_lock.write_lock()
+    ret = kvm_tdp_mmu_promote_mirror_spte(vcpu, fault)
+    kvm.mmu_lock.write_unlock()
+    if ret == 0:
+        return RET_PF_FIXED
+    fault.mirror_promotion_level = 0
+    fault.max_level = PG_LEVEL_4K
+    fault.goal_level = PG_LEVEL_4K
+    fault.pfn |= fault.gfn & ((1 << 9) - 1)
+    kvm.mmu_lock.read_lock()
+    r = kvm_tdp_mmu_map(vcpu, fault) if not is_page_fault_stale(vcpu, fault) else RET_PF_RETRY
+    kvm.mmu_lock.read_unlock()
+    return r
+
+
+def kvm_mmu_do_page_fault(vcpu: "KvmVcpu", cr2_or_gpa: int, err: int,
+                          prefetch: bool = False) -> int:
+    """``kvm_mmu_do_page_fault``: build ``struct kvm_page_fault``, run the TDP fault
+    handler, count the result in the vCPU stats.  Returns a RET_PF_* value or -errno."""
+    kvm = vcpu.kvm
+    fault = KvmPageFault(
+        addr=cr2_or_gpa, error_code=err, prefetch=prefetch,
+        exec=bool(err & PFERR_FETCH_MASK), write=bool(err & PFERR_WRITE_MASK),
+        present=bool(err & PFERR_PRESENT_MASK), rsvd=bool(err & PFERR_RSVD_MASK),
+        user=bool(err & PFERR_USER_MASK), is_tdp=True,
+        is_private=bool(err & PFERR_PRIVATE_ACCESS),
+        nx_huge_page_workaround_enabled=kvm.is_nx_huge_page_enabled(),
+        max_level=KVM_MAX_HUGEPAGE_LEVEL, vcpu_id=vcpu.vcpu_id,
+    )
+    fault.gfn = (cr2_or_gpa >> PAGE_SHIFT) & ~kvm.kvm_gfn_direct_bits()
+    fault.slot = kvm.gfn_to_memslot(fault.gfn)
+    if not prefetch:
+        vcpu.stat.pf_taken += 1
+    r = kvm_tdp_mmu_page_fault(vcpu, fault)
+    if r == RET_PF_EMULATE and fault.is_private:
+        r = -EFAULT  # "unexpected emulation request on private memory"
+    if r == RET_PF_FIXED:
+        vcpu.stat.pf_fixed += 1
+    elif r == RET_PF_EMULATE:
+        vcpu.stat.pf_emulate += 1
+    elif r == RET_PF_SPURIOUS:
+        vcpu.stat.pf_spurious += 1
+    elif r == RET_PF_RETRY:
+        vcpu.stat.pf_retry += 1
+    return r
+
+
+def ept_violation_error_code(*, write: bool = False, exec: bool = False,
+                             private: bool = False, present: bool = False) -> int:
+    """The error code ``__vmx_handle_ept_violation`` / ``tdx_handle_ept_violation`` pass
+    to ``kvm_mmu_page_fault``: reads count as user (EPT R), final-address access."""
+    err = PFERR_GUEST_FINAL_MASK | PFERR_USER_MASK
+    if write:
+        err |= PFERR_WRITE_MASK
+    if exec:
+        err |= PFERR_FETCH_MASK
+    if present:
+        err |= PFERR_PRESENT_MASK
+    if private:
+        err |= PFERR_PRIVATE_ACCESS
+    return err
+
+
+def kvm_tdp_mmu_map_private_pfn(vcpu: "KvmVcpu", gfn: int, pfn: int,
+                                max_retries: int = 1000) -> int:
+    """``kvm_tdp_mmu_map_private_pfn`` (TD build, KVM_TDX_INIT_MEM_REGION): a synthetic
+    4K prefetch fault, retried while RET_PF_RETRY; anything but FIXED is -EIO.
+    ``max_retries`` stands in for ``signal_pending`` (-EINTR)."""
+    kvm = vcpu.kvm
+    fault = KvmPageFault(
+        addr=gfn << PAGE_SHIFT, error_code=PFERR_GUEST_FINAL_MASK | PFERR_PRIVATE_ACCESS,
+        prefetch=True, exec=False, write=False, present=False, rsvd=False, user=False,
+        is_tdp=True, is_private=True,
+        nx_huge_page_workaround_enabled=kvm.is_nx_huge_page_enabled(),
+        max_level=PG_LEVEL_4K, gfn=gfn, slot=kvm.gfn_to_memslot(gfn), pfn=pfn,
+        map_writable=True, vcpu_id=vcpu.vcpu_id,
+    )
+    if kvm.vm_dead:
+        return -EIO
+    for _ in range(max_retries):
+        if kvm.vm_dead:
+            return -EIO
+        kvm.mmu_lock.read_lock()
+        r = kvm_tdp_mmu_map(vcpu, fault)
+        kvm.mmu_lock.read_unlock()
+        if r != RET_PF_RETRY:
+            return 0 if r == RET_PF_FIXED else -EIO
+    return -EINTR

@@ -1,0 +1,179 @@
+"""Shadow-page and fault structures — mirrors ``arch/x86/kvm/mmu/mmu_internal.h`` and the
+``union kvm_mmu_page_role`` of ``arch/x86/include/asm/kvm_host.h``.
+
+Simplifications (one line each):
+- ``spt`` is an ``array('Q')`` of 512 SPTEs; its "physical address" is ``spt_pfn``, a
+  deterministic pfn handed out by ``Kvm.alloc_pt_pfn`` (``page_private`` is
+  ``Kvm.sp_by_pfn``).
+- ``ptep`` is kept as (parent SP, index) instead of a raw pointer.
+- ``external_spt`` is the pfn of the page handed to the TDX module, or None.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+from .spte import ACC_ALL, PG_LEVEL_4K, SHADOW_NONPRESENT_VALUE, SPTE_ENT_PER_PAGE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .memslot import KvmMemorySlot
+
+# enum { RET_PF_CONTINUE = 0, ... } in mmu_internal.h, values in order.
+RET_PF_CONTINUE = 0
+RET_PF_RETRY = 1
+RET_PF_EMULATE = 2
+RET_PF_WRITE_PROTECTED = 3
+RET_PF_INVALID = 4
+RET_PF_FIXED = 5
+RET_PF_SPURIOUS = 6
+RET_PF_NAMES = {
+    RET_PF_CONTINUE: "RET_PF_CONTINUE", RET_PF_RETRY: "RET_PF_RETRY",
+    RET_PF_EMULATE: "RET_PF_EMULATE", RET_PF_WRITE_PROTECTED: "RET_PF_WRITE_PROTECTED",
+    RET_PF_INVALID: "RET_PF_INVALID", RET_PF_FIXED: "RET_PF_FIXED",
+    RET_PF_SPURIOUS: "RET_PF_SPURIOUS",
+}
+
+# Negative errno values the model returns where the kernel does.
+EINTR = 4
+EIO = 5
+ENOMEM = 12
+EFAULT = 14
+EBUSY = 16
+EINVAL = 22
+EOPNOTSUPP = 95
+ERRNO_NAMES = {EINTR: "EINTR", EIO: "EIO", ENOMEM: "ENOMEM", EFAULT: "EFAULT", EBUSY: "EBUSY",
+               EINVAL: "EINVAL", EOPNOTSUPP: "EOPNOTSUPP"}
+
+# Page-fault error code bits (arch/x86/include/asm/kvm_host.h).
+PFERR_PRESENT_MASK = 1 << 0
+PFERR_WRITE_MASK = 1 << 1
+PFERR_USER_MASK = 1 << 2
+PFERR_RSVD_MASK = 1 << 3
+PFERR_FETCH_MASK = 1 << 4
+PFERR_GUEST_FINAL_MASK = 1 << 32
+PFERR_GUEST_PAGE_MASK = 1 << 33
+PFERR_IMPLICIT_ACCESS = 1 << 48
+PFERR_PRIVATE_ACCESS = 1 << 49
+
+# KVM pfn error values (include/linux/kvm_host.h).
+KVM_PFN_ERR_MASK = 0x7FF << 52
+KVM_PFN_ERR_NOSLOT_MASK = 0xFFF << 52
+KVM_PFN_NOSLOT = 0x1 << 63
+KVM_PFN_ERR_FAULT = KVM_PFN_ERR_MASK
+
+
+def is_error_noslot_pfn(pfn: int) -> bool:
+    return bool(pfn & KVM_PFN_ERR_NOSLOT_MASK)
+
+
+class KvmMmuPageRole:
+    """``union kvm_mmu_page_role`` (the fields a TDP MMU page uses).
+
+    ``word`` packs them at the kernel's bit positions (v6.18): level [3:0], direct [7],
+    access [10:8], invalid [11], efer_nx [12], cr0_wp [13], ad_disabled [16],
+    is_mirror [19], smm (as_id) [31:24].  ``invalid`` is mutable, as in the kernel.
+    """
+
+    __slots__ = ("level", "direct", "access", "invalid", "efer_nx", "cr0_wp",
+                 "ad_disabled", "is_mirror", "smm")
+
+    def __init__(self, level: int, *, is_mirror: bool = False, ad_disabled: bool = False,
+                 smm: int = 0, access: int = ACC_ALL, invalid: bool = False) -> None:
+        self.level = level
+        self.direct = True
+        self.access = access
+        self.invalid = invalid
+        self.efer_nx = True
+        self.cr0_wp = True
+        self.ad_disabled = ad_disabled
+        self.is_mirror = is_mirror
+        self.smm = smm
+
+    @property
+    def word(self) -> int:
+        return (
+            self.level
+            | (self.direct << 7)
+            | (self.access << 8)
+            | (self.invalid << 11)
+            | (self.efer_nx << 12)
+            | (self.cr0_wp << 13)
+            | (self.ad_disabled << 16)
+            | (self.is_mirror << 19)
+            | (self.smm << 24)
+        )
+
+    def child(self) -> "KvmMmuPageRole":
+        """``tdp_mmu_init_child_sp``: copy the parent's role, one level down."""
+        return KvmMmuPageRole(self.level - 1, is_mirror=self.is_mirror,
+                              ad_disabled=self.ad_disabled, smm=self.smm,
+                              access=self.access, invalid=self.invalid)
+
+
+class KvmMmuPage:
+    """``struct kvm_mmu_page`` as the TDP MMU uses it."""
+
+    __slots__ = ("role", "gfn", "spt", "spt_pfn", "parent", "parent_index", "external_spt",
+                 "nx_huge_page_disallowed", "tdp_mmu_root_count",
+                 "tdp_mmu_scheduled_root_to_zap", "possible_nx_huge_page")
+
+    def __init__(self, spt_pfn: int) -> None:
+        """``tdp_mmu_alloc_sp``'s allocation; ``tdp_mmu_init_sp`` fills in the rest."""
+        self.role: KvmMmuPageRole = None  # type: ignore[assignment]
+        self.gfn = 0
+        # Fresh tables come pre-filled with SHADOW_NONPRESENT_VALUE (mmu_shadow_page_cache
+        # has init_value set), so TDs take EPT violations rather than #VEs.
+        self.spt = array("Q", [SHADOW_NONPRESENT_VALUE]) * SPTE_ENT_PER_PAGE
+        self.spt_pfn = spt_pfn
+        self.parent: Optional["KvmMmuPage"] = None
+        self.parent_index = 0
+        self.external_spt: Optional[int] = None
+        self.nx_huge_page_disallowed = False
+        self.tdp_mmu_root_count = 0
+        self.tdp_mmu_scheduled_root_to_zap = False
+        self.possible_nx_huge_page = False
+
+    @property
+    def level(self) -> int:
+        return self.role.level
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return (f"KvmMmuPage(l{self.role.level} gfn={self.gfn:#x} pfn={self.spt_pfn:#x}"
+                f"{' mirror' if self.role.is_mirror else ''})")
+
+
+def is_mirror_sp(sp: KvmMmuPage) -> bool:
+    return sp.role.is_mirror
+
+
+@dataclass(slots=True)
+class KvmPageFault:
+    """``struct kvm_page_fault`` (mmu_internal.h)."""
+
+    addr: int
+    error_code: int
+    prefetch: bool
+    exec: bool
+    write: bool
+    present: bool
+    rsvd: bool
+    user: bool
+    is_tdp: bool
+    is_private: bool
+    nx_huge_page_workaround_enabled: bool
+    max_level: int
+    gfn: int = 0
+    slot: Optional["KvmMemorySlot"] = None
+    req_level: int = PG_LEVEL_4K
+    goal_level: int = PG_LEVEL_4K
+    huge_page_disallowed: bool = False
+    mmu_seq: int = 0
+    pfn: int = KVM_PFN_ERR_FAULT
+    map_writable: bool = False
+    write_fault_to_shadow_pgtable: bool = False
+    vcpu_id: int = 0
+    # Not in the kernel: set by the hypothetical ``mirror_promotion="seamcall"`` KVM when
+    # the walk found a mirror table where it wants a huge leaf (see tdp_mmu._map_target_level).
+    mirror_promotion_level: int = 0

@@ -1,0 +1,65 @@
+"""Policies as data: every switch the seed review and the TDX huge-page series argue about.
+
+Not a kernel file: these are the module parameters, config choices and patch sets
+(reference §0.1: UPSTREAM, HP-v3, SEED) that decide the model's behaviour, gathered in one
+frozen value so that runs are reproducible and comparable side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Literal
+
+from .spte import PG_LEVEL_1G, PG_LEVEL_2M, PG_LEVEL_4K
+
+MirrorPromotion = Literal["disallowed", "unpatched", "seamcall"]
+MIRROR_PROMOTION_CHOICES = ("disallowed", "unpatched", "seamcall")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The switches of one run.
+
+    mirror_promotion:
+        ``disallowed`` — HP-v3 with the SEED patch: ``disallowed_hugepage_adjust`` also
+        applies on mirror roots, so the fault path never promotes there (default).
+        ``unpatched`` — HP-v3 without it: a 2M goal over a mirror page table reaches
+        ``set_external_spte_present`` with a present old SPTE and hits its KVM_BUG_ON.
+        ``seamcall`` — a hypothetical future KVM that promotes S-EPT with RANGE.BLOCK,
+        TRACK and PAGE.PROMOTE under the write lock (filled in by the TDX glue).
+    nx_huge_pages: the ``kvm.nx_huge_pages`` module parameter (iTLB multihit workaround).
+    tdx_huge_page: HP-v3's ``kvm_intel.tdx_huge_page``; off means private memory is 4K only
+        (UPSTREAM behaviour).
+    tdx_private_max_level: the most ``tdx_gmem_max_mapping_level`` allows once RUNNABLE
+        (HP-v3: 2M; never 1G).
+    max_huge_page_level: 1G if EPT supports 1G pages, else 2M.
+    eager_page_split: the ``kvm.eager_page_split`` module parameter.
+    lpage_check_first: HP-v3's accept-level handling tests GUEST_INHIBIT before taking the
+        write mmu_lock (the 17626 → 11 write-lock figure).
+    gmem_hva_fixup: HP-v3's fixup that ignores the hva alignment of guest_memfd slots.
+    ad_enabled: ``kvm_ad_enabled``: hardware A/D bits in use.
+    """
+
+    mirror_promotion: MirrorPromotion = "disallowed"
+    nx_huge_pages: bool = False
+    tdx_huge_page: bool = True
+    tdx_private_max_level: int = PG_LEVEL_2M
+    max_huge_page_level: int = PG_LEVEL_1G
+    eager_page_split: bool = True
+    lpage_check_first: bool = True
+    gmem_hva_fixup: bool = True
+    ad_enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mirror_promotion not in MIRROR_PROMOTION_CHOICES:
+            raise ValueError(f"mirror_promotion must be one of {MIRROR_PROMOTION_CHOICES}, "
+                             f"not {self.mirror_promotion!r}")
+        for name in ("tdx_private_max_level", "max_huge_page_level"):
+            if getattr(self, name) not in (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G):
+                raise ValueError(f"{name} must be 1 (4K), 2 (2M) or 3 (1G)")
+
+    def with_(self, **changes: object) -> "Policy":
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

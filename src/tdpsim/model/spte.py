@@ -1,0 +1,366 @@
+"""SPTE encoding and helpers — mirrors ``arch/x86/kvm/mmu/spte.h`` and ``spte.c``.
+
+Only the EPT flavour is modelled (the TDP MMU on Intel, which is what TDX uses), with the
+masks ``kvm_mmu_set_ept_masks()`` installs.  Values are plain Python ints holding the
+64-bit SPTE exactly as the kernel stores it.
+
+Simplifications (one line each):
+- Physical address width is fixed at 52 bits; ``shadow_me_value`` (SME/TME-MK) is 0.
+- ``shadow_nonpresent_or_rsvd_mask`` (L1TF) is 0, as on EPT hosts without the mitigation.
+- ``get_mt_mask`` is a per-VM constant (``Kvm.mt_mask``), as reference §10 recommends.
+- Exec-only EPT is assumed supported (as on every TDX-capable CPU), so
+  ``shadow_present_mask`` is just the suppress-#VE bit; R comes from ``shadow_user_mask``.
+"""
+
+from __future__ import annotations
+
+# --- Levels (arch/x86/include/asm/pgtable_types.h, mmu.h) --------------------------------
+PG_LEVEL_4K = 1
+PG_LEVEL_2M = 2
+PG_LEVEL_1G = 3
+PG_LEVEL_512G = 4
+PT64_ROOT_MAX_LEVEL = 5
+KVM_MAX_HUGEPAGE_LEVEL = PG_LEVEL_1G
+KVM_NR_PAGE_SIZES = 3
+PG_LEVEL_NUM = 6  # enum pg_level's last value: "no limit" for kvm_mmu_max_mapping_level
+
+SPTE_LEVEL_BITS = 9
+SPTE_ENT_PER_PAGE = 512
+PAGE_SHIFT = 12
+
+
+def KVM_HPAGE_GFN_SHIFT(level: int) -> int:
+    return (level - 1) * SPTE_LEVEL_BITS
+
+
+def KVM_PAGES_PER_HPAGE(level: int) -> int:
+    return 1 << ((level - 1) * SPTE_LEVEL_BITS)
+
+
+def gfn_round_for_level(gfn: int, level: int) -> int:
+    return gfn & -KVM_PAGES_PER_HPAGE(level)
+
+
+def SPTE_INDEX(gfn: int, level: int) -> int:
+    """``SPTE_INDEX(address, level)`` expressed on a gfn instead of an address."""
+    return (gfn >> ((level - 1) * SPTE_LEVEL_BITS)) & (SPTE_ENT_PER_PAGE - 1)
+
+
+# --- EPT bits (arch/x86/include/asm/vmx.h, spte.h) -----------------------------------------
+VMX_EPT_READABLE_MASK = 1 << 0
+VMX_EPT_WRITABLE_MASK = 1 << 1
+VMX_EPT_EXECUTABLE_MASK = 1 << 2
+VMX_EPT_RWX_MASK = 0x7
+VMX_EPT_MT_EPTE_SHIFT = 3
+VMX_EPT_MT_MASK = 0x7 << VMX_EPT_MT_EPTE_SHIFT
+VMX_EPT_IPAT_BIT = 1 << 6
+PT_PAGE_SIZE_MASK = 1 << 7
+VMX_EPT_ACCESS_BIT = 1 << 8
+VMX_EPT_DIRTY_BIT = 1 << 9
+SPTE_MMU_PRESENT_MASK = 1 << 11
+VMX_EPT_SUPPRESS_VE_BIT = 1 << 63
+PT_WRITABLE_MASK = VMX_EPT_WRITABLE_MASK
+
+SPTE_TDP_AD_SHIFT = 52
+SPTE_TDP_AD_MASK = 3 << SPTE_TDP_AD_SHIFT
+SPTE_TDP_AD_ENABLED = 0 << SPTE_TDP_AD_SHIFT
+SPTE_TDP_AD_DISABLED = 1 << SPTE_TDP_AD_SHIFT
+SPTE_TDP_AD_WRPROT_ONLY = 2 << SPTE_TDP_AD_SHIFT
+
+SHADOW_ACC_TRACK_SAVED_BITS_MASK = VMX_EPT_READABLE_MASK | VMX_EPT_EXECUTABLE_MASK
+SHADOW_ACC_TRACK_SAVED_BITS_SHIFT = 54
+
+EPT_SPTE_HOST_WRITABLE = 1 << 57
+EPT_SPTE_MMU_WRITABLE = 1 << 58
+
+PHYSICAL_ADDRESS_BITS = 52
+SPTE_BASE_ADDR_MASK = ((1 << PHYSICAL_ADDRESS_BITS) - 1) & ~0xFFF
+
+# Masks installed by kvm_mmu_set_ept_masks().
+shadow_user_mask = VMX_EPT_READABLE_MASK
+shadow_accessed_mask = VMX_EPT_ACCESS_BIT
+shadow_dirty_mask = VMX_EPT_DIRTY_BIT
+shadow_nx_mask = 0
+shadow_x_mask = VMX_EPT_EXECUTABLE_MASK
+shadow_present_mask = VMX_EPT_SUPPRESS_VE_BIT  # has_exec_only: R not needed for present
+shadow_acc_track_mask = VMX_EPT_RWX_MASK
+shadow_host_writable_mask = EPT_SPTE_HOST_WRITABLE
+shadow_mmu_writable_mask = EPT_SPTE_MMU_WRITABLE
+shadow_mmio_mask = VMX_EPT_RWX_MASK | VMX_EPT_SUPPRESS_VE_BIT
+VMX_EPT_MISCONFIG_WX_VALUE = VMX_EPT_WRITABLE_MASK | VMX_EPT_EXECUTABLE_MASK
+
+# Every "empty" SPTE holds this so that TDs get an EPT violation, not a #VE.
+SHADOW_NONPRESENT_VALUE = 1 << 63
+# Owned by one thread during a multi-step update; never MMU-present, never MMIO.
+FROZEN_SPTE = SHADOW_NONPRESENT_VALUE | 0x5A0
+
+# MMIO generation bits (spte.h): gen[7:0] -> bits 3..10, gen[18:8] -> bits 52..62.
+MMIO_SPTE_GEN_LOW_START = 3
+MMIO_SPTE_GEN_LOW_END = 10
+MMIO_SPTE_GEN_HIGH_START = 52
+MMIO_SPTE_GEN_HIGH_END = 62
+MMIO_SPTE_GEN_LOW_BITS = MMIO_SPTE_GEN_LOW_END - MMIO_SPTE_GEN_LOW_START + 1
+MMIO_SPTE_GEN_MASK = (1 << 19) - 1
+
+# Access bits (mmu.h ACC_*).
+ACC_EXEC_MASK = 1
+ACC_WRITE_MASK = PT_WRITABLE_MASK
+ACC_USER_MASK = 1 << 2
+ACC_ALL = ACC_EXEC_MASK | ACC_WRITE_MASK | ACC_USER_MASK
+
+# Memory types for get_mt_mask (MTRR_TYPE_*).
+MTRR_TYPE_UNCACHABLE = 0
+MTRR_TYPE_WRBACK = 6
+
+# --- Predicates ------------------------------------------------------------------------
+
+
+def is_shadow_present_pte(spte: int) -> bool:
+    return bool(spte & SPTE_MMU_PRESENT_MASK)
+
+
+def is_large_pte(spte: int) -> bool:
+    return bool(spte & PT_PAGE_SIZE_MASK)
+
+
+def is_last_spte(spte: int, level: int) -> bool:
+    return level == PG_LEVEL_4K or bool(spte & PT_PAGE_SIZE_MASK)
+
+
+def is_frozen_spte(spte: int) -> bool:
+    return spte == FROZEN_SPTE
+
+
+def is_mmio_spte(shadow_mmio_value: int, spte: int, enable_mmio_caching: bool = True) -> bool:
+    """``is_mmio_spte(kvm, spte)``; takes ``kvm->arch.shadow_mmio_value`` directly."""
+    return (spte & shadow_mmio_mask) == shadow_mmio_value and enable_mmio_caching
+
+
+def is_writable_pte(spte: int) -> bool:
+    return bool(spte & PT_WRITABLE_MASK)
+
+
+def is_mmu_writable_spte(spte: int) -> bool:
+    return bool(spte & shadow_mmu_writable_mask)
+
+
+def is_executable_pte(spte: int) -> bool:
+    return (spte & (shadow_x_mask | shadow_nx_mask)) == shadow_x_mask
+
+
+def spte_ad_enabled(spte: int) -> bool:
+    return (spte & SPTE_TDP_AD_MASK) != SPTE_TDP_AD_DISABLED
+
+
+def spte_ad_need_write_protect(spte: int) -> bool:
+    return (spte & SPTE_TDP_AD_MASK) != SPTE_TDP_AD_ENABLED
+
+
+def is_access_track_spte(spte: int) -> bool:
+    return not spte_ad_enabled(spte) and not (spte & shadow_acc_track_mask)
+
+
+def is_accessed_spte(spte: int) -> bool:
+    return bool(spte & shadow_accessed_mask)
+
+
+def is_dirty_spte(spte: int) -> bool:
+    return bool(spte & shadow_dirty_mask)
+
+
+def spte_to_pfn(spte: int) -> int:
+    return (spte & SPTE_BASE_ADDR_MASK) >> PAGE_SHIFT
+
+
+def leaf_spte_change_needs_tlb_flush(old_spte: int, new_spte: int) -> bool:
+    """Only losing MMU-writable needs a flush; clearing A, D or W for dirty logging does
+    not (the caller handles the present/leaf checks)."""
+    return is_mmu_writable_spte(old_spte) and not is_mmu_writable_spte(new_spte)
+
+
+def check_spte_writable_invariants(spte: int) -> bool:
+    """``check_spte_writable_invariants``: True when the (host, mmu, W) triple is one of
+    111, 110, 100, 000; the kernel WARNs otherwise."""
+    if spte & shadow_mmu_writable_mask and not spte & shadow_host_writable_mask:
+        return False
+    if spte & PT_WRITABLE_MASK and not spte & shadow_mmu_writable_mask:
+        return False
+    return True
+
+
+def spte_needs_atomic_update(spte: int) -> bool:
+    """``spte_needs_atomic_update`` (6.18; formerly ``spte_has_volatile_bits``): bits the
+    CPU or the lockless fast path may set behind mmu_lock's back."""
+    if not is_writable_pte(spte) and is_mmu_writable_spte(spte):
+        return True  # fast page fault may make it writable
+    if not spte_ad_enabled(spte):
+        return True  # access tracking is done in software
+    return is_writable_pte(spte) and not is_dirty_spte(spte)  # the CPU may set D
+
+
+def kvm_tdp_mmu_spte_need_atomic_write(old_spte: int, level: int) -> bool:
+    """``tdp_iter.h``: only present leaves can have volatile bits."""
+    return (
+        is_shadow_present_pte(old_spte)
+        and is_last_spte(old_spte, level)
+        and spte_needs_atomic_update(old_spte)
+    )
+
+
+# --- Constructors ----------------------------------------------------------------------
+
+
+def make_spte_executable(spte: int) -> int:
+    return (spte & ~shadow_nx_mask) | shadow_x_mask
+
+
+def make_spte_nonexecutable(spte: int) -> int:
+    return (spte & ~shadow_x_mask) | shadow_nx_mask
+
+
+def mark_spte_for_access_track(spte: int) -> int:
+    """``mark_spte_for_access_track``: A/D-enabled SPTEs just lose A; others save R/X in
+    the high bits and drop RWX and A."""
+    if spte_ad_enabled(spte):
+        return spte & ~shadow_accessed_mask
+    if is_access_track_spte(spte):
+        return spte
+    saved = spte & SHADOW_ACC_TRACK_SAVED_BITS_MASK
+    spte |= saved << SHADOW_ACC_TRACK_SAVED_BITS_SHIFT
+    spte &= ~(shadow_acc_track_mask | shadow_accessed_mask)
+    return spte
+
+
+def make_spte(
+    *,
+    level: int,
+    ad_disabled: bool,
+    pte_access: int,
+    pfn: int,
+    old_spte: int,
+    prefetch: bool,
+    host_writable: bool,
+    nx_huge_page_enabled: bool,
+    mt_mask: int,
+    synchronizing: bool = False,
+) -> int:
+    """``make_spte()`` for the TDP MMU: returns the new SPTE.
+
+    ``wrprot`` is always false here: ``mmu_try_to_unsync_pages()`` only refuses for
+    shadow-MMU write-tracked gfns, which TDP-only VMs never have.  The dirty-bitmap side
+    effect (``mark_page_dirty_in_slot``) is left to the caller, which owns the memslot.
+    """
+    spte = SPTE_MMU_PRESENT_MASK
+    if ad_disabled:
+        spte |= SPTE_TDP_AD_DISABLED
+    spte |= shadow_present_mask
+    if not prefetch or synchronizing:
+        spte |= shadow_accessed_mask
+    # Huge pages must not be executable with the iTLB-multihit workaround on.
+    if level > PG_LEVEL_4K and pte_access & ACC_EXEC_MASK and nx_huge_page_enabled:
+        pte_access &= ~ACC_EXEC_MASK
+    spte |= shadow_x_mask if pte_access & ACC_EXEC_MASK else shadow_nx_mask
+    if pte_access & ACC_USER_MASK:
+        spte |= shadow_user_mask
+    if level > PG_LEVEL_4K:
+        spte |= PT_PAGE_SIZE_MASK
+    spte |= mt_mask
+    if host_writable:
+        spte |= shadow_host_writable_mask
+    else:
+        pte_access &= ~ACC_WRITE_MASK
+    spte |= pfn << PAGE_SHIFT
+    if pte_access & ACC_WRITE_MASK:
+        spte |= PT_WRITABLE_MASK | shadow_mmu_writable_mask
+        if not is_writable_pte(old_spte):
+            spte |= shadow_dirty_mask
+    if prefetch and not synchronizing:
+        spte = mark_spte_for_access_track(spte)
+    return spte
+
+
+def make_nonleaf_spte(child_pt_pfn: int, ad_disabled: bool) -> int:
+    """``make_nonleaf_spte()``: page-table entries are always RWX."""
+    spte = (
+        SPTE_MMU_PRESENT_MASK
+        | (child_pt_pfn << PAGE_SHIFT)
+        | shadow_present_mask
+        | PT_WRITABLE_MASK
+        | shadow_user_mask
+        | shadow_x_mask
+    )
+    spte |= SPTE_TDP_AD_DISABLED if ad_disabled else shadow_accessed_mask
+    return spte
+
+
+def make_small_spte(huge_spte: int, child_level: int, index: int, sp_access: int,
+                    nx_huge_page_enabled: bool) -> int:
+    """``make_small_spte()`` (formerly ``make_huge_page_split_spte``): the ``index``-th
+    child of a huge SPTE being split into a table at ``child_level``."""
+    child_spte = huge_spte | ((index * KVM_PAGES_PER_HPAGE(child_level)) << PAGE_SHIFT)
+    if child_level == PG_LEVEL_4K:
+        child_spte &= ~PT_PAGE_SIZE_MASK
+        # The NX workaround stripped X from the huge page; 4K pages may execute again.
+        if sp_access & ACC_EXEC_MASK and nx_huge_page_enabled:
+            child_spte = make_spte_executable(child_spte)
+    return child_spte
+
+
+def make_huge_spte(small_spte: int, level: int, nx_huge_page_enabled: bool) -> int:
+    """``make_huge_spte()``: used by huge-page recovery to build a leaf at ``level`` from
+    the first present leaf below it."""
+    huge_spte = small_spte | PT_PAGE_SIZE_MASK
+    huge_mask = ~((KVM_PAGES_PER_HPAGE(level) << PAGE_SHIFT) - 1)
+    huge_spte &= huge_mask | 0xFFF | ~SPTE_BASE_ADDR_MASK
+    if nx_huge_page_enabled:
+        huge_spte = make_spte_nonexecutable(huge_spte)
+    return huge_spte
+
+
+def generation_mmio_spte_mask(gen: int) -> int:
+    mask = (gen << MMIO_SPTE_GEN_LOW_START) & (((1 << MMIO_SPTE_GEN_LOW_BITS) - 1)
+                                                << MMIO_SPTE_GEN_LOW_START)
+    mask |= (gen >> MMIO_SPTE_GEN_LOW_BITS) << MMIO_SPTE_GEN_HIGH_START
+    return mask
+
+
+def get_mmio_spte_generation(spte: int) -> int:
+    gen = (spte >> MMIO_SPTE_GEN_LOW_START) & ((1 << MMIO_SPTE_GEN_LOW_BITS) - 1)
+    gen |= ((spte >> MMIO_SPTE_GEN_HIGH_START) & 0x7FF) << MMIO_SPTE_GEN_LOW_BITS
+    return gen
+
+
+def make_mmio_spte(gen: int, gfn: int, shadow_mmio_value: int) -> int:
+    """``make_mmio_spte()``; ``shadow_mmio_access_mask`` is 0 on EPT so access drops out.
+    TDs use an MMIO value of 0 (``tdx_vm_init``) so the access reaches the guest as #VE."""
+    spte = generation_mmio_spte_mask(gen & MMIO_SPTE_GEN_MASK)
+    spte |= shadow_mmio_value
+    spte |= gfn << PAGE_SHIFT
+    return spte
+
+
+def decode_spte(spte: int, level: int, shadow_mmio_value: int = VMX_EPT_MISCONFIG_WX_VALUE) -> str:
+    """Human-readable decoding used by dumps: the special values by name, else the bits."""
+    if spte == FROZEN_SPTE:
+        return "FROZEN_SPTE"
+    if spte == SHADOW_NONPRESENT_VALUE:
+        return "SHADOW_NONPRESENT_VALUE"
+    if is_mmio_spte(shadow_mmio_value, spte):
+        return f"MMIO gfn={spte_to_pfn(spte) & ((1 << 40) - 1):#x} gen={get_mmio_spte_generation(spte):#x}"
+    if not is_shadow_present_pte(spte):
+        return f"non-present {spte:#x}"
+    kind = "leaf" if is_last_spte(spte, level) else "table"
+    flags = "".join(
+        name if spte & bit else "-"
+        for name, bit in (("r", VMX_EPT_READABLE_MASK), ("w", PT_WRITABLE_MASK),
+                          ("x", VMX_EPT_EXECUTABLE_MASK))
+    )
+    extras = [
+        name for name, bit in (("PS", PT_PAGE_SIZE_MASK), ("A", shadow_accessed_mask),
+                               ("D", shadow_dirty_mask), ("HW", shadow_host_writable_mask),
+                               ("MW", shadow_mmu_writable_mask), ("IPAT", VMX_EPT_IPAT_BIT),
+                               ("SVE", VMX_EPT_SUPPRESS_VE_BIT))
+        if spte & bit
+    ]
+    mt = (spte & VMX_EPT_MT_MASK) >> VMX_EPT_MT_EPTE_SHIFT
+    return f"{kind} pfn={spte_to_pfn(spte):#x} {flags} mt={mt} {' '.join(extras)}"
