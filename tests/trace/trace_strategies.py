@@ -32,7 +32,7 @@ U64 = st.integers(0, (1 << 64) - 1)
 S32 = st.integers(-(1 << 31), (1 << 31) - 1)
 HEXISH = st.one_of(U64, st.integers(0, 0xFFFFF))  # small values too
 
-_COMM_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 /_.-<>~"
+_COMM_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 /_.-<>~:#[]()"
 comm = st.text(_COMM_ALPHABET, min_size=1, max_size=15).filter(lambda s: s == s.strip())
 timestamp = st.one_of(
     st.builds(lambda s, u: f"{s}.{u:06d}", st.integers(0, 10**7), st.integers(0, 999999)),

@@ -354,15 +354,24 @@ class _Template:
             ]
         names = [n for n, k in self.tokens if k is not None]
         last_field = names[0] if names else "text"
+        prev_field: str | None = None
+        end = 0
         for i, rx in enumerate(self._prefixes):
             tok, kind = self.tokens[i]
-            if rx.match(body) is None:
+            m = rx.match(body)
+            if m is None:
                 if kind is not None:
                     return i, tok, f"expected {kind} value (format {self.text!r})"
+                if prev_field is not None and body[end:end + 1] != tok[:1]:
+                    # the previous field ran into unexpected characters
+                    return i, prev_field, f"bad {prev_field} value (format {self.text!r})"
                 nxt = next((n for n, k in self.tokens[i:] if k is not None), last_field)
                 return i, nxt, f"expected {tok!r} (format {self.text!r})"
+            end = m.end()
             if kind is not None:
-                last_field = tok
+                last_field = prev_field = tok
+            else:
+                prev_field = None
         return len(self.tokens), last_field, f"unexpected trailing text (format {self.text!r})"
 
 
@@ -646,8 +655,15 @@ class TraceParser:
                     continue
                 ent = table.get(line[k + 2:e])
                 if ent is None:
-                    other += 1
-                    continue
+                    if " " in line[k + 2:e]:
+                        # the ': ' found is probably inside the task name; look further
+                        found = self._next_event(line, k)
+                        if found is not None:
+                            k, e = found
+                            ent = table.get(line[k + 2:e])
+                    if ent is None:
+                        other += 1
+                        continue
                 name, fast, templates = ent
                 rec = None
                 try:
@@ -701,12 +717,27 @@ class TraceParser:
             self.stats.skipped_comments += 1
             return -1
         k = line.find(": ")
-        while k > 0:
-            if line[k - 1] in _DIGITS:
+        while k >= 0:
+            if k > 0 and line[k - 1] in _DIGITS:
                 return k
-            k = line.find(": ", k + 2)
+            k = line.find(": ", k + 1)
         self.stats.skipped_comments += 1
         return -1
+
+    @staticmethod
+    def _next_event(line: str, k: int) -> tuple[int, int] | None:
+        """The next (k, e) after ``k`` where ``line[k+2:e]`` is a plausible event name."""
+        while True:
+            k = line.find(": ", k + 1)
+            if k < 0:
+                return None
+            if line[k - 1] not in _DIGITS:
+                continue
+            e = line.find(":", k + 2)
+            if e < 0:
+                return None
+            if " " not in line[k + 2:e]:
+                return k, e
 
     def _bad(self, fname: str, lineno: int, line: str, fld: str, reason: str, event: str) -> None:
         text = line.rstrip("\r\n")
