@@ -97,7 +97,11 @@ class BadLine:
 
 @dataclass(slots=True)
 class TraceStats:
-    """Counters filled while a :class:`TraceParser` is iterated."""
+    """Counters filled while a :class:`TraceParser` is iterated.
+
+    ``events``, ``skipped_comments``, ``lost_events`` and the bad-line fields are updated
+    live; ``lines`` and ``skipped_other`` are kept in locals on the hot path and folded in
+    when the iteration ends (exhausted, error, or generator closed)."""
 
     lines: int = 0
     events: dict[str, int] = field(default_factory=dict)
