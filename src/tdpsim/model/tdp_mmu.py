@@ -58,6 +58,7 @@ from .spte import (
     PG_LEVEL_2M,
     PG_LEVEL_4K,
     PT64_ROOT_MAX_LEVEL,
+    PT_WRITABLE_MASK,
     SHADOW_NONPRESENT_VALUE,
     SPTE_ENT_PER_PAGE,
     VMX_EPT_READABLE_MASK,
@@ -906,7 +907,7 @@ def kvm_tdp_mmu_wrprot_slot(kvm: "Kvm", slot: "KvmMemorySlot", min_level: int) -
             while (is_shadow_present_pte(iter.old_spte)
                    and is_last_spte(iter.old_spte, iter.level)
                    and is_writable_pte(iter.old_spte)):
-                if not tdp_mmu_set_spte_atomic(kvm, iter, iter.old_spte & ~VMX_EPT_WRITABLE_MASK):
+                if not tdp_mmu_set_spte_atomic(kvm, iter, iter.old_spte & ~PT_WRITABLE_MASK):
                     spte_set = True
                     break
         kvm.rcu.rcu_read_unlock()
