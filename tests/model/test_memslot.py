@@ -76,11 +76,13 @@ def test_dirty_logging_forces_4k_eager_split_and_recovery(make_vm):
     # A write to a write-protected page is fixed by the fast path and logged.
     assert fault(kvm, 0x201, present=True) == RET_PF_FIXED
     assert kvm.vcpus[0].stat.pf_fast == 1 and slot.dirty_bitmap[0x201 >> 3] & 2
-    # Disabling dirty logging recovers the huge page in place.
+    # Disabling dirty logging recovers huge pages in place — also the 0x800 frame, built
+    # from its only present leaf (make_huge_spte aligns the pfn down).
     kvm_mmu_slot_apply_flags(kvm, slot, 0)
-    level, spte = leaf_at(kvm, root, 0x200)
-    assert level == 2
-    assert kvm.stat.pages == [1, 1, 0]
+    for gfn in (0x200, 0x800):
+        level, spte = leaf_at(kvm, root, gfn)
+        assert level == 2 and S.spte_to_pfn(spte) == slot.gfn_to_hva(gfn) >> 12
+    assert kvm.stat.pages == [0, 2, 0]
 
 
 def test_dirty_logging_refused_on_guest_memfd_slot(make_vm):
