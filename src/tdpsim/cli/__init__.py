@@ -1,0 +1,1 @@
+"""The ``tdpsim`` command line: thin — parse, call the library, hand results to rich."""
