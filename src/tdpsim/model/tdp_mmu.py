@@ -112,7 +112,8 @@ KVM_FILTER_PRIVATE = 1 << 1
 
 def kvm_tdp_mmu_write_spte_atomic(kvm: "Kvm", sp: KvmMmuPage, index: int, new_spte: int) -> int:
     """``kvm_tdp_mmu_write_spte_atomic``: ``xchg``, returns the old value."""
-    kvm.sched.point(SPTE_XCHG, ("spte", sp.spt_pfn, index), True)
+    if kvm.sched.hook is not None:
+        kvm.sched.hook(SPTE_XCHG, ("spte", sp.spt_pfn, index), True)
     old = sp.spt[index]
     sp.spt[index] = new_spte
     return old
@@ -120,7 +121,8 @@ def kvm_tdp_mmu_write_spte_atomic(kvm: "Kvm", sp: KvmMmuPage, index: int, new_sp
 
 def __kvm_tdp_mmu_write_spte(kvm: "Kvm", sp: KvmMmuPage, index: int, new_spte: int) -> None:
     """``__kvm_tdp_mmu_write_spte``: a plain ``WRITE_ONCE``."""
-    kvm.sched.point(SPTE_WRITE, ("spte", sp.spt_pfn, index), True)
+    if kvm.sched.hook is not None:
+        kvm.sched.hook(SPTE_WRITE, ("spte", sp.spt_pfn, index), True)
     sp.spt[index] = new_spte
 
 
@@ -137,7 +139,8 @@ def kvm_tdp_mmu_write_spte(kvm: "Kvm", sp: KvmMmuPage, index: int, old_spte: int
 def try_cmpxchg64(kvm: "Kvm", sp: KvmMmuPage, index: int, old_spte: int,
                   new_spte: int) -> tuple[bool, int]:
     """``try_cmpxchg64(sptep, &old, new)``: (success, current value)."""
-    kvm.sched.point(SPTE_CMPXCHG, ("spte", sp.spt_pfn, index), True)
+    if kvm.sched.hook is not None:
+        kvm.sched.hook(SPTE_CMPXCHG, ("spte", sp.spt_pfn, index), True)
     cur = sp.spt[index]
     if cur != old_spte:
         return False, cur
@@ -333,10 +336,10 @@ def handle_changed_spte(kvm: "Kvm", as_id: int, gfn: int, old_spte: int, new_spt
     is_leaf = is_present and is_last_spte(new_spte, level)
     pfn_changed = spte_to_pfn(old_spte) != spte_to_pfn(new_spte)
 
-    kvm.WARN_ON_ONCE(level > PT64_ROOT_MAX_LEVEL or level < PG_LEVEL_4K,
-                     "handle_changed_spte", f"bad level {level}")
-    kvm.WARN_ON_ONCE(bool(gfn & (KVM_PAGES_PER_HPAGE(level) - 1)), "handle_changed_spte",
-                     f"gfn {gfn:#x} not aligned to level {level}")
+    if level > PT64_ROOT_MAX_LEVEL or level < PG_LEVEL_4K:
+        kvm.WARN_ON_ONCE(True, "handle_changed_spte", f"bad level {level}")
+    if gfn & (KVM_PAGES_PER_HPAGE(level) - 1):
+        kvm.WARN_ON_ONCE(True, "handle_changed_spte", f"gfn {gfn:#x} not aligned to level {level}")
     if was_leaf and is_leaf and pfn_changed:
         raise KernelBUG(f"Invalid SPTE change: cannot replace a present leaf SPTE with "
                         f"another present leaf SPTE mapping a different PFN! gfn: {gfn:#x} "
@@ -345,9 +348,8 @@ def handle_changed_spte(kvm: "Kvm", as_id: int, gfn: int, old_spte: int, new_spt
         return
     if kvm.tracer is not None:
         kvm.tracer(KvmTdpMmuSpteChanged(as_id, gfn, level, old_spte, new_spte))
-    if is_leaf:
-        kvm.WARN_ON_ONCE(not check_spte_writable_invariants(new_spte),
-                         "check_spte_writable_invariants", f"spte {new_spte:#x}")
+    if is_leaf and not check_spte_writable_invariants(new_spte):
+        kvm.WARN_ON_ONCE(True, "check_spte_writable_invariants", f"spte {new_spte:#x}")
     if not was_present and not is_present:
         # Only MMIO and frozen placeholders may change between non-present values.
         kvm.WARN_ON_ONCE(not is_mmio_spte(kvm.shadow_mmio_value, old_spte)
@@ -411,8 +413,8 @@ def set_external_spte_present(kvm: "Kvm", sp: KvmMmuPage, index: int, gfn: int,
 def __tdp_mmu_set_spte_atomic(kvm: "Kvm", iter: TdpIter, new_spte: int) -> int:
     """``__tdp_mmu_set_spte_atomic``: a cmpxchg that refreshes ``iter.old_spte`` on failure;
     mirror SPTEs go through the freeze protocol instead."""
-    kvm.WARN_ON_ONCE(iter.yielded or is_frozen_spte(iter.old_spte),
-                     "__tdp_mmu_set_spte_atomic", "yielded iterator or frozen old SPTE")
+    if iter.yielded or iter.old_spte == FROZEN_SPTE:
+        kvm.WARN_ON_ONCE(True, "__tdp_mmu_set_spte_atomic", "yielded iterator or frozen old SPTE")
     if is_mirror_sp(iter.sp) and not is_frozen_spte(new_spte):
         # Atomic zapping of mirror SPTEs is not supported.
         if kvm.KVM_BUG_ON(not is_shadow_present_pte(new_spte), "__tdp_mmu_set_spte_atomic",

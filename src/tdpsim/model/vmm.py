@@ -46,7 +46,7 @@ def create_vm(config: VmConfig, policy: Optional[Policy] = None,
               tracer: Optional[Callable[[object], None]] = None) -> Kvm:
     """KVM_CREATE_VM, KVM_CREATE_VCPU ×n, KVM_SET_USER_MEMORY_REGION2 for RAM,
     KVM_SET_MEMORY_ATTRIBUTES (TD), then load every vCPU's MMU roots."""
-    if config.mem_bytes <= 0 or config.mem_bytes & 0xFFF:
+    if config.mem_bytes <= 0 or config.mem_bytes & 0xFFF:  # KVM_SET_USER_MEMORY_REGION: -EINVAL
         raise ValueError("mem_bytes must be a positive multiple of 4096")
     kvm = Kvm(vm_type=KVM_X86_TDX_VM if config.tdx else KVM_X86_DEFAULT_VM, policy=policy,
               nr_vcpus=config.nr_vcpus, root_level=config.root_level, x86_ops=x86_ops,
