@@ -279,10 +279,13 @@ class KvmTdx(KvmX86Ops):
         Returns EXIT_FASTPATH_NONE when the vCPU is now in guest mode,
         EXIT_FASTPATH_EXIT_HANDLED when entry was skipped (``wait_for_sept_zap`` set, or
         VP.ENTER returned BUSY so pending kicks can be acknowledged), the EPT-violation
-        handler's result when the zero-step filter refused entry, or -EIO (VM dead)."""
+        handler's result when the zero-step filter refused entry, -EINVAL before
+        finalization (``tdx_vcpu_pre_run``) or -EIO (VM dead)."""
         kvm = vcpu.kvm
         if kvm.vm_dead or vcpu.kvm_check_request("KVM_REQ_VM_DEAD"):
             return -EIO
+        if not self.is_td_runnable():
+            return -EINVAL  # tdx_vcpu_pre_run: KVM_RUN only after KVM_TDX_FINALIZE_VM
         if vcpu.mode == IN_GUEST_MODE:
             return EXIT_FASTPATH_NONE
         if vcpu.kvm_check_request("KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"):

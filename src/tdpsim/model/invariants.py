@@ -1,0 +1,250 @@
+"""Invariant checkers the explorer and the trace replayer run after every step.
+
+Not a kernel file: these are the properties KVM's TDP MMU and its TDX glue maintain
+implicitly (and the kernel asserts piecemeal with WARN/KVM_BUG_ON/``CONFIG_KVM_PROVE_MMU``).
+Both checkers return readable strings, an empty list meaning "consistent".
+
+``check_mmu_invariants(kvm)`` (any VM): page stats equal a recount of every root's tables; no
+leaf above the largest mapping level allowed; every present non-leaf points to a live SP one
+level down (same role, same gfn, linked back); no frozen SPTE outside an operation.
+
+``check_tdx_invariants(kvm, tdx)``: the mirror root and the S-EPT agree; no private page
+freed (punched or removed-but-not-WBINVDed) while mapped; no KVM_BUG; no TDX error the kernel
+treats as fatal; KVM's vCPU modes match the module's epoch refcounts; plus
+``TdxModule.violations()``.
+
+Simplifications (one line each):
+- "In an operation" = someone holds ``mmu_lock``; a held module lock means a SEAMCALL is in
+  flight, so the module's "lock still held" findings are reported only with ``quiescent=True``.
+- While a *writer* holds ``mmu_lock`` the mirror/S-EPT agreement is not checked: write-lock
+  sequences (mirror write, then BLOCK/TRACK/REMOVE or DEMOTE) disagree between their steps.
+- Under the read lock only, a disagreement must sit at a FROZEN mirror SPTE (the freeze
+  protocol of ``set_external_spte_present``).
+- After teardown (``tdx.torn_down``) only "every TD page was reclaimed" is checked on the
+  module side: the module keeps no S-EPT tree consistent with a reclaimed TD.
+Costs: O(tables × 512) for the KVM walk and O(S-EPT pages × 512) for the module side, i.e.
+linear in what is mapped; nothing scans guest memory.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from .kvm import IN_GUEST_MODE
+from .mmu_internal import KvmMmuPage
+from .spte import (
+    FROZEN_SPTE,
+    KVM_MAX_HUGEPAGE_LEVEL,
+    KVM_PAGES_PER_HPAGE,
+    PG_LEVEL_2M,
+    PG_LEVEL_4K,
+    PT_PAGE_SIZE_MASK,
+    SHADOW_NONPRESENT_VALUE,
+    SPTE_MMU_PRESENT_MASK,
+    spte_to_pfn,
+)
+from .tdx_module import sept as S
+from .tdx_module import sept_leaves
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .kvm import Kvm
+    from .tdx import KvmTdx
+
+_MODULE_LOCK_MSGS = ("still held", "left held")
+
+
+def _in_operation(kvm: "Kvm") -> bool:
+    lock = kvm.mmu_lock
+    return lock.writer or lock.readers > 0
+
+
+def _walk_root(kvm: "Kvm", root: KvmMmuPage, out: list[str], counts: list[int],
+               leaves: Optional[dict], tables: Optional[dict], frozen: Optional[set],
+               allow_frozen: bool, max_leaf_level: int) -> None:
+    """Pre-order walk of one root: structural checks, leaf counts per level, and (for
+    mirror roots) the maps the S-EPT comparison needs."""
+    mirror = root.role.is_mirror
+    kind = "mirror" if mirror else "direct"
+    stack = [root]
+    while stack:
+        sp = stack.pop()
+        level = sp.role.level
+        step = KVM_PAGES_PER_HPAGE(level)
+        for idx, spte in enumerate(sp.spt):
+            if spte == SHADOW_NONPRESENT_VALUE:
+                continue
+            gfn = sp.gfn + idx * step
+            if spte == FROZEN_SPTE:
+                if frozen is not None:
+                    frozen.add((gfn, level))
+                if not allow_frozen:
+                    out.append(f"{kind} L{level} gfn {gfn:#x}: FROZEN_SPTE outside an operation")
+                continue
+            if not spte & SPTE_MMU_PRESENT_MASK:
+                continue  # MMIO or another non-present value
+            if level == PG_LEVEL_4K or spte & PT_PAGE_SIZE_MASK:
+                counts[level - 1] += 1
+                if level > max_leaf_level:
+                    out.append(f"{kind} L{level} gfn {gfn:#x}: leaf above the maximum "
+                               f"mapping level {max_leaf_level}")
+                if leaves is not None:
+                    leaves[(gfn, level)] = spte
+                continue
+            child = kvm.sp_by_pfn.get(spte_to_pfn(spte))
+            if child is None:
+                out.append(f"{kind} L{level} gfn {gfn:#x}: non-leaf {spte:#x} points to no "
+                           f"live SP")
+                continue
+            if (child.role.level != level - 1 or child.gfn != gfn
+                    or child.role.is_mirror != mirror or child.parent is not sp
+                    or child.parent_index != idx):
+                out.append(f"{kind} L{level} gfn {gfn:#x}: child SP {child!r} does not match "
+                           f"its parent entry")
+                continue
+            if tables is not None:
+                tables[(gfn, level)] = child
+            stack.append(child)
+
+
+def _max_leaf_level(kvm: "Kvm", mirror: bool) -> int:
+    policy = kvm.policy
+    top = min(policy.max_huge_page_level, KVM_MAX_HUGEPAGE_LEVEL)
+    if mirror:
+        # TDX: 4K only (UPSTREAM) or up to 2M with HP-v3; never 1G.
+        top = min(top, policy.tdx_private_max_level, PG_LEVEL_2M) \
+            if policy.tdx_huge_page else PG_LEVEL_4K
+    return top
+
+
+def check_mmu_invariants(kvm: "Kvm") -> list[str]:
+    """Structural invariants of the TDP MMU of any VM (see the module docstring)."""
+    out: list[str] = []
+    in_op = _in_operation(kvm)
+    counts = [0, 0, 0, 0, 0]
+    for root in kvm.tdp_mmu_roots:
+        _walk_root(kvm, root, out, counts, None, None, None, in_op,
+                   _max_leaf_level(kvm, root.role.is_mirror))
+    # Stats move in handle_changed_spte right after the SPTE write: only stable between
+    # operations.
+    if not in_op and counts[:3] != list(kvm.stat.pages):
+        out.append(f"stat.pages {list(kvm.stat.pages)} != recount {counts[:3]}")
+    return out
+
+
+def _mirror_maps(kvm: "Kvm", out: list[str], allow_frozen: bool):
+    leaves: dict[tuple[int, int], int] = {}
+    tables: dict[tuple[int, int], KvmMmuPage] = {}
+    frozen: set[tuple[int, int]] = set()
+    counts = [0, 0, 0, 0, 0]
+    for root in kvm.tdp_mmu_roots:
+        if root.role.is_mirror and not root.role.invalid:
+            _walk_root(kvm, root, out, counts, leaves, tables, frozen, allow_frozen,
+                       _max_leaf_level(kvm, True))
+    return leaves, tables, frozen
+
+
+def check_tdx_invariants(kvm: "Kvm", tdx: "KvmTdx", quiescent: bool = False) -> list[str]:
+    """Mirror root ↔ S-EPT agreement and the TDX-specific invariants (see the module
+    docstring).  ``quiescent=True`` asserts nothing is in flight at all (also reports
+    module locks left held)."""
+    out: list[str] = []
+    for bug in kvm.bugs:
+        out.append(f"KVM_BUG_ON in {bug.function}: {bug.message}")
+    for function, leaf, status in tdx.fatal_errors:
+        out.append(f"fatal TDX error in {function}: {leaf} -> {status:#018x}")
+    module = tdx.module
+    if module is None:
+        return out
+    if module.fatal:
+        out.append("TDX module marked the TD fatal")
+    for vcpu in kvm.vcpus:
+        mv = module.vcpus.get(vcpu.vcpu_id)
+        in_guest = mv is not None and mv.in_guest
+        if in_guest != (vcpu.mode == IN_GUEST_MODE):
+            out.append(f"vCPU {vcpu.vcpu_id}: KVM mode {vcpu.mode} but module in_guest "
+                       f"{in_guest}")
+    if tdx.torn_down:
+        if len(module.pamt):
+            out.append(f"teardown left {len(module.pamt)} TD pages unreclaimed in the PAMT")
+        return out
+
+    for msg in module.violations():
+        if quiescent or not any(s in msg for s in _MODULE_LOCK_MSGS):
+            out.append(f"TDX module: {msg}")
+
+    lock = kvm.mmu_lock
+    in_op = lock.writer or lock.readers > 0
+    # Structural findings of this walk are check_mmu_invariants' business: not repeated.
+    leaves, tables, frozen = _mirror_maps(kvm, [], True)
+    sept: dict[tuple[int, int], tuple[int, int]] = {}
+    for e in sept_leaves(module):
+        sept[(e.gfn, e.level)] = (e.state, e.pfn)
+    _check_private_pages_alive(kvm, tdx, sept, out, in_op)
+    if lock.writer:
+        return out  # write-lock sequences disagree between their steps (docstring)
+
+    # KVM → S-EPT: every present mirror entry has its S-EPT counterpart.
+    for (gfn, level), spte in leaves.items():
+        got = sept.get((gfn, level - 1))
+        pfn = spte_to_pfn(spte)
+        if got is None:
+            out.append(f"mirror L{level} leaf gfn {gfn:#x} pfn {pfn:#x} has no S-EPT leaf")
+        elif got[0] not in (S.MAPPED, S.PENDING) or got[1] != pfn:
+            out.append(f"mirror L{level} leaf gfn {gfn:#x} pfn {pfn:#x} but S-EPT has "
+                       f"{S.STATE_NAMES.get(got[0], hex(got[0]))} pfn {got[1]:#x}")
+    for (gfn, level), child in tables.items():
+        got = sept.get((gfn, level - 1))
+        if got is None or got[0] != S.NL_MAPPED or got[1] != child.external_spt:
+            desc = "none" if got is None else \
+                f"{S.STATE_NAMES.get(got[0], hex(got[0]))} pfn {got[1]:#x}"
+            out.append(f"mirror L{level} table gfn {gfn:#x} (external_spt "
+                       f"{child.external_spt}) but S-EPT has {desc}")
+    # S-EPT → KVM: no S-EPT mapping without a mirror SPTE (a frozen one is mid-operation).
+    for (gfn, tlevel), (state, pfn) in sept.items():
+        key = (gfn, tlevel + 1)
+        if key in frozen:
+            continue
+        if S.is_leaf(state):
+            if key not in leaves:
+                out.append(f"S-EPT L{tlevel} {S.STATE_NAMES.get(state, hex(state))} gfn "
+                           f"{gfn:#x} pfn {pfn:#x} without a mirror leaf")
+        elif key not in tables:
+            out.append(f"S-EPT L{tlevel} {S.STATE_NAMES.get(state, hex(state))} gfn {gfn:#x} "
+                       f"without a mirror table")
+        if state in S.ANY_BLOCKED:
+            out.append(f"S-EPT L{tlevel} gfn {gfn:#x} left "
+                       f"{S.STATE_NAMES.get(state, hex(state))} outside a zap/split")
+    return out
+
+
+def _check_private_pages_alive(kvm: "Kvm", tdx: "KvmTdx", sept: dict, out: list[str],
+                               in_op: bool) -> None:
+    """No private page freed while mapped: an S-EPT leaf's guest_memfd pages must not be
+    punched; a page the module removed must be WBINVDed before anyone reuses it (KVM does it
+    under the same write lock)."""
+    gmems = [(s.gmem.pfn_base, s.gmem.pfn_base + s.gmem.npages, s.gmem)
+             for s in kvm.memslots if s.gmem is not None]
+    if gmems:
+        for (gfn, tlevel), (state, pfn) in sept.items():
+            if not S.is_leaf(state):
+                continue
+            n = S.pages_at(tlevel)
+            for lo, hi, gmem in gmems:
+                if lo <= pfn < hi and gmem.punched.intersects(pfn - lo, pfn - lo + n):
+                    out.append(f"S-EPT L{tlevel} gfn {gfn:#x} maps pfn {pfn:#x} whose "
+                               f"guest_memfd page was freed (punched)")
+    if not in_op and tdx.module.unflushed:
+        out.append(f"{len(tdx.module.unflushed)} pages removed from the TD without "
+                   f"TDH.PHYMEM.PAGE.WBINVD (first {min(tdx.module.unflushed):#x})")
+
+
+def check_invariants(kvm: "Kvm", tdx: Optional["KvmTdx"] = None,
+                     quiescent: bool = False) -> list[str]:
+    """Both checkers: the MMU ones for any VM, the TDX ones when ``tdx`` is given."""
+    out = check_mmu_invariants(kvm)
+    if tdx is not None:
+        out += check_tdx_invariants(kvm, tdx, quiescent)
+    return out
+
+
+__all__ = ["check_invariants", "check_mmu_invariants", "check_tdx_invariants"]
