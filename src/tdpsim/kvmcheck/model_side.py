@@ -1,0 +1,374 @@
+"""Run a :class:`~tdpsim.kvmcheck.host_matrix.HostScenario` through the model.
+
+The same guest as on the host (:class:`~tdpsim.kvmcheck.vm.TouchGuest`'s layout: system
+slot at GPA 0 with code, stack and the identity page tables built by the same
+:class:`~tdpsim.kvmcheck.guest.IdentityPageTables`; the window slot), the same warm-up and
+the same phases as ``host_matrix._run_once``, producing :class:`PhaseResult` values of the
+same shape (``pages`` relative to the post-warm-up baseline, ``counters`` with
+``pf_taken``/``pf_fixed``, ``dirty_pages``).
+
+Which MMU: the host's ``kvm.tdp_mmu`` parameter; ``Y`` → the TDP MMU model
+(``tdpsim.model.tdp_mmu`` via ``kvm_mmu_do_page_fault``), ``N`` → the shadow MMU model
+(:mod:`tdpsim.model.shadow_mmu`).  ``nx_huge_pages`` and ``eager_page_split`` come from
+the parameters as well.
+
+The host's THP state is an *input*: when a :class:`HostResult` is given, each phase's
+measured ``host_huge_frames`` says which 2 MiB host frames are huge (the model's
+``HostBacking``); without one it is derived from the scenario (THP on → every frame huge;
+a ``dontneed``/``mremap`` split makes the split frames small).  A split is delivered to
+the model as the mmu-notifier invalidation of that frame's 2 MiB.
+
+Pure: no /dev/kvm, no printing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+from ..model.kvm import Kvm
+from ..model.kvm_main import (kvm_mmu_notifier_invalidate_range, kvm_mmu_slot_apply_flags,
+                              kvm_set_memory_region)
+from ..model.memslot import KVM_MEM_LOG_DIRTY_PAGES, HostBacking, KvmMemorySlot
+from ..model.mmu_fault import ept_violation_error_code, kvm_mmu_do_page_fault, kvm_mmu_load
+from ..model.policy import Policy
+from ..model.shadow_mmu import ShadowMmu
+from ..model.spte import (PAGE_SHIFT, PG_LEVEL_2M, PG_LEVEL_4K, PT_WRITABLE_MASK, SPTE_INDEX,
+                          VMX_EPT_READABLE_MASK, is_executable_pte, is_last_spte,
+                          is_shadow_present_pte, is_writable_pte, spte_to_pfn)
+from ..model.tdp_iter import for_each_tdp_pte
+from ..model.tdp_mmu import tdp_mmu_set_spte_atomic
+from .guest import ACCESS_KINDS, PAGE_2M, PAGE_4K, IdentityPageTables, page_tables_needed
+from .host_matrix import WINDOW_SLOT, HostResult, HostScenario, PageCounts, PhaseResult
+from .pt_window import PtWindowScenario, link_pt_in_window, pt_window_pte_bytes
+from .vm import CODE_OFFSET, PT_OFFSET, STACK_TOP_OFFSET, SYS_GPA, SYS_SLOT, TouchGuest
+
+__all__ = ["ModelResult", "mmu_kind", "model_policy", "guest_page_tables",
+           "host_huge_frames_by_phase", "run_model_scenario", "SHADOW", "TDP"]
+
+SHADOW = "shadow"
+TDP = "tdp"
+
+# Host virtual addresses of the model's memory (2 MiB aligned; pfn == hva >> 12).
+SYS_HVA = 0x7F00_0000_0000
+WINDOW_FRAME_HVA = 0x7F40_0000_0000
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """The model's run of one scenario: same phases as :class:`HostResult`."""
+
+    scenario: HostScenario
+    mmu: str
+    phases: tuple[PhaseResult, ...]
+    warmup_sptes: int
+
+    @property
+    def final(self) -> Optional[PageCounts]:
+        return self.phases[-1].pages if self.phases else None
+
+    def phase(self, name: str) -> PhaseResult:
+        for p in self.phases:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+def mmu_kind(kvm_params: Mapping[str, str]) -> str:
+    """``tdp_mmu=Y`` → the TDP MMU; anything else (``N``, absent) → the shadow MMU."""
+    return TDP if str(kvm_params.get("tdp_mmu", "N")).upper().startswith("Y") else SHADOW
+
+
+def _flag(kvm_params: Mapping[str, str], name: str, default: bool) -> bool:
+    v = str(kvm_params.get(name, "Y" if default else "N")).strip().upper()
+    return v in ("Y", "1", "TRUE", "FORCE")
+
+
+def model_policy(kvm_params: Mapping[str, str]) -> Policy:
+    """The model's switches from /sys/module/kvm/parameters (nx_huge_pages, eager split)."""
+    return Policy(nx_huge_pages=_flag(kvm_params, "nx_huge_pages", False),
+                  eager_page_split=_flag(kvm_params, "eager_page_split", True))
+
+
+def _round_up(x: int, a: int) -> int:
+    return (x + a - 1) // a * a
+
+
+def guest_page_tables(s: HostScenario) -> tuple[IdentityPageTables, int]:
+    """The guest's page tables exactly as :class:`TouchGuest` builds them for *s* (plus
+    the PT-in-window link for :class:`PtWindowScenario`); returns (tables, system slot
+    size)."""
+    pt_pages = page_tables_needed(s.slot_size + s.gpa_skew, PAGE_4K) + 8
+    sys_size = _round_up(PT_OFFSET + pt_pages * PAGE_4K, PAGE_2M)
+    pt = IdentityPageTables(SYS_GPA + PT_OFFSET, pt_pages)
+    pt.map(SYS_GPA, SYS_GPA + sys_size, PAGE_4K)
+    pt.map(s.gpa, s.gpa + s.slot_size, s.guest_page_size)
+    if isinstance(s, PtWindowScenario):
+        link_pt_in_window(pt, s.mapped_va, s.pt_gpa)
+    return pt, sys_size
+
+
+def _guest_reader(pt: IdentityPageTables, s: HostScenario):
+    image = pt.image()
+    base = pt.base_gpa
+    extra: dict[int, bytes] = {}
+    if isinstance(s, PtWindowScenario):
+        extra[s.pt_gpa >> PAGE_SHIFT] = pt_window_pte_bytes(s, pt.user)
+
+    def read(gpa: int) -> int:
+        off = gpa - base
+        if 0 <= off < len(image):
+            return int.from_bytes(image[off:off + 8], "little")
+        page = extra.get(gpa >> PAGE_SHIFT)
+        if page is not None:
+            o = gpa & 0xFFF
+            return int.from_bytes(page[o:o + 8], "little")
+        return 0   # the window's data pages are zeros (or ret bytes; never walked)
+    return read
+
+
+def _nframes(s: HostScenario) -> int:
+    return _round_up(s.hva_skew + s.slot_size, PAGE_2M) // PAGE_2M
+
+
+def _phase_names(s: HostScenario) -> list[str]:
+    names = ["touch"]
+    if s.dirty_log in ("after_mapping", "after_mapping_then_disable"):
+        names += ["dirty_log_on", "write_logged"]
+        if s.manual_protect:
+            names += ["clear_dirty_log", "write_after_clear"]
+        if s.dirty_log == "after_mapping_then_disable":
+            names += ["dirty_log_off", "touch_again"]
+    if s.thp_split:
+        names += [f"thp_split_{s.thp_split}", "touch_again"]
+    return names
+
+
+def host_huge_frames_by_phase(s: HostScenario, host: Optional[HostResult] = None
+                              ) -> dict[str, tuple[bool, ...]]:
+    """Per phase name, which host 2 MiB frames are huge: measured (``host``) or derived."""
+    if host is not None and host.phases and not host.skipped:
+        return {p.name: tuple(p.host_huge_frames) for p in host.phases}
+    n = _nframes(s)
+    huge = (s.thp or s.hugetlb,) * n
+    out = {}
+    for name in _phase_names(s):
+        if name.startswith("thp_split_") and s.thp_split in ("dontneed", "mremap"):
+            frames = s.split_frames or tuple(range(n))
+            huge = tuple(h and i not in frames for i, h in enumerate(huge))
+        out[name] = huge
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# the two engines: the same verbs on the shadow MMU and on the TDP MMU
+# --------------------------------------------------------------------------------------
+class _Engine:
+    """A VM with the system slot and the window, and the verbs the phases use."""
+
+    def __init__(self, s: HostScenario, policy: Policy, huge: tuple[bool, ...]) -> None:
+        self.s = s
+        self.kvm = Kvm(policy=policy)
+        self.pt, sys_size = guest_page_tables(s)
+        sys_backing = HostBacking(SYS_HVA, sys_size, PG_LEVEL_4K)     # TouchGuest: thp=False
+        self.sys_slot = KvmMemorySlot(SYS_SLOT, SYS_GPA >> PAGE_SHIFT, sys_size >> PAGE_SHIFT,
+                                      SYS_HVA, sys_backing)
+        n = _nframes(s)
+        level = PG_LEVEL_2M if (s.thp or s.hugetlb) else PG_LEVEL_4K
+        self.backing = HostBacking(WINDOW_FRAME_HVA, n * PAGE_2M, level)
+        self.set_host_frames(huge)
+        flags = KVM_MEM_LOG_DIRTY_PAGES if s.dirty_log == "before_touch" else 0
+        self.slot = KvmMemorySlot(WINDOW_SLOT, s.gpa >> PAGE_SHIFT, s.slot_size >> PAGE_SHIFT,
+                                  WINDOW_FRAME_HVA + s.hva_skew, self.backing, flags=flags)
+        kvm_set_memory_region(self.kvm, self.sys_slot)
+        kvm_set_memory_region(self.kvm, self.slot)
+
+    def set_host_frames(self, huge: Sequence[bool]) -> list[int]:
+        """Make the backing's huge frames *huge*; returns frames that stopped being huge."""
+        first = WINDOW_FRAME_HVA >> 21
+        was = set(self.backing.split_frames)
+        self.backing.split_frames = {first + i for i, h in enumerate(huge) if not h}
+        return sorted(f - first for f in self.backing.split_frames - was)
+
+    def frame_gfns(self, frame: int) -> tuple[int, int]:
+        """The slot gfns backed by host 2 MiB frame *frame*."""
+        lo = max(WINDOW_FRAME_HVA + frame * PAGE_2M, self.slot.userspace_addr)
+        hi = min(WINDOW_FRAME_HVA + (frame + 1) * PAGE_2M,
+                 self.slot.userspace_addr + (self.slot.npages << PAGE_SHIFT))
+        base = self.slot.base_gfn
+        return (base + ((lo - self.slot.userspace_addr) >> PAGE_SHIFT),
+                base + ((hi - self.slot.userspace_addr) >> PAGE_SHIFT))
+
+    def pages(self) -> PageCounts:
+        return PageCounts(*self.kvm.stat.pages)
+
+    def stats(self) -> dict[str, int]:
+        st = self.kvm.vcpus[0].stat
+        return {"pf_taken": st.pf_taken, "pf_fixed": st.pf_fixed}
+
+    # verbs (per engine): access, set_dirty_logging, get_dirty_log, clear_dirty_log, unmap
+
+
+class _ShadowEngine(_Engine):
+    def __init__(self, s: HostScenario, policy: Policy, huge: tuple[bool, ...]) -> None:
+        super().__init__(s, policy, huge)
+        self.mmu = ShadowMmu(self.kvm, _guest_reader(self.pt, s), self.pt.cr3)
+        self.mmu.manual_dirty_log_protect = s.manual_protect
+
+    def access(self, addr: int, kind: str) -> None:
+        self.mmu.guest_access(addr, kind)
+
+    def set_dirty_logging(self, on: bool) -> None:
+        flags = self.slot.flags | KVM_MEM_LOG_DIRTY_PAGES if on else \
+            self.slot.flags & ~KVM_MEM_LOG_DIRTY_PAGES
+        self.mmu.kvm_mmu_slot_apply_flags(self.slot, flags)
+
+    def get_dirty_log(self) -> int:
+        return self.mmu.kvm_get_dirty_log(self.slot)
+
+    def clear_dirty_log(self) -> None:
+        self.mmu.kvm_clear_dirty_log(self.slot)
+
+    def unmap(self, start: int, end: int) -> None:
+        self.mmu.kvm_unmap_gfn_range(start, end)
+
+
+class _TdpEngine(_Engine):
+    def __init__(self, s: HostScenario, policy: Policy, huge: tuple[bool, ...]) -> None:
+        super().__init__(s, policy, huge)
+        self.vcpu = self.kvm.vcpus[0]
+        kvm_mmu_load(self.vcpu)
+        self.manual = s.manual_protect
+
+    def _leaf(self, gfn: int) -> int:
+        sp = self.vcpu.root
+        while True:
+            level = sp.role.level
+            spte = sp.spt[SPTE_INDEX(gfn, level)]
+            if not is_shadow_present_pte(spte) or is_last_spte(spte, level):
+                return spte
+            sp = self.kvm.sp_by_pfn[spte_to_pfn(spte)]
+
+    def access(self, addr: int, kind: str) -> None:
+        # TDP: the guest's page tables play no part; the GPA (identity) faults directly.
+        write, fetch = kind == "write", kind == "exec"
+        for _ in range(8):
+            spte = self._leaf(addr >> PAGE_SHIFT)
+            present = is_shadow_present_pte(spte)
+            if present and (is_writable_pte(spte) if write else is_executable_pte(spte)
+                            if fetch else bool(spte & VMX_EPT_READABLE_MASK)):
+                return
+            kvm_mmu_do_page_fault(self.vcpu, addr, ept_violation_error_code(
+                write=write, exec=fetch, present=present))
+        raise RuntimeError(f"no forward progress on {kind} at {addr:#x}")
+
+    def set_dirty_logging(self, on: bool) -> None:
+        flags = self.slot.flags | KVM_MEM_LOG_DIRTY_PAGES if on else \
+            self.slot.flags & ~KVM_MEM_LOG_DIRTY_PAGES
+        kvm_mmu_slot_apply_flags(self.kvm, self.slot, flags)
+
+    def _dirty_gfns(self) -> list[int]:
+        bm = self.slot.dirty_bitmap
+        return [self.slot.base_gfn + i for i in range(self.slot.npages) if bm[i >> 3] >> (i & 7) & 1]
+
+    def _clear_and_protect(self, gfns: list[int]) -> None:
+        # kvm_tdp_mmu_clear_dirty_pt_masked without PML: clear W on those 4K leaves
+        kvm = self.kvm
+        kvm.mmu_lock.read_lock()
+        for gfn in gfns:
+            i = gfn - self.slot.base_gfn
+            self.slot.dirty_bitmap[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+            for it in for_each_tdp_pte(kvm, self.vcpu.root, gfn, gfn + 1):
+                if it.level == PG_LEVEL_4K and is_shadow_present_pte(it.old_spte) \
+                        and is_writable_pte(it.old_spte):
+                    tdp_mmu_set_spte_atomic(kvm, it, it.old_spte & ~PT_WRITABLE_MASK)
+        kvm.mmu_lock.read_unlock()
+
+    def get_dirty_log(self) -> int:
+        gfns = self._dirty_gfns()
+        if not self.manual:
+            self._clear_and_protect(gfns)
+        return len(gfns)
+
+    def clear_dirty_log(self) -> None:
+        self._clear_and_protect(self._dirty_gfns())
+
+    def unmap(self, start: int, end: int) -> None:
+        kvm_mmu_notifier_invalidate_range(self.kvm, start, end)
+
+
+# --------------------------------------------------------------------------------------
+# the scenario
+# --------------------------------------------------------------------------------------
+def run_model_scenario(s: HostScenario, kvm_params: Optional[Mapping[str, str]] = None,
+                       host: Optional[HostResult] = None) -> ModelResult:
+    """Run *s* through the model chosen by *kvm_params* (default: ``host.kvm_params``,
+    else the shadow MMU) with the host THP state of *host* (measured) or derived."""
+    if kvm_params is None:
+        kvm_params = host.kvm_params if host is not None and host.kvm_params else {"tdp_mmu": "N"}
+    kind = mmu_kind(kvm_params)
+    frames = host_huge_frames_by_phase(s, host)
+    first = frames.get("touch") or next(iter(frames.values()))
+    eng_cls = _TdpEngine if kind == TDP else _ShadowEngine
+    eng = eng_cls(s, model_policy(kvm_params), first)
+
+    # warm-up: the loop's first instructions (code page fetch, push/pop on the stack)
+    code = SYS_GPA + CODE_OFFSET + ACCESS_KINDS.index(s.access) * TouchGuest.CODE_STRIDE
+    eng.access(code, "exec")
+    eng.access(SYS_GPA + STACK_TOP_OFFSET - 8, "write")
+    base_pages = eng.pages()
+    warmup = base_pages.pages_4k + base_pages.pages_2m + base_pages.pages_1g
+    last = eng.stats()
+    phases: list[PhaseResult] = []
+
+    def phase(name: str, dirty: Optional[int] = None) -> None:
+        nonlocal last
+        now = eng.stats()
+        p = eng.pages()
+        pages = PageCounts(p.pages_4k - base_pages.pages_4k, p.pages_2m - base_pages.pages_2m,
+                           p.pages_1g - base_pages.pages_1g)
+        counters = {k: v - last[k] for k, v in now.items() if v != last[k]}
+        huge = frames.get(name, tuple(not f for f in _split_mask(eng)))
+        phases.append(PhaseResult(name, pages, counters, huge, dirty))
+        last = now
+
+    def touch(kind: Optional[str] = None) -> None:
+        kind = kind or s.access
+        for i in range(s.touches):
+            eng.access(s.gpa + i * s.stride, kind)
+
+    touch()
+    dirty = eng.get_dirty_log() if s.dirty_log == "before_touch" else None
+    phase("touch", dirty)
+    if s.dirty_log in ("after_mapping", "after_mapping_then_disable"):
+        eng.set_dirty_logging(True)
+        phase("dirty_log_on")
+        touch("write")
+        phase("write_logged", eng.get_dirty_log())
+        if s.manual_protect:
+            eng.clear_dirty_log()
+            phase("clear_dirty_log")
+            touch("write")
+            phase("write_after_clear", eng.get_dirty_log())
+        if s.dirty_log == "after_mapping_then_disable":
+            eng.set_dirty_logging(False)
+            phase("dirty_log_off")
+            touch()
+            phase("touch_again")
+    if s.thp_split:
+        name = f"thp_split_{s.thp_split}"
+        split_now = frames.get(name, first)
+        # the host splits a THP: __split_huge_pmd's mmu notifier covers the whole 2 MiB
+        for f in eng.set_host_frames(split_now):
+            lo, hi = eng.frame_gfns(f)
+            if hi > lo:
+                eng.unmap(lo, hi)
+        phase(name)
+        touch()
+        phase("touch_again")
+    return ModelResult(s, kind, tuple(phases), warmup)
+
+
+def _split_mask(eng: _Engine) -> list[bool]:
+    first = WINDOW_FRAME_HVA >> 21
+    return [first + i in eng.backing.split_frames for i in range(_nframes(eng.s))]
