@@ -1,0 +1,187 @@
+"""Thread operations: what a model thread does, as calls of the model API.
+
+Each op is the userspace- or vCPU-side trigger of one kernel path; scenarios list them by
+name.  Ops only call the model (``tdpsim.model``) — there is one model and no copy of it
+here.  The only explorer-specific piece is the vCPU's local RET_PF_RETRY loop: between two
+attempts it calls the ``RETRY_WAIT`` point, so the engine can park the vCPU until something
+it read changed (the kernel loop spins; spinning cannot change the outcome) and flag a loop
+that exceeds the bound or can never make progress.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from tdpsim.model.kvm import Kvm
+from tdpsim.model.kvm_main import (
+    kvm_gmem_punch_hole,
+    kvm_mmu_notifier_invalidate_range,
+    kvm_mmu_slot_apply_flags,
+    kvm_mmu_zap_all_fast,
+    kvm_recover_nx_huge_pages,
+    kvm_vm_set_mem_attributes,
+)
+from tdpsim.model.memslot import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMORY_ATTRIBUTE_PRIVATE
+from tdpsim.model.mmu_fault import (
+    ept_violation_error_code,
+    kvm_mmu_do_page_fault,
+    kvm_mmu_load,
+)
+from tdpsim.model.mmu_internal import RET_PF_RETRY
+from tdpsim.model.tdp_mmu import kvm_tdp_mmu_zap_leafs
+from tdpsim.model.spte import PAGE_SHIFT
+
+from .tracking import TRACKER
+
+RETRY_WAIT = "retry_wait"  # a vCPU parks between two RET_PF_RETRY attempts
+WAIT_COND = "wait_cond"  # a thread waits for a named condition (key ("cond", name))
+KEY_SRCU = ("cond", "srcu")
+KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
+
+
+class RetryBoundExceeded(Exception):
+    """A vCPU's local RET_PF_RETRY loop ran more than the scenario's bound."""
+
+
+@dataclass
+class OpContext:
+    """What an op may use: the VM, the TDX module (or None) and the retry bound.
+
+    ``srcu_*`` model ``kvm->srcu`` for memslot updates: a vCPU holds the SRCU read side
+    while it handles a fault (it uses the memslot it looked up), and a memslot update
+    installs the new slot, then ``synchronize_srcu`` waits for readers that may still hold
+    the old one.  The model mutates slots in place and has no SRCU, so the ops add it.
+    """
+
+    kvm: Kvm
+    tdx: Any = None
+    retry_bound: int = 16
+    srcu_gen: int = 0
+    srcu_readers: dict = field(default_factory=dict)  # vcpu -> generation at entry
+    srcu_wait_gen: int = -1
+
+    def srcu_read_lock(self, vcpu: int) -> None:
+        TRACKER.note(KEY_SRCU, True)
+        self.srcu_readers[vcpu] = self.srcu_gen
+
+    def srcu_read_unlock(self, vcpu: int) -> None:
+        TRACKER.note(KEY_SRCU, True)
+        del self.srcu_readers[vcpu]
+
+    def srcu_quiescent(self) -> bool:
+        """No reader that entered before the pending ``synchronize_srcu`` is left."""
+        return all(g > self.srcu_wait_gen for g in self.srcu_readers.values())
+
+    def synchronize_srcu(self) -> None:
+        self.srcu_wait_gen = self.srcu_gen
+        self.srcu_gen += 1
+        while not self.srcu_quiescent():
+            self.kvm.sched.point(WAIT_COND, KEY_SRCU, False)
+
+
+def op_fault(ctx: OpContext, vcpu: int, gfn: int, write: bool = True, exec: bool = False,
+             private: Optional[bool] = None) -> int:
+    """A vCPU's EPT violation on ``gfn`` → ``kvm_mmu_do_page_fault``, retried locally while
+    it returns RET_PF_RETRY (as ``tdx_handle_ept_violation`` / ``vcpu_enter_guest`` re-entry
+    would).  ``private`` defaults to the gfn's current attribute.  Returns the RET_PF_* value
+    or -errno of the last attempt."""
+    kvm = ctx.kvm
+    v = kvm.vcpus[vcpu]
+    if private is None:
+        private = kvm.kvm_has_mirrored_tdp() and kvm.kvm_mem_is_private(gfn)
+    gpa = gfn << PAGE_SHIFT
+    if not private:
+        gpa |= kvm.gfn_direct_bits << PAGE_SHIFT
+    err = ept_violation_error_code(write=write, exec=exec, private=private)
+    for _ in range(ctx.retry_bound + 1):
+        if kvm.vm_dead:
+            return -5  # -EIO: KVM_REQ_VM_DEAD stops the vCPU
+        if (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS in v.requests or v.root is None
+                or v.root.role.invalid):
+            kvm_mmu_load(v)  # kvm_mmu_reload() on the next entry
+        ctx.srcu_read_lock(vcpu)
+        r = kvm_mmu_do_page_fault(v, gpa, err)
+        ctx.srcu_read_unlock(vcpu)
+        if r != RET_PF_RETRY:
+            return r
+        kvm.sched.point(RETRY_WAIT, ("vcpu", vcpu), False)
+    raise RetryBoundExceeded(f"vCPU {vcpu}: gfn {gfn:#x} still RET_PF_RETRY after "
+                             f"{ctx.retry_bound} retries")
+
+
+def op_convert(ctx: OpContext, start: int, end: int, to: str) -> None:
+    """KVM_SET_MEMORY_ATTRIBUTES on [start, end): ``to`` is "shared" or "private" (write
+    mmu_lock pre/post hooks inside an MMU invalidation)."""
+    if to not in ("shared", "private"):
+        raise ValueError(f"to must be 'shared' or 'private', not {to!r}")
+    attrs = KVM_MEMORY_ATTRIBUTE_PRIVATE if to == "private" else 0
+    kvm_vm_set_mem_attributes(ctx.kvm, start, end, attrs)
+
+
+def op_punch_hole(ctx: OpContext, start: int, end: int) -> None:
+    """guest_memfd FALLOC_FL_PUNCH_HOLE on gfns [start, end) of slot 0."""
+    kvm = ctx.kvm
+    kvm_gmem_punch_hole(kvm, kvm.gfn_to_memslot(start), start, end)
+
+
+def op_zap_leafs(ctx: OpContext, start: int, end: int) -> None:
+    """``kvm_tdp_mmu_zap_leafs`` on every valid root under the write lock, then flush."""
+    kvm = ctx.kvm
+    kvm.mmu_lock.write_lock()
+    if kvm_tdp_mmu_zap_leafs(kvm, start, end, False):
+        kvm.kvm_flush_remote_tlbs()
+    kvm.mmu_lock.write_unlock()
+
+
+def op_mmu_notifier(ctx: OpContext, start: int, end: int) -> None:
+    """An mmu_notifier invalidation of shared memory [start, end)."""
+    kvm_mmu_notifier_invalidate_range(ctx.kvm, start, end)
+
+
+def op_invalidate_roots(ctx: OpContext) -> None:
+    """``kvm_mmu_zap_all_fast``: invalidate the direct roots, zap them under the read lock."""
+    kvm_mmu_zap_all_fast(ctx.kvm)
+
+
+def op_nx_recovery(ctx: OpContext, ratio: int = 1) -> int:
+    """One period of the NX recovery worker (``kvm_recover_nx_huge_pages``)."""
+    return kvm_recover_nx_huge_pages(ctx.kvm, ratio)
+
+
+def op_dirty_log(ctx: OpContext, enable: bool = True) -> None:
+    """KVM_SET_USER_MEMORY_REGION2 flipping KVM_MEM_LOG_DIRTY_PAGES on slot 0
+    (``kvm_set_memslot`` KVM_MR_FLAGS_ONLY): install a copy of the slot with the new flags,
+    ``synchronize_srcu`` so no fault still uses the old one, then
+    ``kvm_mmu_slot_apply_flags`` (enable: eager split + write-protect under the read lock;
+    disable: huge-page recovery).  Faults that start after the swap see the new flags for
+    their whole duration, as with the kernel's immutable memslots."""
+    kvm = ctx.kvm
+    old = kvm.memslots[0]
+    flags = old.flags | KVM_MEM_LOG_DIRTY_PAGES if enable else \
+        old.flags & ~KVM_MEM_LOG_DIRTY_PAGES
+    new = copy.copy(old)
+    new.flags = flags
+    kvm.memslots[0] = new
+    ctx.synchronize_srcu()
+    kvm_mmu_slot_apply_flags(kvm, old, flags)
+
+
+OPS: dict[str, Callable[..., Any]] = {
+    "fault": op_fault,
+    "convert": op_convert,
+    "punch_hole": op_punch_hole,
+    "zap_leafs": op_zap_leafs,
+    "mmu_notifier": op_mmu_notifier,
+    "invalidate_roots": op_invalidate_roots,
+    "nx_recovery": op_nx_recovery,
+    "dirty_log": op_dirty_log,
+}
+
+
+def op_params(name: str) -> dict[str, inspect.Parameter]:
+    """The arguments an op takes (everything after the context)."""
+    params = list(inspect.signature(OPS[name]).parameters.values())[1:]
+    return {p.name: p for p in params}
