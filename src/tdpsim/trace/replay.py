@@ -1,0 +1,1095 @@
+"""Replay a KVM ftrace capture against the TDP MMU's rules.
+
+The replayer rebuilds every root's page tables from the SPTE changes that
+``handle_changed_spte`` traces (``kvmmmu:kvm_tdp_mmu_spte_changed``, old → new) and checks
+each change against what it already holds, the way the kernel's own bookkeeping would see
+it (reference ``kvm-tdp-mmu.md`` §4.4-4.5, §5, §8.2 "Replayer notes")::
+
+    from tdpsim.trace.replay import replay_trace, ReplayOptions
+    result = replay_trace("trace.txt", options=ReplayOptions(policy=Policy()))
+    result.pages            # [pages_4k, pages_2m, pages_1g] derived like kvm_update_page_stats
+    result.anomalies        # each with the trace lines (file:line and text) that show it
+
+Streaming: records are consumed one at a time; memory grows only with the number of live
+page tables (one 512-entry array per table, like the kernel), the number of tasks and roots,
+and a bounded number of samples and anomaly examples.
+
+Which root an SPTE belongs to.  ``kvm_tdp_mmu_spte_changed`` carries the stripped gfn and
+no root (§2.4), so the replayer uses, in order:
+
+1. structure: only roots holding a table at (level, gfn) are candidates, and a present
+   ``old_spte`` matches (at most) one of them — zaps, splits, promotions and table removals
+   are never ambiguous;
+2. for installs over a non-present SPTE held by several roots: the fault context of the task
+   (``kvm_page_fault.address`` with the TDX shared bit → direct root, without → mirror),
+   then the root the task last wrote, then the oldest valid root (a TD's mirror root is
+   allocated first: ``mmu_alloc_direct_roots``);
+3. ``kvm_mmu_set_spte``'s ``at`` (the SPTE's physical address, i.e. its table) confirms the
+   choice and re-attributes the install when the guess was wrong.
+
+Roots come from ``kvm_mmu_get_page`` at the root level.  Only the raw
+(``[FAILED TO PARSE]``) text carries ``role.is_mirror``; with the kernel's or trace-cmd's
+text the replayer infers a TD from two roots allocated back to back (mirror first), or
+takes ``ReplayOptions.tdx``.  A trace that starts after the VM was built (changes before
+any root) is replayed in *learning* mode: tables appear on demand with unknown entries,
+which the first change to each entry fills in without a check; stats are then deltas.
+
+Hardware-set Accessed/Dirty bits are not traced, so a present leaf with volatile bits
+(``kvm_tdp_mmu_spte_need_atomic_write``) may show up in ``old_spte`` with A/D set that the
+replayer did not see being set; that is accepted and counted (``hw_ad_updates``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from array import array
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from ..model.policy import Policy
+from ..model.spte import (
+    FROZEN_SPTE,
+    KVM_PAGES_PER_HPAGE,
+    PG_LEVEL_4K,
+    SHADOW_NONPRESENT_VALUE,
+    SPTE_ENT_PER_PAGE,
+    SPTE_INDEX,
+    SPTE_LEVEL_BITS,
+    ACC_ALL,
+    PAGE_SHIFT,
+    is_frozen_spte,
+    is_last_spte,
+    is_shadow_present_pte,
+    make_small_spte,
+    make_spte_executable,
+    shadow_accessed_mask,
+    shadow_dirty_mask,
+    spte_to_pfn,
+)
+from .parser import TraceParseError, TraceParser, TraceStats
+from .records import (
+    FastPageFault,
+    KvmEntry,
+    KvmMmuGetPage,
+    KvmMmuPrepareZapPage,
+    KvmMmuSetSpte,
+    KvmMmuSplitHugePage,
+    KvmPageFault,
+    KvmTdpMmuSpteChanged,
+    MarkMmioSpte,
+    TraceRecord,
+)
+
+__all__ = [
+    "ReplayOptions",
+    "TraceLineRef",
+    "Anomaly",
+    "PageSample",
+    "ActorStats",
+    "RootInfo",
+    "ReplayResult",
+    "TraceReplayer",
+    "replay_trace",
+    "replay_records",
+    "ANOMALY_KINDS",
+]
+
+#: Placeholder for an SPTE the replayer has never seen (learning mode).  Not a value any
+#: EPT SPTE can hold (it would be present, MMIO-misconfigured and have every reserved bit).
+UNKNOWN_SPTE = (1 << 64) - 1
+
+_AD_MASK = shadow_accessed_mask | shadow_dirty_mask
+_TABLE_SPAN_SHIFT = SPTE_LEVEL_BITS  # a table at level L covers 512**L pages
+
+#: Anomaly kinds and what they mean.
+ANOMALY_KINDS: dict[str, str] = {
+    "old_spte_mismatch": "old_spte differs from the value the replayer holds for that SPTE",
+    "unknown_table": "an SPTE change in a table no root holds",
+    "level_too_high": "a leaf above the maximum level allowed for its root",
+    "mirror_promotion": "a mirror table replaced by a huge leaf (KVM_BUG_ON in "
+                        "set_external_spte_present; prevented by the SEED patch)",
+    "mirror_leaf_change": "a present mirror leaf changed in place (mirror leaves are "
+                          "immutable while present)",
+    "leaf_pfn_change": "a present leaf replaced by one with another pfn (BUG() in "
+                       "handle_changed_spte)",
+    "table_replaced": "a table replaced by another table (WARN in handle_changed_spte)",
+    "zap_leak": "a removed table kept present children that were never frozen",
+    "frozen_outside_removal": "FROZEN_SPTE written outside a table removal",
+    "prepare_zap_mismatch": "kvm_mmu_prepare_zap_page does not match the table being removed",
+    "split_mismatch": "kvm_mmu_split_huge_page without the matching leaf → table change",
+    "set_spte_mismatch": "kvm_mmu_set_spte disagrees with the replayed SPTE at 'at'",
+    "misaligned": "gfn not aligned to the level (WARN in handle_changed_spte)",
+    "bad_level": "level outside 1..5",
+    "parse_error": "a line of a supported event did not parse",
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Options and results
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """What the replayed kernel is allowed to do.
+
+    ``policy`` supplies the defaults: ``max_level_direct`` = ``policy.max_huge_page_level``
+    (1G); ``max_level_mirror`` = ``policy.tdx_private_max_level`` with HP-v3
+    (``tdx_huge_page``, 2M) else 4K (UPSTREAM); mirror promotion is an anomaly unless
+    ``policy.mirror_promotion == "seamcall"``; ``policy.nx_huge_pages`` decides whether split
+    4K children get X back (``make_small_spte``).
+    ``tdx``: None = infer from the roots, True/False = the trace is / is not of a TD.
+    ``root_level``: 4 or 5 (EPT walk length); a level-5 root page switches it to 5.
+    ``sample_every``: records between page-stat samples (doubled whenever ``max_samples``
+    would be exceeded, so memory stays bounded).
+    """
+
+    policy: Policy = field(default_factory=Policy)
+    max_level_direct: int | None = None
+    max_level_mirror: int | None = None
+    tdx: bool | None = None
+    root_level: int = 4
+    sample_every: int = 10_000
+    max_samples: int = 2_000
+    max_anomalies: int = 1_000
+
+    @property
+    def direct_max(self) -> int:
+        return self.max_level_direct or self.policy.max_huge_page_level
+
+    @property
+    def mirror_max(self) -> int:
+        if self.max_level_mirror:
+            return self.max_level_mirror
+        return self.policy.tdx_private_max_level if self.policy.tdx_huge_page else PG_LEVEL_4K
+
+
+@dataclass(frozen=True, slots=True)
+class TraceLineRef:
+    """A trace line an anomaly points at."""
+
+    filename: str
+    lineno: int
+    text: str | None = None
+
+    def __str__(self) -> str:
+        text = "" if self.text is None else f": {self.text.rstrip()}"
+        return f"{self.filename}:{self.lineno}{text}"
+
+
+@dataclass(slots=True)
+class Anomaly:
+    """One broken rule; ``lines[0]`` is the line where it was detected."""
+
+    kind: str
+    message: str
+    lines: list[TraceLineRef]
+
+    @property
+    def lineno(self) -> int:
+        return self.lines[0].lineno if self.lines else 0
+
+    def __str__(self) -> str:
+        where = "\n".join(f"    {ref}" for ref in self.lines)
+        return f"[{self.kind}] {self.message}\n{where}"
+
+
+@dataclass(frozen=True, slots=True)
+class PageSample:
+    """``pages_4k/2m/1g`` after the record at ``lineno``."""
+
+    lineno: int
+    timestamp_ns: int
+    pages_4k: int
+    pages_2m: int
+    pages_1g: int
+
+
+@dataclass(slots=True)
+class ActorStats:
+    """Per task (``vcpuN`` for vCPU threads, else ``comm-pid``)."""
+
+    faults: int = 0
+    installs: int = 0
+    links: int = 0
+    splits: int = 0
+    split_failures: int = 0
+    promotions: int = 0
+    leaf_zaps: int = 0
+    table_zaps: int = 0
+    tables_removed: int = 0
+    fast_fixed: int = 0
+
+
+@dataclass(slots=True)
+class RootInfo:
+    root_id: int
+    kind: str  # "mirror", "direct" or "unknown"
+    level: int
+    valid: bool
+    lineno: int
+    learning: bool
+    changes: int
+    tables: int
+
+
+@dataclass
+class ReplayResult:
+    """Everything ``replay_trace`` derives.  ``pages`` follow ``kvm_update_page_stats``."""
+
+    filename: str
+    pages: list[int]
+    samples: list[PageSample]
+    actors: dict[str, ActorStats]
+    counters: dict[str, int]
+    anomalies: list[Anomaly]
+    anomaly_counts: dict[str, int]
+    roots: list[RootInfo]
+    parse_stats: TraceStats | None
+    records: int
+    learning: bool
+    parse_error: TraceParseError | None = None
+
+    @property
+    def anomaly_total(self) -> int:
+        return sum(self.anomaly_counts.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.anomaly_total == 0 and self.parse_error is None
+
+    @property
+    def pages_4k(self) -> int:
+        return self.pages[0]
+
+    @property
+    def pages_2m(self) -> int:
+        return self.pages[1]
+
+    @property
+    def pages_1g(self) -> int:
+        return self.pages[2]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "file": self.filename,
+            "records": self.records,
+            "learning_mode": self.learning,
+            "pages": {"4k": self.pages[0], "2m": self.pages[1], "1g": self.pages[2]},
+            "counters": dict(self.counters),
+            "actors": {k: {f: getattr(v, f) for f in ActorStats.__slots__}
+                       for k, v in sorted(self.actors.items())},
+            "roots": [{f: getattr(r, f) for f in RootInfo.__slots__} for r in self.roots],
+            "anomaly_counts": dict(self.anomaly_counts),
+            "anomalies": [
+                {"kind": a.kind, "message": a.message,
+                 "lines": [{"file": r.filename, "line": r.lineno, "text": r.text}
+                           for r in a.lines]}
+                for a in self.anomalies
+            ],
+            "samples": [[s.lineno, s.timestamp_ns, s.pages_4k, s.pages_2m, s.pages_1g]
+                        for s in self.samples],
+            "parse": None if self.parse_stats is None else {
+                "lines": self.parse_stats.lines, "events": dict(self.parse_stats.events),
+                "bad_lines": self.parse_stats.bad_lines,
+                "lost_events": self.parse_stats.lost_events,
+                "bad_examples": [{"line": b.lineno, "field": b.field, "reason": b.reason,
+                                  "text": b.line} for b in self.parse_stats.bad_examples],
+            },
+            "parse_error": None if self.parse_error is None else str(self.parse_error),
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# Replayer state
+# ---------------------------------------------------------------------------------------
+
+
+class _Root:
+    __slots__ = ("root_id", "kind", "level", "valid", "lineno", "learning", "changes",
+                 "tables", "role")
+
+    def __init__(self, root_id: int, kind: str | None, level: int, lineno: int,
+                 learning: bool, role: int | None) -> None:
+        self.root_id = root_id
+        self.kind = kind
+        self.level = level
+        self.valid = True
+        self.lineno = lineno
+        self.learning = learning
+        self.changes = 0
+        self.tables: dict[int, _Table] = {}
+        self.role = role
+
+
+class _Table:
+    """One page table: 512 SPTEs at ``level``; ``lines`` holds the line that last wrote
+    each entry (0 = never written in the trace)."""
+
+    __slots__ = ("root", "level", "base", "pfn", "spt", "lines", "split_from")
+
+    def __init__(self, root: _Root, level: int, base: int, pfn: int | None, fill: int) -> None:
+        self.root = root
+        self.level = level
+        self.base = base
+        self.pfn = pfn
+        self.spt = array("Q", [fill]) * SPTE_ENT_PER_PAGE
+        self.lines = array("I", [0]) * SPTE_ENT_PER_PAGE
+        self.split_from = 0  # line of the split that created it (X-bit tolerance)
+
+
+def _hw_ad_update(cur: int, old: int, level: int) -> bool:
+    """``old`` is ``cur`` plus Accessed/Dirty bits the CPU sets without a trace event (the
+    reason ``kvm_tdp_mmu_write_spte`` uses xchg for leaves with volatile bits)."""
+    return (is_shadow_present_pte(cur) and is_last_spte(cur, level)
+            and (cur | _AD_MASK) == (old | _AD_MASK) and old & cur == cur and old != cur)
+
+
+def _table_key(gfn: int, level: int) -> int:
+    return ((gfn >> (level * SPTE_LEVEL_BITS)) << 3) | level
+
+
+class _Removal:
+    """A table detached by ``handle_removed_pt``, whose children are being frozen."""
+
+    __slots__ = ("table", "lineno", "prepared", "frozen")
+
+    def __init__(self, table: _Table, lineno: int) -> None:
+        self.table = table
+        self.lineno = lineno
+        self.prepared = False
+        self.frozen = 0
+
+
+class _Task:
+    __slots__ = ("label", "fault_kind", "removals", "last_root", "last_install",
+                 "pending_split", "stats")
+
+    def __init__(self, label: str, stats: ActorStats) -> None:
+        self.label = label
+        self.fault_kind: str | None = None
+        self.removals: list[_Removal] = []
+        self.last_root: _Root | None = None
+        # (table, idx, old, new, gfn, level, ambiguous) of the last install, for set_spte
+        self.last_install: tuple | None = None
+        self.pending_split: tuple[int, int, int, int] | None = None
+        self.stats = stats
+
+
+_VCPU_COMM = re.compile(r"CPU (\d+)/KVM")
+
+
+class TraceReplayer:
+    """Feed records in file order with :meth:`feed`; :meth:`finish` returns the result.
+
+    ``current_line`` is a zero-argument callable returning the text of the line being
+    fed (see :func:`replay_trace`), used only when an anomaly is recorded.
+    """
+
+    def __init__(self, options: ReplayOptions | None = None, *, filename: str = "<stream>",
+                 current_line: Callable[[], str | None] | None = None) -> None:
+        self.opts = opts = options or ReplayOptions()
+        self.filename = filename
+        self._current_line = current_line or (lambda: None)
+        self.pages = [0, 0, 0]
+        self.counters: dict[str, int] = dict.fromkeys((
+            "spte_changes", "installs", "links", "splits", "split_failures", "promotions",
+            "mirror_promotions", "leaf_zaps", "table_zaps", "tables_removed",
+            "frozen_children", "leaf_updates", "mmio_changes", "hw_ad_updates",
+            "reattributed", "faults", "fast_fixed", "root_pages", "child_pages"), 0)
+        self.anomalies: list[Anomaly] = []
+        self.anomaly_counts: dict[str, int] = {}
+        self.actors: dict[str, ActorStats] = {}
+        self.samples: list[PageSample] = []
+        self.records = 0
+        self._sample_every = max(1, opts.sample_every)
+        self._next_sample = self._sample_every
+        self._roots: list[_Root] = []
+        self._by_pfn: dict[int, _Table] = {}
+        self._tasks: dict[int, _Task] = {}
+        self._tdx = opts.tdx
+        self._root_level = opts.root_level
+        self._learning = False
+        self._max = {"mirror": opts.mirror_max, "direct": opts.direct_max}
+        self._last_ts = 0
+        self._handlers: dict[type, Callable[[Any, _Task], None]] = {
+            KvmTdpMmuSpteChanged: self._on_changed,
+            KvmMmuSetSpte: self._on_set_spte,
+            KvmMmuSplitHugePage: self._on_split,
+            KvmMmuGetPage: self._on_get_page,
+            KvmMmuPrepareZapPage: self._on_prepare_zap,
+            KvmPageFault: self._on_page_fault,
+            KvmEntry: self._on_entry,
+            FastPageFault: self._on_fast_page_fault,
+            MarkMmioSpte: self._on_mark_mmio,
+        }
+
+    # --- public -------------------------------------------------------------------------
+
+    def feed(self, rec: TraceRecord) -> None:
+        """Replay one record."""
+        self.records += 1
+        h = self._handlers.get(rec.__class__)
+        if h is not None:
+            pid = rec.pid
+            task = self._tasks.get(pid)
+            if task is None:
+                task = self._new_task(rec)
+            h(rec, task)
+        if self.records >= self._next_sample:
+            self._sample(rec)
+
+    def record_parse_error(self, err: TraceParseError) -> None:
+        self._anomaly("parse_error", f"field '{err.field}': {err.reason}",
+                      [TraceLineRef(err.filename, err.lineno, err.line)], current=False)
+
+    def finish(self, parse_stats: TraceStats | None = None,
+               parse_error: TraceParseError | None = None) -> ReplayResult:
+        for task in self._tasks.values():
+            if task.removals:
+                self._close_removals(task)
+            self._check_pending_split(task, None)
+        if not self.samples or self.samples[-1].lineno != self._last_line:
+            self._append_sample(self._last_line, self._last_ts)
+        roots = [RootInfo(r.root_id, r.kind or "unknown", r.level, r.valid, r.lineno,
+                          r.learning, r.changes, len(r.tables)) for r in self._roots]
+        return ReplayResult(self.filename, list(self.pages), list(self.samples),
+                            dict(self.actors), dict(self.counters), list(self.anomalies),
+                            dict(self.anomaly_counts), roots, parse_stats, self.records,
+                            self._learning, parse_error)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    _last_line = 0
+
+    def _new_task(self, rec: TraceRecord) -> _Task:
+        m = _VCPU_COMM.fullmatch(rec.comm)
+        label = f"vcpu{m.group(1)}" if m else f"{rec.comm}-{rec.pid}"
+        task = _Task(label, self._actor(label))
+        self._tasks[rec.pid] = task
+        return task
+
+    def _actor(self, label: str) -> ActorStats:
+        st = self.actors.get(label)
+        if st is None:
+            st = self.actors[label] = ActorStats()
+        return st
+
+    def _sample(self, rec: TraceRecord) -> None:
+        try:
+            ts = rec.timestamp_ns
+        except ValueError:
+            ts = 0
+        self._append_sample(rec.lineno, ts)
+        self._next_sample = self.records + self._sample_every
+
+    def _append_sample(self, lineno: int, ts: int) -> None:
+        p = self.pages
+        self.samples.append(PageSample(lineno, ts, p[0], p[1], p[2]))
+        if len(self.samples) > self.opts.max_samples:
+            # Keep memory flat: halve the resolution.
+            self.samples = self.samples[::2]
+            self._sample_every *= 2
+
+    def _anomaly(self, kind: str, message: str, refs: list[TraceLineRef] | None = None,
+                 lineno: int = 0, current: bool = True, also: Iterable[int] = ()) -> None:
+        self.anomaly_counts[kind] = self.anomaly_counts.get(kind, 0) + 1
+        if len(self.anomalies) >= self.opts.max_anomalies:
+            return
+        lines = list(refs or [])
+        if current:
+            lines.insert(0, TraceLineRef(self.filename, lineno, self._current_line()))
+        for ln in also:
+            if ln and all(r.lineno != ln for r in lines):
+                lines.append(TraceLineRef(self.filename, ln, None))
+        self.anomalies.append(Anomaly(kind, message, lines))
+
+    def _kind(self, root: _Root) -> str:
+        return root.kind or "direct"
+
+    # --- roots --------------------------------------------------------------------------
+
+    def _on_get_page(self, rec: KvmMmuGetPage, task: _Task) -> None:
+        self._pre(task, rec)
+        level = rec.level
+        if rec.gfn not in (0, None) or level < 4:
+            return  # a child page; the link that follows says where it goes
+        if level > self._root_level and not self._roots:
+            self._root_level = level
+        if level != self._root_level:
+            return
+        role = rec.role
+        if rec.style == "raw":
+            kind: str | None = "mirror" if rec.is_mirror else "direct"
+            if rec.is_mirror:
+                self._tdx = True
+        else:
+            kind = None
+        valid = [r for r in self._roots if r.valid and not r.learning]
+        if kind is None:
+            if self._tdx is None and len(valid) == 1 and valid[0].changes == 0 \
+                    and valid[0].kind is None and valid[0].role == role:
+                # Two roots with the same visible role, back to back, before any change:
+                # mmu_alloc_direct_roots() of a TD (mirror first).  A plain VM would have
+                # reused the valid root instead of allocating one.
+                self._tdx = True
+                valid[0].kind = "mirror"
+                kind = "direct"
+            elif self._tdx:
+                kind = "direct" if any(r.kind == "mirror" for r in valid) else "mirror"
+        # kvm_tdp_mmu_alloc_root only allocates when no valid root has this role word, so
+        # older roots of the same kind have been invalidated (fast zap).
+        for r in valid:
+            if (r.kind or "direct") == (kind or "direct"):
+                r.valid = False
+        root = _Root(len(self._roots), kind, level, rec.lineno, False, role)
+        root.tables[_table_key(0, level)] = _Table(root, level, 0, None, SHADOW_NONPRESENT_VALUE)
+        self._roots.append(root)
+        self.counters["root_pages"] += 1
+
+    def _learning_root(self, task: _Task) -> _Root:
+        kind = task.fault_kind
+        for r in self._roots:
+            if r.learning and r.kind == kind:
+                return r
+        self._learning = True
+        root = _Root(len(self._roots), kind, self._root_level, 0, True, None)
+        self._roots.append(root)
+        return root
+
+    # --- the main event ------------------------------------------------------------------
+
+    def _on_changed(self, rec: KvmTdpMmuSpteChanged, task: _Task) -> None:
+        """``kvm_tdp_mmu_spte_changed`` — ``handle_changed_spte``'s trace (§4.4)."""
+        self.counters["spte_changes"] += 1
+        new = rec.new_spte
+        if new == FROZEN_SPTE:
+            self._frozen_child(rec, task)
+            return
+        if task.removals:
+            self._close_removals(task)
+        if task.pending_split is not None:
+            self._check_pending_split(task, None)
+        level = rec.level
+        gfn = rec.gfn
+        old = rec.old_spte
+        ln = rec.lineno
+        self._last_line = ln
+        if not PG_LEVEL_4K <= level <= 5:
+            self._anomaly("bad_level", f"level {level} outside 1..5", lineno=ln)
+            return
+        if gfn & (KVM_PAGES_PER_HPAGE(level) - 1):
+            self._anomaly("misaligned", f"gfn {gfn:#x} not aligned to level {level}", lineno=ln)
+        key = ((gfn >> (level * 9)) << 3) | level
+        idx = (gfn >> ((level - 1) * 9)) & 511
+        # Candidate tables: one per root that has a table here.
+        match = None
+        nmatch = 0
+        first = None
+        ntables = 0
+        for root in self._roots:
+            t = root.tables.get(key)
+            if t is None:
+                continue
+            ntables += 1
+            if first is None:
+                first = t
+            cur = t.spt[idx]
+            if cur == old or cur == UNKNOWN_SPTE:
+                nmatch += 1
+                if match is None:
+                    match = t
+                else:
+                    match = self._tie_break(match, t, task)
+        ambiguous = nmatch > 1
+        if match is None:
+            if ntables == 0:
+                if self._roots and not all(r.learning for r in self._roots):
+                    self._anomaly("unknown_table",
+                                  f"level {level} gfn {gfn:#x}: no root has a table here",
+                                  lineno=ln)
+                root = self._learning_root(task)
+                match = self._learning_table(root, level, gfn)
+            else:
+                match = self._mismatch(rec, task, first, idx, ntables)
+        self._apply(match, idx, old, new, level, gfn, ln, task, ambiguous)
+
+    def _tie_break(self, a: _Table, b: _Table, task: _Task) -> _Table:
+        """Two roots hold the same ``old_spte`` here (a non-present SPTE): an install."""
+        ra, rb = a.root, b.root
+        if ra.valid != rb.valid:
+            return a if ra.valid else b
+        hint = task.fault_kind
+        if hint is not None and self._tdx:
+            ka, kb = self._kind(ra), self._kind(rb)
+            if ka != kb:
+                return a if ka == hint else b
+        if task.last_root is ra or task.last_root is rb:
+            return a if task.last_root is ra else b
+        return a if ra.root_id < rb.root_id else b
+
+    def _learning_table(self, root: _Root, level: int, gfn: int) -> _Table:
+        base = gfn & -(1 << (level * 9))
+        t = _Table(root, level, base, None, UNKNOWN_SPTE)
+        root.tables[_table_key(gfn, level)] = t
+        return t
+
+    def _mismatch(self, rec: KvmTdpMmuSpteChanged, task: _Task, first: _Table, idx: int,
+                  ntables: int) -> _Table:
+        """No root holds ``old_spte``.  Accept hardware A/D updates and the X bit that
+        ``make_small_spte`` restores with the NX workaround; else flag and resync."""
+        old = rec.old_spte
+        level = rec.level
+        best = first
+        for root in self._roots:
+            t = root.tables.get(_table_key(rec.gfn, level))
+            if t is None:
+                continue
+            cur = t.spt[idx]
+            if _hw_ad_update(cur, old, level):
+                self.counters["hw_ad_updates"] += 1
+                return t
+            if t.split_from and level == PG_LEVEL_4K and make_spte_executable(cur) == old:
+                return t
+            if task.fault_kind is not None and self._kind(root) == task.fault_kind:
+                best = t
+        cur = best.spt[idx]
+        where = f"root {best.root.root_id} ({best.root.kind or 'unknown'})"
+        self._anomaly(
+            "old_spte_mismatch",
+            f"level {level} gfn {rec.gfn:#x}: old_spte {old:#x} but the replayer holds "
+            f"{cur:#x} in {where}" + (f" (one of {ntables} roots)" if ntables > 1 else ""),
+            lineno=rec.lineno, also=(best.lines[idx],))
+        return best
+
+    def _apply(self, t: _Table, idx: int, old: int, new: int, level: int, gfn: int,
+               ln: int, task: _Task, ambiguous: bool) -> None:
+        root = t.root
+        root.changes += 1
+        task.last_root = root
+        t.spt[idx] = new
+        t.lines[idx] = ln
+        was_present = is_shadow_present_pte(old) and old != UNKNOWN_SPTE
+        is_present = is_shadow_present_pte(new)
+        was_leaf = was_present and is_last_spte(old, level)
+        is_leaf = is_present and is_last_spte(new, level)
+        st = task.stats
+        c = self.counters
+        if is_leaf != was_leaf:
+            # kvm_update_page_stats(kvm, level, is_leaf ? 1 : -1)
+            self.pages[level - 1] += 1 if is_leaf else -1
+        if is_leaf:
+            kind = self._kind(root)
+            if level > self._max[kind]:
+                self._anomaly("level_too_high",
+                              f"{kind} leaf at level {level} gfn {gfn:#x} (max {self._max[kind]})",
+                              lineno=ln)
+            if not was_present:
+                c["installs"] += 1
+                st.installs += 1
+                task.last_install = (t, idx, old, new, gfn, level, ambiguous)
+            elif not was_leaf:
+                self._promotion(t, idx, old, level, gfn, ln, task)
+            else:
+                if spte_to_pfn(old) != spte_to_pfn(new):
+                    self._anomaly("leaf_pfn_change",
+                                  f"level {level} gfn {gfn:#x}: present leaf {old:#x} replaced "
+                                  f"by {new:#x} (another pfn)", lineno=ln)
+                elif root.kind == "mirror":
+                    self._anomaly("mirror_leaf_change",
+                                  f"mirror leaf at level {level} gfn {gfn:#x} changed "
+                                  f"{old:#x} -> {new:#x}", lineno=ln)
+                c["leaf_updates"] += 1
+            return
+        if was_leaf:
+            if is_present:
+                # A huge leaf became a table: tdp_mmu_split_huge_page linked the 512
+                # children it made with make_small_spte (+512 at level-1).
+                self._link(t, idx, new, level, gfn, ln, old)
+                self.pages[level - 2] += SPTE_ENT_PER_PAGE
+                task.pending_split = (gfn, level, old, ln)
+            else:
+                c["leaf_zaps"] += 1
+                st.leaf_zaps += 1
+            return
+        if was_present:
+            # old was a table
+            if is_present:
+                if spte_to_pfn(old) == spte_to_pfn(new):
+                    c["leaf_updates"] += 1  # A/D or W on a non-leaf
+                    return
+                self._anomaly("table_replaced",
+                              f"level {level} gfn {gfn:#x}: table {old:#x} replaced by table "
+                              f"{new:#x}", lineno=ln)
+                self._detach(t.root, old, level, gfn, ln, task)
+                self._link(t, idx, new, level, gfn, ln, None)
+                return
+            c["table_zaps"] += 1
+            st.table_zaps += 1
+            self._detach(t.root, old, level, gfn, ln, task)
+            return
+        if is_present:
+            self._link(t, idx, new, level, gfn, ln, None)
+            c["links"] += 1
+            st.links += 1
+        else:
+            c["mmio_changes"] += 1
+
+    def _promotion(self, t: _Table, idx: int, old: int, level: int, gfn: int, ln: int,
+                   task: _Task) -> None:
+        c = self.counters
+        c["promotions"] += 1
+        task.stats.promotions += 1
+        root = t.root
+        if root.kind == "mirror":
+            c["mirror_promotions"] += 1
+            policy = self.opts.policy.mirror_promotion
+            if policy != "seamcall":
+                self._anomaly(
+                    "mirror_promotion",
+                    f"mirror table at level {level} gfn {gfn:#x} replaced by a huge leaf "
+                    f"(mirror_promotion={policy!r}: "
+                    + ("the SEED patch forbids it)" if policy == "disallowed"
+                       else "KVM_BUG_ON in set_external_spte_present)"),
+                    lineno=ln)
+            else:
+                # PAGE.PROMOTE merged the children in the TDX module; the hypothetical KVM
+                # frees the mirror table without per-child trace events.
+                self._drop_silently(root, old, level, gfn)
+                return
+        self._detach(root, old, level, gfn, ln, task)
+
+    def _link(self, t: _Table, idx: int, new: int, level: int, gfn: int, ln: int,
+              huge: int | None) -> None:
+        """A table now hangs below (level, gfn): remember it by pfn and location."""
+        root = t.root
+        pfn = spte_to_pfn(new)
+        child_level = level - 1
+        if huge is None:
+            child = _Table(root, child_level, gfn, pfn, SHADOW_NONPRESENT_VALUE)
+        else:
+            child = _Table(root, child_level, gfn, pfn, 0)
+            nx = self.opts.policy.nx_huge_pages
+            spt = child.spt
+            for i in range(SPTE_ENT_PER_PAGE):
+                spt[i] = make_small_spte(huge, child_level, i, ACC_ALL, nx)
+            child.lines = array("I", [ln]) * SPTE_ENT_PER_PAGE
+            child.split_from = ln
+        old_child = root.tables.get(_table_key(gfn, child_level))
+        if old_child is not None and old_child.base == gfn:
+            self._by_pfn.pop(old_child.pfn, None)
+        root.tables[_table_key(gfn, child_level)] = child
+        self._by_pfn[pfn] = child
+        self.counters["child_pages"] += 1
+
+    def _find_child(self, root: _Root, old: int, level: int, gfn: int) -> _Table | None:
+        child = self._by_pfn.get(spte_to_pfn(old))
+        if child is None or child.root is not root or child.level != level - 1:
+            child = root.tables.get(_table_key(gfn, level - 1))
+        return child
+
+    def _unlink(self, root: _Root, child: _Table) -> None:
+        key = _table_key(child.base, child.level)
+        if root.tables.get(key) is child:
+            del root.tables[key]
+        if child.pfn is not None and self._by_pfn.get(child.pfn) is child:
+            del self._by_pfn[child.pfn]
+
+    def _detach(self, root: _Root, old: int, level: int, gfn: int, ln: int,
+                task: _Task) -> None:
+        """``handle_removed_pt``: the table below is gone; its children must now all be
+        frozen by this task (pre-order, depth first)."""
+        child = self._find_child(root, old, level, gfn)
+        if child is None:
+            if not root.learning:
+                self._anomaly("unknown_table",
+                              f"level {level} gfn {gfn:#x}: removed table (pfn "
+                              f"{spte_to_pfn(old):#x}) was never linked", lineno=ln)
+            child = _Table(root, level - 1, gfn, spte_to_pfn(old), UNKNOWN_SPTE)
+        else:
+            self._unlink(root, child)
+        self.counters["tables_removed"] += 1
+        task.stats.tables_removed += 1
+        task.removals.append(_Removal(child, ln))
+
+    def _drop_silently(self, root: _Root, old: int, level: int, gfn: int) -> None:
+        child = self._find_child(root, old, level, gfn)
+        if child is None:
+            return
+        self._unlink(root, child)
+        pages = self.pages
+        for v in child.spt:
+            if v != UNKNOWN_SPTE and is_shadow_present_pte(v) and is_last_spte(v, child.level):
+                pages[child.level - 1] -= 1
+
+    def _frozen_child(self, rec: KvmTdpMmuSpteChanged, task: _Task) -> None:
+        level = rec.level
+        gfn = rec.gfn
+        ln = rec.lineno
+        self._last_line = ln
+        removals = task.removals
+        while removals:
+            r = removals[-1]
+            t = r.table
+            if t.level == level and t.base <= gfn < t.base + (1 << (level * 9)):
+                break
+            self._close_removal(removals.pop())
+        else:
+            self._anomaly("frozen_outside_removal",
+                          f"level {level} gfn {gfn:#x} set to FROZEN_SPTE but no table removal "
+                          "by this task is in progress", lineno=ln)
+            return
+        idx = (gfn >> ((level - 1) * 9)) & 511
+        old = rec.old_spte
+        cur = t.spt[idx]
+        if cur != old and cur != UNKNOWN_SPTE:
+            if not _hw_ad_update(cur, old, level):
+                self._anomaly("old_spte_mismatch",
+                              f"level {level} gfn {gfn:#x} (child of a removed table): old_spte "
+                              f"{old:#x} but the replayer holds {cur:#x}",
+                              lineno=ln, also=(t.lines[idx], r.lineno))
+            else:
+                self.counters["hw_ad_updates"] += 1
+        t.spt[idx] = FROZEN_SPTE
+        t.lines[idx] = ln
+        self.counters["frozen_children"] += 1
+        r.frozen += 1
+        if is_shadow_present_pte(old) and old != UNKNOWN_SPTE:
+            if is_last_spte(old, level):
+                self.pages[level - 1] -= 1
+            else:
+                self._detach(t.root, old, level, gfn, ln, task)
+
+    def _close_removal(self, r: _Removal) -> None:
+        t = r.table
+        left = [i for i, v in enumerate(t.spt)
+                if v != UNKNOWN_SPTE and is_shadow_present_pte(v)]
+        if left:
+            step = KVM_PAGES_PER_HPAGE(t.level)
+            gfns = ", ".join(f"{t.base + i * step:#x}" for i in left[:4])
+            self._anomaly(
+                "zap_leak",
+                f"table level {t.level} gfn {t.base:#x} removed but {len(left)} present "
+                f"children were never frozen (gfn {gfns}{', ...' if len(left) > 4 else ''})",
+                lineno=r.lineno, current=False,
+                refs=[TraceLineRef(self.filename, r.lineno, None)],
+                also=(t.lines[left[0]],))
+            # Their stats go with the table, as handle_removed_pt would have done.
+            for i in left:
+                if is_last_spte(t.spt[i], t.level):
+                    self.pages[t.level - 1] -= 1
+
+    def _close_removals(self, task: _Task) -> None:
+        removals = task.removals
+        while removals:
+            self._close_removal(removals.pop())
+
+    # --- the other events ------------------------------------------------------------
+
+    def _pre(self, task: _Task, rec: TraceRecord) -> None:
+        """Any event of a task that is not part of a table removal ends that removal."""
+        self._last_line = rec.lineno
+        if task.removals:
+            self._close_removals(task)
+        if task.pending_split is not None and rec.__class__ is not KvmMmuSplitHugePage:
+            self._check_pending_split(task, rec)
+
+    def _check_pending_split(self, task: _Task, rec: TraceRecord | None) -> None:
+        # A leaf -> table change is always followed by kvm_mmu_split_huge_page from the
+        # same task; only complain once the trace has shown split events are enabled.
+        ps = task.pending_split
+        task.pending_split = None
+        if ps is not None and self.counters["splits"] + self.counters["split_failures"]:
+            self._anomaly("split_mismatch",
+                          f"level {ps[1]} gfn {ps[0]:#x}: huge leaf became a table without "
+                          "kvm_mmu_split_huge_page", lineno=ps[3], current=False,
+                          refs=[TraceLineRef(self.filename, ps[3], None)])
+
+    def _on_split(self, rec: KvmMmuSplitHugePage, task: _Task) -> None:
+        """``kvm_mmu_split_huge_page``: the stats moved with the link before it."""
+        self._pre(task, rec)
+        ps = task.pending_split
+        task.pending_split = None
+        if rec.errno:
+            self.counters["split_failures"] += 1
+            task.stats.split_failures += 1
+            return
+        self.counters["splits"] += 1
+        task.stats.splits += 1
+        if ps is None or ps[0] != rec.gfn or ps[1] != rec.level or ps[2] != rec.spte:
+            self._anomaly("split_mismatch",
+                          f"level {rec.level} gfn {rec.gfn:#x}: successful split of "
+                          f"{rec.spte:#x} without the matching leaf → table SPTE change",
+                          lineno=rec.lineno)
+
+    def _on_prepare_zap(self, rec: KvmMmuPrepareZapPage, task: _Task) -> None:
+        self._last_line = rec.lineno
+        for r in reversed(task.removals):
+            t = r.table
+            if not r.prepared and t.level == rec.level and (rec.gfn is None or rec.gfn == t.base):
+                r.prepared = True
+                return
+        self._anomaly("prepare_zap_mismatch",
+                      f"kvm_mmu_prepare_zap_page level {rec.level} gfn "
+                      f"{'?' if rec.gfn is None else hex(rec.gfn)} matches no table this task "
+                      "just removed", lineno=rec.lineno)
+
+    def _on_set_spte(self, rec: KvmMmuSetSpte, task: _Task) -> None:
+        """``kvm_mmu_set_spte``: ``at`` names the table, hence the root (§8.2)."""
+        self._pre(task, rec)
+        at = rec.sptep
+        t = self._by_pfn.get(at >> PAGE_SHIFT)
+        li = task.last_install
+        task.last_install = None
+        if t is None:
+            return
+        idx = (at & 0xFFF) >> 3
+        level = rec.level
+        if t.level != level or SPTE_INDEX(rec.gfn, level) != idx \
+                or not t.base <= rec.gfn < t.base + (1 << (level * 9)):
+            self._anomaly("set_spte_mismatch",
+                          f"set_spte level {level} gfn {rec.gfn:#x} at {at:#x}, but that "
+                          f"address is entry {idx} of the level-{t.level} table at gfn "
+                          f"{t.base:#x}", lineno=rec.lineno)
+            return
+        cur = t.spt[idx]
+        if cur == rec.spte or cur == UNKNOWN_SPTE:
+            if cur == UNKNOWN_SPTE:
+                t.spt[idx] = rec.spte
+            return
+        if li is not None and li[0] is not t and li[4] == rec.gfn and li[5] == level \
+                and cur == li[2] and li[3] == rec.spte:
+            # The install went to the wrong one of several roots holding the same
+            # non-present SPTE: move it where 'at' says it is.
+            wrong, widx = li[0], li[1]
+            wrong.spt[widx] = li[2]
+            t.spt[idx] = rec.spte
+            t.lines[idx] = wrong.lines[widx]
+            wrong.root.changes -= 1
+            t.root.changes += 1
+            self.counters["reattributed"] += 1
+            task.last_root = t.root
+            return
+        self._anomaly("set_spte_mismatch",
+                      f"set_spte level {level} gfn {rec.gfn:#x} spte {rec.spte:#x}, but the "
+                      f"replayer holds {cur:#x} at {at:#x}", lineno=rec.lineno,
+                      also=(t.lines[idx],))
+
+    def _on_mark_mmio(self, rec: MarkMmioSpte, task: _Task) -> None:
+        self._pre(task, rec)
+        task.last_install = None
+
+    def _on_page_fault(self, rec: KvmPageFault, task: _Task) -> None:
+        """``kvm_page_fault``: the only text with the TDX shared bit (§2.4)."""
+        self._pre(task, rec)
+        self.counters["faults"] += 1
+        if rec.vcpu_id is not None and not task.label.startswith("vcpu"):
+            task.label = f"vcpu{rec.vcpu_id}"
+            task.stats = self._actor(task.label)
+        task.stats.faults += 1
+        shared_bit = 1 << (47 if self._root_level == 4 else 51)
+        if rec.fault_address & shared_bit:
+            task.fault_kind = "direct"
+            if self._tdx is None and any(r.kind is None for r in self._roots):
+                pass  # a shared bit alone does not prove a TD (GPA bit 47 can be RAM)
+        else:
+            task.fault_kind = "mirror" if self._tdx else "direct"
+
+    def _on_entry(self, rec: KvmEntry, task: _Task) -> None:
+        self._pre(task, rec)
+        task.fault_kind = None
+        task.last_install = None
+
+    def _on_fast_page_fault(self, rec: FastPageFault, task: _Task) -> None:
+        """``fast_page_fault`` fixes a leaf with a cmpxchg that ``handle_changed_spte``
+        never sees: apply it by ``sptep``."""
+        self._pre(task, rec)
+        if not rec.fixed:
+            return
+        self.counters["fast_fixed"] += 1
+        task.stats.fast_fixed += 1
+        t = self._by_pfn.get(rec.sptep >> PAGE_SHIFT)
+        if t is None:
+            return
+        idx = (rec.sptep & 0xFFF) >> 3
+        t.spt[idx] = rec.new_spte
+        t.lines[idx] = rec.lineno
+
+
+# ---------------------------------------------------------------------------------------
+# Drivers
+# ---------------------------------------------------------------------------------------
+
+
+def replay_records(records: Iterable[TraceRecord], options: ReplayOptions | None = None,
+                   *, filename: str = "<records>") -> ReplayResult:
+    """Replay already-parsed records (no line texts in the anomalies)."""
+    rp = TraceReplayer(options, filename=filename)
+    feed = rp.feed
+    for rec in records:
+        feed(rec)
+    return rp.finish()
+
+
+def replay_trace(source: str | os.PathLike[str] | Iterable[str],
+                 options: ReplayOptions | None = None, *, skip_bad: bool = False,
+                 filename: str | None = None, resolve_lines: bool = True) -> ReplayResult:
+    """Parse and replay a trace file (path) or an iterable of lines, streaming.
+
+    A bad line raises :class:`TraceParseError` unless ``skip_bad`` (then it is counted in
+    ``result.parse_stats`` and listed as a ``parse_error`` anomaly).  With a path and
+    ``resolve_lines``, a second pass fills in the text of earlier lines that anomalies
+    point at (the line being replayed is captured as it goes).
+    """
+    if filename is None:
+        filename = os.fspath(source) if isinstance(source, (str, os.PathLike)) \
+            else str(getattr(source, "name", "<stream>"))
+    cur: list[str | None] = [None]
+
+    def tap(lines: Iterable[str]) -> Iterator[str]:
+        for line in lines:
+            cur[0] = line
+            yield line
+
+    rp = TraceReplayer(options, filename=filename,
+                       current_line=lambda: None if cur[0] is None else cur[0].rstrip("\r\n"))
+    is_path = isinstance(source, (str, os.PathLike))
+    f = open(source, encoding="utf-8", errors="replace") if is_path else None
+    try:
+        parser = TraceParser(tap(f if f is not None else source),  # type: ignore[arg-type]
+                             skip_bad=skip_bad, filename=filename)
+        feed = rp.feed
+        for rec in parser:
+            feed(rec)
+    finally:
+        if f is not None:
+            f.close()
+    for bad in parser.stats.bad_examples:
+        rp.record_parse_error(TraceParseError(bad.filename, bad.lineno, bad.line, bad.field,
+                                              bad.reason))
+    extra = parser.stats.bad_lines - len(parser.stats.bad_examples)
+    if extra > 0:
+        rp.anomaly_counts["parse_error"] = rp.anomaly_counts.get("parse_error", 0) + extra
+    result = rp.finish(parser.stats)
+    if is_path and resolve_lines:
+        _resolve_texts(source, result)
+    return result
+
+
+def _resolve_texts(path: str | os.PathLike[str], result: ReplayResult) -> None:
+    want = {ref.lineno for a in result.anomalies for ref in a.lines if ref.text is None}
+    if not want:
+        return
+    texts: dict[int, str] = {}
+    last = max(want)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if n in want:
+                texts[n] = line.rstrip("\r\n")
+            if n >= last:
+                break
+    for a in result.anomalies:
+        a.lines = [TraceLineRef(r.filename, r.lineno, texts.get(r.lineno, r.text))
+                   if r.text is None else r for r in a.lines]
