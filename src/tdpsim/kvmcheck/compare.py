@@ -215,3 +215,22 @@ def load_report(data: Mapping | str, matrix: Iterable[HostScenario] = CHECK_MATR
     by_name = {s.name: s for s in matrix}
     return [host_result_from_dict(r, by_name[r["name"]], data.get("kvm_params", {}))
             for r in data["rows"] if r["name"] in by_name]
+
+
+def recording_text(doc: Mapping) -> str:
+    """A :func:`report_to_json` document cut down to the kernel side (host facts and each
+    row's kernel phases / native-execution result), one row per line: the form of the
+    recorded fixture the model-only tests compare against.  :func:`load_report` reads it."""
+    top = ("format", "kernel_release", "vendor_modules", "kvm_params", "mmu_model",
+           "native_exec_msr")
+    rows = []
+    for r in doc["rows"]:
+        row = {"name": r["name"], "skipped": r["skipped"], "native": r.get("native")}
+        if not r["skipped"]:
+            row["kernel_phases"] = r["kernel_phases"]
+        rows.append(row)
+    lines = ["{"] + [f" {json.dumps(k)}: {json.dumps(doc.get(k))}," for k in top]
+    lines.append(' "rows": [')
+    lines.append(",\n".join("  " + json.dumps(r, separators=(",", ":")) for r in rows))
+    lines.append(" ]\n}")
+    return "\n".join(lines) + "\n"
