@@ -10,7 +10,6 @@ from tdpsim.model.mmu_fault import ept_violation_error_code, kvm_mmu_do_page_fau
 from tdpsim.model.policy import Policy
 from tdpsim.model.spte import FROZEN_SPTE, SPTE_MMU_PRESENT_MASK
 from tdpsim.model.tdx import TdGuest, create_td
-from tdpsim.model.tdx_module import BLOCKED
 from tdpsim.model.vmm import VmConfig, create_vm
 
 M2 = 2 << 20

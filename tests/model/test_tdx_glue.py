@@ -17,7 +17,6 @@ from tdpsim.model.tdx import (
     EXIT_FASTPATH_NONE,
     TD_STATE_INITIALIZED,
     TD_STATE_RUNNABLE,
-    TDX_PS_2M,
     TDX_PS_4K,
     TdGuest,
     create_td,

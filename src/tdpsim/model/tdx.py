@@ -70,7 +70,6 @@ from .sched import VCPU
 from .spte import (
     KVM_PAGES_PER_HPAGE,
     PAGE_SHIFT,
-    PG_LEVEL_1G,
     PG_LEVEL_2M,
     PG_LEVEL_4K,
     VMX_EPT_RWX_MASK,
