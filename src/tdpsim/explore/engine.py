@@ -44,6 +44,9 @@ from .ops import RETRY_WAIT, WAIT_COND, RetryBoundExceeded
 THREAD_START = "start"
 
 _LOCK_KINDS = (S.LOCK_ACQUIRE, S.LOCK_WAIT)
+# Keys whose *values* no fault result depends on (lock state only blocks; RCU only delays
+# frees): a parked vCPU does not wake up for them.
+_NOT_DATA = frozenset(("lock", "rcu", "thread", "vcpu"))
 _SPTE_KINDS = frozenset((S.SPTE_READ, S.SPTE_CMPXCHG, S.SPTE_XCHG, S.SPTE_WRITE))
 
 
@@ -242,8 +245,9 @@ class Engine:
     def run(self) -> ExecutionResult:
         kvm = self.kvm
         hooks = [kvm.sched]
-        if self.world.tdx is not None and self.world.tdx.sched is not kvm.sched:
-            hooks.append(self.world.tdx.sched)
+        module = getattr(self.world.tdx, "module", None)
+        if module is not None and module.sched is not kvm.sched:
+            hooks.append(module.sched)
         for sp in hooks:
             sp.hook = self._hook
         self.main = greenlet.getcurrent()
@@ -365,7 +369,7 @@ class Engine:
             else:
                 d[tid] = idx
         ak = t.attempt_keys
-        if key not in ak:
+        if key not in ak and key[0] not in _NOT_DATA:
             ak[key] = idx
         if extras:
             for k, w in extras:
@@ -375,7 +379,7 @@ class Engine:
                         kws[k] = {tid: idx}
                     else:
                         d[tid] = idx
-                if k not in ak:
+                if k not in ak and k[0] not in _NOT_DATA:
                     ak[k] = idx
         if self.footprints:
             fp = {(key, write)}
@@ -433,8 +437,12 @@ class Engine:
             self._nwarn = len(kvm.warnings)
             self._fail("WARN", f"WARN_ON_ONCE in {w.function}: {w.message}", t)
         tdx = self.world.tdx
-        if tdx is not None and getattr(tdx, "fatal", False):
-            self._fail("TDX_FATAL", "TDX module marked the TD fatal", t)
+        if tdx is not None:
+            if tdx.module.fatal:
+                self._fail("TDX_FATAL", "TDX module marked the TD fatal", t)
+            elif tdx.fatal_errors:
+                fn, leaf, status = tdx.fatal_errors[0]
+                self._fail("TDX_FATAL", f"TDX_BUG_ON in {fn}: {leaf} returned {status:#x}", t)
         for check in self.world.step_checks:
             r = check()
             if r is not None:

@@ -37,8 +37,8 @@ from tdpsim.model.spte import PAGE_SHIFT
 from .tracking import TRACKER
 
 RETRY_WAIT = "retry_wait"  # a vCPU parks between two RET_PF_RETRY attempts
-WAIT_COND = "wait_cond"  # a thread waits for a named condition (key ("cond", name))
-KEY_SRCU = ("cond", "srcu")
+WAIT_COND = "wait_cond"  # a thread waits for a named condition (key (_, name))
+KEY_SRCU = ("lock", "srcu")  # a wait condition; like a lock, not data a fault reads
 KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
 
 
@@ -103,13 +103,30 @@ def op_fault(ctx: OpContext, vcpu: int, gfn: int, write: bool = True, exec: bool
                 or v.root.role.invalid):
             kvm_mmu_load(v)  # kvm_mmu_reload() on the next entry
         ctx.srcu_read_lock(vcpu)
-        r = kvm_mmu_do_page_fault(v, gpa, err)
+        if ctx.tdx is not None and private:
+            # tdx_handle_ept_violation with its local retry loop bounded to one attempt:
+            # the loop is this one, which parks the vCPU between attempts.
+            r = ctx.tdx.tdx_handle_ept_violation(v, gpa)
+        else:
+            r = kvm_mmu_do_page_fault(v, gpa, err)
         ctx.srcu_read_unlock(vcpu)
         if r != RET_PF_RETRY:
             return r
         kvm.sched.point(RETRY_WAIT, ("vcpu", vcpu), False)
     raise RetryBoundExceeded(f"vCPU {vcpu}: gfn {gfn:#x} still RET_PF_RETRY after "
                              f"{ctx.retry_bound} retries")
+
+
+def op_accept(ctx: OpContext, vcpu: int, gfn: int, npages: int = 1) -> bool:
+    """The TD guest accepts [gfn, gfn + npages) with Linux's ``tdx_accept_memory`` (2M
+    first, then 4K): TD entry, TDG.MEM.PAGE.ACCEPT, EPT-violation exits handled by
+    ``tdx_handle_ept_violation`` and re-executed.  Needs the TDX glue."""
+    if ctx.tdx is None:
+        raise ValueError("accept needs a TD with the TDX glue (tdx.external_ops = 'tdx')")
+    from tdpsim.model.tdx import TdGuest
+
+    guest = TdGuest(ctx.kvm, ctx.tdx, vcpu)
+    return guest.accept_memory(gfn << PAGE_SHIFT, (gfn + npages) << PAGE_SHIFT, vcpu)
 
 
 def op_convert(ctx: OpContext, start: int, end: int, to: str) -> None:
@@ -171,6 +188,7 @@ def op_dirty_log(ctx: OpContext, enable: bool = True) -> None:
 
 OPS: dict[str, Callable[..., Any]] = {
     "fault": op_fault,
+    "accept": op_accept,
     "convert": op_convert,
     "punch_hole": op_punch_hole,
     "zap_leafs": op_zap_leafs,

@@ -20,7 +20,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from tdpsim.model.kvm import RecordingExternalOps
+from tdpsim.model.invariants import check_invariants
+from tdpsim.model.kvm import IN_GUEST_MODE, RecordingExternalOps
+from tdpsim.model.tdx import create_td
+from tdpsim.model.tdx_module import MAPPED
 from tdpsim.model.policy import Policy
 from tdpsim.model.vmm import VmConfig, create_vm
 
@@ -30,7 +33,8 @@ from .tracking import track
 
 _TOP_KEYS = {"name", "summary", "description", "vm", "policy", "explore", "setup", "threads",
              "tdx"}
-_EXPLORE_KEYS = {"retry_bound": int, "fail_on_warn": bool, "max_steps": int}
+_EXPLORE_KEYS = {"retry_bound": int, "fail_on_warn": bool, "max_steps": int,
+                 "invariants": str}
 _TDX_KEYS = {"external_ops": str, "private_max_level": int}
 
 
@@ -64,7 +68,8 @@ class Scenario:
     retry_bound: int = 16
     fail_on_warn: bool = True
     max_steps: int = 20000
-    external_ops: str = "recording"
+    external_ops: str = "tdx"
+    invariants: str = "end"
     private_max_level: int = 2
     params: dict[str, Any] = field(default_factory=dict)
     source: str = ""
@@ -76,12 +81,16 @@ class Scenario:
     def build(self) -> World:
         """Create the VM, run the setup ops sequentially, and return the world whose
         threads the engine will interleave."""
-        if self.external_ops != "recording":  # pragma: no cover - until the TDX glue lands
-            raise ScenarioError(f"{self.source}: external_ops {self.external_ops!r} is not "
-                                "available in this tree")
-        x86_ops = RecordingExternalOps(self.private_max_level) if self.vm.tdx else None
-        kvm = create_vm(self.vm, self.policy, x86_ops)
-        ctx = OpContext(kvm, None, self.retry_bound)
+        tdx = None
+        if self.vm.tdx and self.external_ops == "tdx":
+            kvm, tdx = create_td(self.vm, self.policy, max_local_retries=0,
+                                 sept_ve_disable=False)
+            if tdx.tdx_td_finalize(kvm):
+                raise ScenarioError(f"{self.source}: TDH.MR.FINALIZE failed")
+        else:
+            x86_ops = RecordingExternalOps(self.private_max_level) if self.vm.tdx else None
+            kvm = create_vm(self.vm, self.policy, x86_ops)
+        ctx = OpContext(kvm, tdx, self.retry_bound)
         for spec in self.setup:
             OPS[spec.op](ctx, **spec.args)
         if kvm.vm_bugged:
@@ -91,12 +100,50 @@ class Scenario:
         threads = [(name, _thread_body(ctx, ops)) for name, ops in self.threads]
         locks = {kvm.mmu_lock.key: kvm.mmu_lock,
                  kvm.tdp_mmu_pages_lock.key: kvm.tdp_mmu_pages_lock}
-        return World(kvm=kvm, threads=threads, locks=locks, tracker=tracker,
+        end_checks, step_checks = _checks(kvm, tdx, self.invariants)
+        return World(kvm=kvm, threads=threads, locks=locks, tracker=tracker, tdx=tdx,
+                     end_checks=end_checks, step_checks=step_checks,
                      fail_on_warn=self.fail_on_warn, retry_bound=self.retry_bound,
                      conditions={"srcu": ctx.srcu_quiescent})
 
     def as_params(self) -> dict[str, Any]:
         return dict(self.params)
+
+
+def _checks(kvm: Any, tdx: Any, mode: str) -> tuple[list, list]:
+    """The invariant checkers of ``tdpsim.model.invariants`` (every step or at the end) and,
+    for a TD, TLB safety: a vCPU still in guest mode must not hold a cached translation to a
+    private page that left S-EPT after its epoch was tracked (``tdx_track`` kicks every vCPU
+    out, so a vCPU that entered in an older epoch cannot still be inside)."""
+    def invariants(quiescent: bool) -> Optional[tuple[str, str]]:
+        bad = check_invariants(kvm, tdx, quiescent)
+        return ("INVARIANT", "; ".join(bad[:3])) if bad else None
+
+    def tlb() -> Optional[tuple[str, str]]:
+        module = tdx.module
+        for vcpu in kvm.vcpus:
+            if vcpu.mode != IN_GUEST_MODE:
+                continue
+            v = module.vcpus.get(vcpu.vcpu_id)
+            if v is None or not v.tlb or v.epoch >= module.td_epoch:
+                continue
+            for gfn, pfn in v.tlb.items():
+                e = module.lookup(gfn << 12)
+                if e.state != MAPPED:
+                    return ("TLB", f"vCPU {vcpu.vcpu_id} in guest mode (epoch {v.epoch} < "
+                                   f"TD epoch {module.td_epoch}) still caches gfn {gfn:#x} "
+                                   f"-> pfn {pfn:#x}, which S-EPT no longer maps")
+        return None
+
+    end: list = []
+    step: list = []
+    if mode == "step":
+        step.append(lambda: invariants(False))
+    if mode != "off":
+        end.append(lambda: invariants(True))
+    if tdx is not None:
+        step.append(tlb)
+    return end, step
 
 
 def _thread_body(ctx: OpContext, ops: tuple[OpSpec, ...]) -> Callable[[], Any]:
@@ -188,16 +235,21 @@ def parse_scenario(raw: dict[str, Any], source: str, params: dict[str, Any]) -> 
             raise ScenarioError(f"{source}: {where}.ops: a thread needs at least one op")
         threads.append((tname, tuple(_op(o, source, f"{where}.ops[{j}]", vm)
                                      for j, o in enumerate(ops))))
-    ext = tdx.get("external_ops", "recording")
-    if ext not in ("recording",):
-        raise ScenarioError(f"{source}: tdx.external_ops: expected 'recording' (the TDX glue "
-                            f"is not in this tree), got {ext!r}")
+    ext = tdx.get("external_ops", "tdx")
+    if ext not in ("tdx", "recording"):
+        raise ScenarioError(f"{source}: tdx.external_ops: expected 'tdx' (KvmTdx + the TDX "
+                            f"module emulator) or 'recording' (RecordingExternalOps), got "
+                            f"{ext!r}")
+    inv = explore.get("invariants", "end")
+    if inv not in ("step", "end", "off"):
+        raise ScenarioError(f"{source}: explore.invariants: expected 'step', 'end' or 'off', "
+                            f"got {inv!r}")
     return Scenario(
         name=name, summary=raw.get("summary", ""), description=raw.get("description", ""),
         vm=vm, policy=policy, setup=setup, threads=tuple(threads),
         retry_bound=explore.get("retry_bound", 16),
         fail_on_warn=explore.get("fail_on_warn", True),
-        max_steps=explore.get("max_steps", 20000), external_ops=ext,
+        max_steps=explore.get("max_steps", 20000), external_ops=ext, invariants=inv,
         private_max_level=tdx.get("private_max_level", 2), params=dict(params),
         source=source)
 

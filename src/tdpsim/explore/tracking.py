@@ -130,7 +130,8 @@ class TrackedGmem(GuestMemfd):
 
 
     def kvm_gmem_get_pfn(self, index: int) -> tuple[int, int]:
-        TRACKER.note(("gmem", index >> 9), True)
+        # Allocation on demand is idempotent and commutes with other allocations: a read.
+        TRACKER.note(("gmem", index >> 9), False)
         return GuestMemfd.kvm_gmem_get_pfn(self, index)
 
     def punch_hole(self, start: int, end: int) -> None:
