@@ -9,7 +9,6 @@ import sys
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..model.dump import root_name, walk_root
@@ -19,7 +18,7 @@ from ..model.mmu_internal import ERRNO_NAMES, RET_PF_NAMES
 from ..model.policy import MIRROR_PROMOTION_CHOICES, Policy
 from ..model.vmm import VmConfig, create_vm
 from ..scenarios.seed import run_seed
-from .render import dump_table
+from .render import dump_table, make_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="Executable model of KVM's TDP MMU, TDX mirror roots and the TDX "
@@ -38,28 +37,28 @@ def _register_engine_commands() -> None:
 
 @app.command()
 def seed(dump: bool = typer.Option(False, "--dump", help="Also print each root's SPTEs "
-                                   "around the converted frame.")) -> None:
-    """Run the seed patch review's scenario on a direct root, a mirror root with the
-    patch, and a mirror root without it; print the outcomes side by side."""
-    console = Console()
+                                   "around the converted page.")) -> None:
+    """Run the seed patch review's scenario on a direct root and on a TD's mirror root
+    with the patch, without it, and with a promoting KVM; print the outcomes side by side."""
+    console = make_console()
     outcomes = run_seed()
     table = Table(title="Seed scenario: a fault that may map 2M over an existing page table",
                   title_justify="left")
     table.add_column("")
     for o in outcomes:
-        table.add_column(o.variant)
+        table.add_column(o.variant, overflow="fold")
     rows = [
         ("root", [o.root for o in outcomes]),
-        ("mirror_promotion", [o.policy if o.root == "mirror" else "—" for o in outcomes]),
-        ("final fault", [o.final_result for o in outcomes]),
-        ("mapped at", [o.final_level for o in outcomes]),
+        ("mirror_promotion", [o.policy for o in outcomes]),
+        ("page mapped at", [o.final_level for o in outcomes]),
         ("pages_4k / 2m / 1g", [" / ".join(map(str, o.pages)) for o in outcomes]),
         ("tdp_mmu_pages", [str(o.tdp_mmu_pages) for o in outcomes]),
         ("TLB flush requests", [str(o.tlb_flush_requests) for o in outcomes]),
-        ("TDX hooks in final fault", [_calls(o.external_calls) if o.root == "mirror" else "—"
-                                      for o in outcomes]),
+        ("SEAMCALLs of the last fault", [" ".join(o.final_seamcalls) or "—" for o in outcomes]),
+        ("failed SEAMCALLs", ["; ".join(o.failed_seamcalls) or "none" for o in outcomes]),
         ("VM bugged", ["yes" if o.vm_bugged else "no" for o in outcomes]),
-        ("first KVM_BUG_ON", [o.bugs[0] if o.bugs else "—" for o in outcomes]),
+        ("first KVM_BUG_ON", [o.bugs[0].split(":")[0].removeprefix("KVM_BUG_ON in ")
+                              if o.bugs else "—" for o in outcomes]),
     ]
     for label, values in rows:
         table.add_row(label, *values)
@@ -68,16 +67,8 @@ def seed(dump: bool = typer.Option(False, "--dump", help="Also print each root's
         console.print(f"[bold]{o.variant}[/bold]: " + "; ".join(f"{a} → {b}" for a, b in o.steps))
     if dump:
         for o in outcomes:
-            console.print(dump_table(f"{o.variant}: {o.root} root, gfns 0x400-0x407", o.dump))
-
-
-def _calls(calls: List[str]) -> str:
-    if not calls:
-        return "none"
-    counts: dict[str, int] = {}
-    for c in calls:
-        counts[c] = counts.get(c, 0) + 1
-    return ", ".join(f"{n}×{c}" for c, n in counts.items())
+            console.print(dump_table(f"{o.variant}: {o.root} root around the converted page",
+                                     o.dump))
 
 
 def _parse_access(spec: str) -> tuple[int, str]:
@@ -112,7 +103,7 @@ def fault(accesses: List[str] = typer.Argument(..., help="GFN[:FLAGS] per fault;
     policy = Policy(mirror_promotion=mirror_promotion, nx_huge_pages=nx_huge_pages)
     ops = RecordingExternalOps(private_max_level=private_max_level) if tdx else None
     kvm = create_vm(VmConfig(tdx=tdx, mem_bytes=mem_mib << 20), policy, x86_ops=ops)
-    console = Console()
+    console = make_console()
     for gfn, flags in parsed:
         private = tdx and "s" not in flags
         gpa = gfn << 12
