@@ -354,9 +354,10 @@ def _table_key(gfn: int, level: int) -> int:
 class _Removal:
     """A table detached by ``handle_removed_pt``, whose children are being frozen."""
 
-    __slots__ = ("table", "lineno", "prepared", "frozen")
+    __slots__ = ("table", "lineno", "prepared", "frozen", "silent")
 
     def __init__(self, table: _Table, lineno: int) -> None:
+        self.silent = False  # children may vanish untraced (seamcall mirror promotion)
         self.table = table
         self.lineno = lineno
         self.prepared = False
@@ -756,8 +757,9 @@ class TraceReplayer:
                     lineno=ln)
             else:
                 # PAGE.PROMOTE merged the children in the TDX module; the hypothetical KVM
-                # frees the mirror table without per-child trace events.
-                self._drop_silently(root, old, level, gfn)
+                # may free the mirror table without per-child trace events.
+                self._detach(root, old, level, gfn, ln, task)
+                task.removals[-1].silent = True
                 return
         self._detach(root, old, level, gfn, ln, task)
 
@@ -814,16 +816,6 @@ class TraceReplayer:
         task.stats.tables_removed += 1
         task.removals.append(_Removal(child, ln))
 
-    def _drop_silently(self, root: _Root, old: int, level: int, gfn: int) -> None:
-        child = self._find_child(root, old, level, gfn)
-        if child is None:
-            return
-        self._unlink(root, child)
-        pages = self.pages
-        for v in child.spt:
-            if v != UNKNOWN_SPTE and is_shadow_present_pte(v) and is_last_spte(v, child.level):
-                pages[child.level - 1] -= 1
-
     def _frozen_child(self, rec: KvmTdpMmuSpteChanged, task: _Task) -> None:
         level = rec.level
         gfn = rec.gfn
@@ -866,6 +858,11 @@ class TraceReplayer:
         t = r.table
         left = [i for i, v in enumerate(t.spt)
                 if v != UNKNOWN_SPTE and is_shadow_present_pte(v)]
+        if left and r.silent and not r.frozen:
+            for i in left:
+                if is_last_spte(t.spt[i], t.level):
+                    self.pages[t.level - 1] -= 1
+            return
         if left:
             step = KVM_PAGES_PER_HPAGE(t.level)
             gfns = ", ".join(f"{t.base + i * step:#x}" for i in left[:4])
