@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import tdpsim.kvmcheck.model_side as model_side
 import tdpsim.model.shadow_mmu as shadow_mmu
 from tdpsim.cli import kvm_check as cli
-from tdpsim.kvmcheck.compare import (CHECK_MATRIX, CheckRow, compare_results, load_report,
+from tdpsim.kvmcheck.compare import (CHECK_MATRIX, compare_results, load_report,
                                      recording_text, report_to_json, run_kvm_check)
 from tdpsim.kvmcheck.guest import PAGE_2M
 from tdpsim.kvmcheck.host_matrix import PageCounts
@@ -278,5 +278,6 @@ def test_cli_live_json_only_aligned():
                                       "--only", "guest-pt-in-window"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
-    assert doc["all_match"] and [r["name"] for r in doc["rows"]] == ["aligned", "guest-pt-in-window"]
+    assert doc["all_match"]
+    assert [r["name"] for r in doc["rows"]] == ["aligned", "guest-pt-in-window"]
     assert doc["rows"][0]["kernel"] == {"pages_4k": 0, "pages_2m": 8, "pages_1g": 0}

@@ -110,7 +110,8 @@ def test_tdp_model_is_chosen_by_tdp_mmu_y_and_differs_where_tdp_mmu_does():
 
 
 def test_no_eager_split_without_the_parameter_on_tdp():
-    r = run_model_scenario(BY_NAME["dirty-log-after-mapping"], dict(TDP_PARAMS, eager_page_split="N"))
+    r = run_model_scenario(BY_NAME["dirty-log-after-mapping"],
+                           dict(TDP_PARAMS, eager_page_split="N"))
     assert r.phase("dirty_log_on").pages == PageCounts(0, 8, 0)
 
 

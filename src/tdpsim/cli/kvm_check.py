@@ -61,7 +61,8 @@ def _print_report(console: Console, rows: List[CheckRow], facts: dict) -> None:
     table.add_column("model")
     table.add_column("match", justify="center")
     for r in rows:
-        mark = "skipped" if r.match is None else (f"[green]{OK}[/]" if r.match else f"[red]{BAD}[/]")
+        mark = ("skipped" if r.match is None
+                else f"[green]{OK}[/]" if r.match else f"[red]{BAD}[/]")
         table.add_row(r.name, _counts(r.kernel, r.kernel_pf_fixed) if not r.skipped else "—",
                       _counts(r.model, r.model_pf_fixed), mark)
     console.print(table)

@@ -269,7 +269,8 @@ class _TdpEngine(_Engine):
 
     def _dirty_gfns(self) -> list[int]:
         bm = self.slot.dirty_bitmap
-        return [self.slot.base_gfn + i for i in range(self.slot.npages) if bm[i >> 3] >> (i & 7) & 1]
+        return [self.slot.base_gfn + i for i in range(self.slot.npages)
+                if bm[i >> 3] >> (i & 7) & 1]
 
     def _clear_and_protect(self, gfns: list[int]) -> None:
         # kvm_tdp_mmu_clear_dirty_pt_masked without PML: clear W on those 4K leaves

@@ -43,12 +43,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional
 
 from . import mmu as _mmu
-from .memslot import KVM_MAX_HUGEPAGE_LEVEL, KvmMemorySlot
+from .kvm_main import (kvm_mmu_invalidate_begin, kvm_mmu_invalidate_end,
+                       kvm_mmu_invalidate_range_add)
+from .memslot import (KVM_MAX_HUGEPAGE_LEVEL, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
+                      KvmMemorySlot)
 from .mmu_internal import (
     PFERR_FETCH_MASK,
     PFERR_PRESENT_MASK,
     PFERR_WRITE_MASK,
-    RET_PF_CONTINUE,
     RET_PF_EMULATE,
     RET_PF_FIXED,
     RET_PF_RETRY,
@@ -61,7 +63,6 @@ from .mmu_internal import (
 from .spte import (
     ACC_ALL,
     ACC_EXEC_MASK,
-    ACC_USER_MASK,
     ACC_WRITE_MASK,
     KVM_PAGES_PER_HPAGE,
     PAGE_SHIFT,
@@ -622,7 +623,7 @@ class ShadowMmu:
             return RET_PF_EMULATE   # MMIO: kvm_handle_noslot_fault without caching
         # kvm_mmu_faultin_pfn: the host pfn behind the hva (identity in the model)
         fault.mmu_seq = kvm.mmu_invalidate_seq
-        fault.map_writable = not fault.slot.flags & 2   # KVM_MEM_READONLY
+        fault.map_writable = not fault.slot.flags & KVM_MEM_READONLY
         fault.pfn = fault.slot.gfn_to_hva(fault.gfn) >> PAGE_SHIFT
         kvm.mmu_lock.write_lock()
         try:
@@ -757,7 +758,6 @@ class ShadowMmu:
         """``kvm_mmu_slot_apply_flags`` (x86.c) for KVM_MR_FLAGS_ONLY without the TDP MMU:
         enabling dirty logging write-protects every level (eager split is TDP-MMU only,
         no PML); disabling zaps collapsible SPTEs."""
-        from .memslot import KVM_MEM_LOG_DIRTY_PAGES
         old_flags = slot.flags
         slot.flags = new_flags
         self.kvm.memslots_generation += 2
@@ -809,8 +809,6 @@ class ShadowMmu:
         """The mmu notifier (``kvm_mmu_notifier_invalidate_range_start`` →
         ``kvm_unmap_gfn_range`` → ``kvm_handle_gfn_range(kvm_zap_rmap)``): zap every leaf
         mapping a gfn of [start, end) at every level, e.g. when the host splits a THP."""
-        from .kvm_main import kvm_mmu_invalidate_begin, kvm_mmu_invalidate_end, \
-            kvm_mmu_invalidate_range_add
         kvm = self.kvm
         kvm.mmu_lock.write_lock()
         kvm_mmu_invalidate_begin(kvm)
