@@ -122,7 +122,7 @@ class ModelThread:
 
     __slots__ = ("tid", "name", "fn", "glet", "kind", "key", "write", "done", "prev_kind",
                  "prev_key", "wait_step", "wait_keys", "attempt_keys", "observed",
-                 "retries", "result")
+                 "retries", "result", "funcs")
 
     def __init__(self, tid: int, name: str, fn: Callable[[], Any]) -> None:
         self.tid = tid
@@ -141,6 +141,7 @@ class ModelThread:
         self.observed: dict = {}
         self.retries = 0
         self.result: Any = None
+        self.funcs: tuple[str, ...] = ("<start>",)
 
 
 class Scheduler:
@@ -319,6 +320,8 @@ class Engine:
         self._end_step(t)
         t.kind, t.key, t.write = kind, key, write
         self.info.pending[t.tid] = (kind, key, write)
+        if self.record:
+            t.funcs = _model_funcs()
         if kind == RETRY_WAIT:
             # Park until another thread writes something this attempt read after (or
             # while) reading it; the next attempt starts now.
@@ -397,8 +400,7 @@ class Engine:
                 if self.record:
                     detail = self._spte_detail(sp, key[2], self._before, after)
         if self.record:
-            funcs = _model_funcs() if not t.done else ("<exit>",)
-            self.trace.append(TraceStep(idx, t.tid, kind, key, write, funcs,
+            self.trace.append(TraceStep(idx, t.tid, kind, key, write, t.funcs,
                                         detail or self._detail(kind, key)))
         t.prev_kind, t.prev_key = kind, key
         if extras:

@@ -1,0 +1,214 @@
+"""Campaigns: one exploration split into deterministic chunks, run on local processes
+(``jobs``) or Ray, checkpointed after every chunk so a killed campaign resumes without losing
+or repeating work.
+
+Random and PCT campaigns are split by execution index (execution i always uses the stream
+``(seed, i)``), so chunk [a, b) gives the same executions on any worker.  DFS is split by its
+first decision (one chunk per thread that can run first); DPOR runs as one chunk.  A
+checkpoint is JSON written with an atomic rename: the finished chunk ids, the totals and the
+first failure found.  Workers share nothing; each rebuilds the scenario from its name and
+parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+from .engine import ExplorerError
+from .runner import explore
+from .scenario import load_scenario
+from .schedule import Schedule, atomic_write
+from .strategies import (
+    DfsScheduler, DporScheduler, PctScheduler, RandomScheduler,
+)
+
+STRATEGIES = ("random", "pct", "dfs", "dpor")
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    scenario: str
+    params: dict[str, Any]
+    strategy: str = "pct"
+    executions: int = 1000
+    seed: int = 0
+    depth: int = 3
+    preemption_bound: Optional[int] = 2
+    chunk: int = 250
+    stop_on_failure: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ExplorerError(f"unknown strategy {self.strategy!r}; expected one of "
+                                f"{', '.join(STRATEGIES)}")
+        if self.executions <= 0 or self.chunk <= 0:
+            raise ExplorerError("executions and chunk must be positive")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def chunks(self) -> list[tuple]:
+        if self.strategy in ("random", "pct"):
+            return [("range", a, min(a + self.chunk, self.executions))
+                    for a in range(0, self.executions, self.chunk)]
+        if self.strategy == "dfs":
+            n = len(load_scenario(self.scenario, self.params).threads)
+            return [("first", tid) for tid in range(n)]
+        return [("all",)]
+
+
+@dataclass
+class ChunkResult:
+    chunk: tuple
+    executions: int
+    steps: int
+    pruned: int
+    seconds: float
+    states: list[str]
+    traces: list[str]
+    exhausted: bool
+    failure: Optional[dict[str, Any]] = None  # schedule JSON of the first failure
+
+
+def run_chunk(spec: CampaignSpec, chunk: tuple) -> ChunkResult:
+    """Run one chunk; pure function of (spec, chunk) — safe in any process."""
+    sc = load_scenario(spec.scenario, spec.params)
+    if chunk[0] == "range":
+        _, a, b = chunk
+        if spec.strategy == "random":
+            sched = RandomScheduler(spec.seed, b, start=a)
+        else:
+            sched = PctScheduler(spec.seed, spec.depth, b, start=a)
+    elif chunk[0] == "first":
+        sched = DfsScheduler(spec.preemption_bound, max_executions=spec.executions,
+                             prefix=[chunk[1]])
+    else:
+        sched = DporScheduler(max_executions=spec.executions)
+    rep = explore(sc, sched, stop_on_failure=spec.stop_on_failure)
+    failure = None
+    if rep.failure is not None:
+        failure = json.loads(Schedule.from_result(sc, rep.failure, seed=spec.seed,
+                                                  strategy=spec.strategy,
+                                                  execution=rep.failure_index).to_json())
+    exhausted = rep.exhausted if chunk[0] != "range" else True
+    return ChunkResult(chunk, rep.executions, rep.steps, rep.pruned, rep.seconds,
+                       sorted(rep.states), sorted(rep.traces), exhausted, failure)
+
+
+def _run_chunk_args(args: tuple) -> ChunkResult:
+    return run_chunk(*args)
+
+
+@dataclass
+class CampaignState:
+    """What a checkpoint holds."""
+
+    spec: dict[str, Any]
+    done: list[list] = field(default_factory=list)
+    executions: int = 0
+    steps: int = 0
+    pruned: int = 0
+    cpu_seconds: float = 0.0
+    states: set = field(default_factory=set)
+    traces: set = field(default_factory=set)
+    exhausted: bool = True
+    failure: Optional[dict[str, Any]] = None
+
+    def merge(self, r: ChunkResult) -> None:
+        self.done.append(list(r.chunk))
+        self.executions += r.executions
+        self.steps += r.steps
+        self.pruned += r.pruned
+        self.cpu_seconds += r.seconds
+        self.states.update(r.states)
+        self.traces.update(r.traces)
+        self.exhausted &= r.exhausted
+        if r.failure is not None and self.failure is None:
+            self.failure = r.failure
+
+    def to_json(self) -> str:
+        d = dict(self.__dict__)
+        d["states"] = sorted(self.states)
+        d["traces"] = sorted(self.traces)
+        return json.dumps(d, sort_keys=True) + "\n"
+
+    @classmethod
+    def load(cls, path: Path, spec: CampaignSpec) -> "CampaignState":
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ExplorerError(f"{path}: unreadable checkpoint: {e}") from None
+        if d.get("spec") != json.loads(json.dumps(spec.as_dict())):
+            raise ExplorerError(f"{path}: checkpoint belongs to another campaign "
+                                f"({d.get('spec')}); use another --checkpoint path")
+        st = cls(spec=d["spec"])
+        for k in ("done", "executions", "steps", "pruned", "cpu_seconds", "exhausted",
+                  "failure"):
+            setattr(st, k, d[k])
+        st.states, st.traces = set(d["states"]), set(d["traces"])
+        return st
+
+
+def run_campaign(spec: CampaignSpec, *, jobs: int = 1, ray_address: Optional[str] = None,
+                 checkpoint: Optional[Path] = None,
+                 on_chunk: Optional[Callable[[CampaignState, ChunkResult], None]] = None
+                 ) -> CampaignState:
+    state = CampaignState(spec=json.loads(json.dumps(spec.as_dict())))
+    if checkpoint is not None and checkpoint.exists():
+        state = CampaignState.load(checkpoint, spec)
+    done = {tuple(c) for c in state.done}
+    pending = [c for c in spec.chunks() if tuple(c) not in done]
+    if state.failure is not None and spec.stop_on_failure:
+        pending = []
+    for r in _execute(spec, pending, jobs, ray_address):
+        state.merge(r)
+        if checkpoint is not None:
+            atomic_write(checkpoint, state.to_json())
+        if on_chunk is not None:
+            on_chunk(state, r)
+        if state.failure is not None and spec.stop_on_failure:
+            break
+    return state
+
+
+def _execute(spec: CampaignSpec, chunks: list[tuple], jobs: int,
+             ray_address: Optional[str]) -> Iterable[ChunkResult]:
+    if not chunks:
+        return
+    if ray_address is not None:
+        yield from _execute_ray(spec, chunks, ray_address)
+        return
+    if jobs <= 1:
+        for c in chunks:
+            yield run_chunk(spec, c)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # no inherited state: each worker imports afresh
+    with ctx.Pool(jobs) as pool:
+        # imap keeps chunk order, so results and checkpoints are deterministic.
+        for r in pool.imap(_run_chunk_args, [(spec, c) for c in chunks]):
+            yield r
+
+
+def _execute_ray(spec: CampaignSpec, chunks: list[tuple], address: str
+                 ) -> Iterable[ChunkResult]:
+    try:
+        import ray  # type: ignore[import-not-found]
+    except ImportError:
+        raise ExplorerError("--ray needs the optional 'ray' package: pip install "
+                            "'tdpsim[ray]' (or run locally with --jobs N)") from None
+    ray.init(address=address, ignore_reinit_error=True)
+    remote = ray.remote(run_chunk)
+    refs = [remote.remote(spec, c) for c in chunks]
+    for ref in refs:  # in chunk order, like the local pool
+        yield ray.get(ref)
+
+
+def elapsed_rate(state: CampaignState, t0: float) -> float:
+    dt = time.perf_counter() - t0
+    return state.executions / dt if dt > 0 else 0.0
