@@ -1,0 +1,12 @@
+"""Workload simulator: deterministic event engine, workloads, guest drivers, metrics.
+
+Imports run one way: ``model`` ← ``cost`` ← ``sim``; never the CLI or reports."""
+
+from .policies import PRESETS, Preset, PolicyError, resolve_policy
+from .runner import RunResult, compare, simulate
+from .workload import (Workload, WorkloadError, builtin_names, builtin_workload,
+                       load_workload, loads_workload, resolve_workload)
+
+__all__ = ["PRESETS", "PolicyError", "Preset", "RunResult", "Workload", "WorkloadError",
+           "builtin_names", "builtin_workload", "compare", "load_workload", "loads_workload",
+           "resolve_policy", "resolve_workload", "simulate"]

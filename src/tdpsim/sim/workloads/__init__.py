@@ -1,0 +1,1 @@
+"""Built-in workload files (``*.toml``); see docs/workloads.md."""
