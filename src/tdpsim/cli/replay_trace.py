@@ -22,7 +22,7 @@ from rich.table import Table
 from ..model.policy import MIRROR_PROMOTION_CHOICES, Policy
 from ..trace.parser import TraceParseError, TraceParser
 from ..trace.records import RECORD_CLASSES, TraceRecord
-from ..trace.replay import ANOMALY_KINDS, ReplayOptions, ReplayResult, replay_trace
+from ..trace.replay import ReplayOptions, ReplayResult, replay_trace
 
 __all__ = ["register", "export_events", "write_report", "EXPORT_COLUMNS"]
 
@@ -304,5 +304,3 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         raise typer.Exit(1 if result.anomaly_total else 0)
 
-
-_ = ANOMALY_KINDS  # documented kinds, re-exported for --help readers via the module

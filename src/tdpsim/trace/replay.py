@@ -566,7 +566,7 @@ class TraceReplayer:
         """``kvm_tdp_mmu_spte_changed`` — ``handle_changed_spte``'s trace (§4.4)."""
         self.counters["spte_changes"] += 1
         new = rec.new_spte
-        if new == FROZEN_SPTE:
+        if is_frozen_spte(new):
             self._frozen_child(rec, task)
             return
         if task.removals:
@@ -988,9 +988,8 @@ class TraceReplayer:
         task.stats.faults += 1
         shared_bit = 1 << (47 if self._root_level == 4 else 51)
         if rec.fault_address & shared_bit:
+            # Only a hint: a shared bit alone does not prove a TD (GPA bit 47 can be RAM).
             task.fault_kind = "direct"
-            if self._tdx is None and any(r.kind is None for r in self._roots):
-                pass  # a shared bit alone does not prove a TD (GPA bit 47 can be RAM)
         else:
             task.fault_kind = "mirror" if self._tdx else "direct"
 
