@@ -36,10 +36,13 @@ _HUGE_LEAF = SPTE_MMU_PRESENT_MASK | PT_PAGE_SIZE_MASK
 
 
 def _short_leaf(leaf: str) -> str:
+    """"TDH.MEM.PAGE.AUG" → "seamcall.MEM.PAGE.AUG"; guest TDCALLs ("TDG.…") are counted
+    under "tdcall." so they are never charged as SEAMCALLs."""
     parts = leaf.split(".")
+    kind = "tdcall" if parts[0] == "TDG" else "seamcall"
     if parts[0] in ("TDH", "TDG"):
         parts = parts[1:]
-    return ".".join(parts)
+    return kind + "." + ".".join(parts)
 
 
 @dataclass
@@ -127,9 +130,9 @@ class Metrics:
             out["td_epoch"] = m.td_epoch
             out["tlb.td_flushes"] = m.tlb_flush_count
             for leaf, n in m.seamcalls.items():
-                out[f"seamcall.{_short_leaf(leaf)}"] = n
+                out[_short_leaf(leaf)] = n
             for (leaf, name), n in m.results.items():
-                out[f"seamcall.{_short_leaf(leaf)}.{name}"] = n
+                out[f"{_short_leaf(leaf)}.{name}"] = n
             out["accept.4k_where_2m_possible"] = g.accept_4k_where_2m_possible
             out["accept.4k_exits"] = g.accept_4k_exits
             out["accept.2m_exits"] = g.accept_2m_exits

@@ -317,6 +317,16 @@ def _phase_nx_recovery(r: _Run, ph: Phase):
     return ph["runs"], [(0, gen())]
 
 
+def _with_task(gen: Iterator[float], vcpu: int, hook: Callable[[int], None]):
+    while True:
+        hook(vcpu)
+        try:
+            wait = next(gen)
+        except StopIteration:
+            return
+        yield wait
+
+
 HANDLERS = {
     "td_build": _phase_td_build, "accept": _phase_accept, "touch": _phase_touch,
     "convert": _phase_convert, "punch_hole": _phase_punch_hole,
@@ -330,8 +340,13 @@ def simulate(wl: Workload, preset: str = "upstream", seed: Optional[int] = None,
              tracer: Optional[Callable[[Any], None]] = None,
              progress: Optional[Progress] = None,
              params: CostParams = DEFAULT_PARAMS,
-             policy: Optional[Policy] = None) -> RunResult:
-    """Run ``wl`` under the named policy preset (or an explicit ``policy``)."""
+             policy: Optional[Policy] = None,
+             task_hook: Optional[Callable[[int], None]] = None) -> RunResult:
+    """Run ``wl`` under the named policy preset (or an explicit ``policy``).
+
+    ``tracer`` also receives every model event (e.g. a trace emitter); ``task_hook(vcpu)``
+    is called before each step of a process (vcpu -1: a host worker thread) so a tracer
+    can attribute events to the right task."""
     seed = wl.seed if seed is None else seed
     pol = policy if policy is not None else resolve_policy(preset, wl.policy)
     run = _Run(wl, pol, seed, tracer, progress)
@@ -346,6 +361,8 @@ def simulate(wl: Workload, preset: str = "upstream", seed: Optional[int] = None,
             records.append(PhaseRecord(ph.name, ph.kind, start, start, {}, skipped=True))
             continue
         try:
+            if ph.kind != "td_build" and isinstance(d, TdDriver) and not d.tdx.is_td_runnable():
+                d.finalize()  # a TD without an explicit build phase: empty image
             total, procs = HANDLERS[ph.kind](run, ph)
         except GuestError as e:
             run.fail(str(e))
@@ -353,6 +370,8 @@ def simulate(wl: Workload, preset: str = "upstream", seed: Optional[int] = None,
         run.done, run.total = 0, max(1, total)
         run.sample_every = max(1, total // SAMPLES_PER_PHASE)
         for vcpu, gen in procs:
+            if task_hook is not None:
+                gen = _with_task(gen, vcpu, task_hook)
             # Stagger vCPUs deterministically so the first steps do not all tie.
             eng.process(run.guarded(gen), delay=0.001 * max(vcpu, 0),
                         priority=0 if vcpu >= 0 else 1)

@@ -15,6 +15,7 @@ Schema (every key optional unless marked *required*)::
     name = "td-boot"            # *required*
     description = "..."
     seed = 1                    # default seed for `run`/`compare`
+    presets = ["upstream", ...] # what `compare` runs when no --policy is given
     [vm]      kind = "td"|"vm" (*required*), vcpus, memory_gib, host_page "4K"|"2M"|"1G",
               gmem_folio "4K"|"2M"
     [policy]  any ``Policy`` switch: the base the presets are laid over
@@ -118,6 +119,7 @@ class Workload:
     policy: Mapping[str, Any]
     phases: tuple[Phase, ...]
     seed: int = 1
+    presets: tuple[str, ...] = ("upstream", "no-lpage-check-first")
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def base_policy(self) -> Policy:
@@ -424,7 +426,8 @@ def _vm(c: _Ctx, v: Any) -> VmSpec:
 def parse_workload(doc: Mapping[str, Any], source: str) -> Workload:
     """Validate a parsed TOML document; raises one ``WorkloadError``."""
     c = _Ctx(source)
-    _no_extra(c, "", doc, ("name", "description", "seed", "vm", "policy", "phases"))
+    _no_extra(c, "", doc, ("name", "description", "seed", "presets", "vm", "policy",
+                            "phases"))
     if "name" not in doc:
         c.fail("name", "a workload name (name = \"...\")", has_got=False)
     name = _str(c, "name", doc["name"])
@@ -444,11 +447,19 @@ def parse_workload(doc: Mapping[str, Any], source: str) -> Workload:
             policy_from_switches({k: val})
         except PolicyError as e:
             c.fail(f"policy.{k}", f"a valid value ({e})", val)
+    presets = doc.get("presets", ["upstream", "no-lpage-check-first"])
+    if not isinstance(presets, list) or not presets:
+        c.fail("presets", "a non-empty list of policy preset names", presets)
+    from .policies import PRESETS
+    for i, pname in enumerate(presets):
+        if pname not in PRESETS:
+            c.fail(f"presets[{i}]", "one of " + ", ".join(PRESETS), pname)
     phases = doc.get("phases")
     if not isinstance(phases, list) or not phases:
         c.fail("phases", "at least one [[phases]] table", phases, has_got=phases is not None)
     parsed = tuple(_phase(c, i, p, vm) for i, p in enumerate(phases))
-    return Workload(name, desc, source, vm, dict(pol), parsed, seed, raw=dict(doc))
+    return Workload(name, desc, source, vm, dict(pol), parsed, seed, tuple(presets),
+                    raw=dict(doc))
 
 
 def load_workload(path: str | Path) -> Workload:
