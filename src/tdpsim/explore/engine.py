@@ -385,8 +385,15 @@ class Engine:
                 if k not in ak and k[0] not in _NOT_DATA:
                     ak[k] = idx
         if self.footprints:
-            fp = {(key, write)}
+            # Releases are not dependent with acquisitions (classic DPOR's treatment of
+            # locks): the race to reverse is acquisition vs acquisition, and a path
+            # through the release would hide it.
+            fp = {(("release", key[1]) if kind == S.LOCK_RELEASE else key, write)}
             fp.update(extras)
+            if kind == RETRY_WAIT:
+                # The retry was enabled by a write to something the failed attempt read:
+                # make that enabling write dependent with this step.
+                fp.update((k, False) for k in t.wait_keys)
             fp = frozenset(fp)
             self.events.append((t.tid, fp))
             self.info.last_footprint = fp
