@@ -27,7 +27,7 @@ WORKLOAD_HELP = "A built-in workload name (see `tdpsim workloads`) or a path to 
 
 
 def _fail(msg: str) -> None:
-    Console(stderr=True, highlight=False).print(f"error: {msg}", markup=False)
+    typer.echo(f"error: {msg}", err=True)  # one unwrapped line, no traceback
     raise typer.Exit(2)
 
 
