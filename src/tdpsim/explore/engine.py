@@ -36,7 +36,9 @@ from greenlet import GreenletExit, greenlet
 
 from tdpsim.model import sched as S
 from tdpsim.model.kvm import KernelBUG
-from tdpsim.model.spte import FROZEN_SPTE
+from tdpsim.model.spte import (
+    FROZEN_SPTE, SHADOW_NONPRESENT_VALUE, is_last_spte, spte_to_pfn,
+)
 
 from .ops import RETRY_WAIT, WAIT_COND, RetryBoundExceeded
 
@@ -527,33 +529,34 @@ class Engine:
                                  for t in left) else "LIVELOCK"
         self._fail(kind, "no runnable thread: " + "; ".join(waits), left[0])
 
-    # ------------------------------------------------------------------ coverage
     def _state_hash(self) -> str:
-        """Digest of the final page tables, attributes and bugs (coverage metric)."""
-        h = hashlib.blake2b(digest_size=8)
-        kvm = self.kvm
-        for root in kvm.tdp_mmu_roots:
-            self._hash_table(h, root)
-        h.update(repr((kvm.mem_attr_private.starts, kvm.mem_attr_private.ends,
-                       kvm.stat.pages, [b.function for b in kvm.bugs])).encode())
-        return h.hexdigest()
+        return state_digest(self.kvm)
 
-    def _hash_table(self, h: Any, sp: Any) -> None:
-        from tdpsim.model.spte import SHADOW_NONPRESENT_VALUE, is_last_spte, spte_to_pfn
 
-        level = sp.role.level
-        if level == 1:
-            h.update(sp.spt.tobytes())  # only leaves: hash the page as is
-            return
-        h.update(b"L%d" % level)
-        by_pfn = self._sp_by_pfn
-        for i, spte in enumerate(sp.spt):
-            if spte == SHADOW_NONPRESENT_VALUE:
-                continue
-            # Non-leaf SPTEs hold allocation-order pfns: hash the child's content instead.
-            child = None if is_last_spte(spte, level) else by_pfn.get(spte_to_pfn(spte))
-            h.update(b"%d:" % i)
-            if child is not None:
-                self._hash_table(h, child)
-            else:
-                h.update(spte.to_bytes(8, "little"))
+def state_digest(kvm: Any) -> str:
+    """Digest of the final page tables (by content, not by table pfn), attributes, page
+    stats and bugs: the coverage metric and part of the memo key of end-of-run checks."""
+    h = hashlib.blake2b(digest_size=8)
+    for root in kvm.tdp_mmu_roots:
+        _hash_table(h, kvm.sp_by_pfn, root)
+    h.update(repr((kvm.mem_attr_private.starts, kvm.mem_attr_private.ends,
+                   kvm.stat.pages, [b.function for b in kvm.bugs])).encode())
+    return h.hexdigest()
+
+
+def _hash_table(h: Any, by_pfn: dict, sp: Any) -> None:
+    level = sp.role.level
+    if level == 1:
+        h.update(sp.spt.tobytes())  # only leaves: hash the page as is
+        return
+    h.update(b"L%d" % level)
+    for i, spte in enumerate(sp.spt):
+        if spte == SHADOW_NONPRESENT_VALUE:
+            continue
+        # Non-leaf SPTEs hold allocation-order pfns: hash the child's content instead.
+        child = None if is_last_spte(spte, level) else by_pfn.get(spte_to_pfn(spte))
+        h.update(b"%d:" % i)
+        if child is not None:
+            _hash_table(h, by_pfn, child)
+        else:
+            h.update(spte.to_bytes(8, "little"))

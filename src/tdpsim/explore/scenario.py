@@ -23,11 +23,11 @@ from typing import Any, Callable, Optional
 from tdpsim.model.invariants import check_invariants
 from tdpsim.model.kvm import IN_GUEST_MODE, RecordingExternalOps
 from tdpsim.model.tdx import create_td
-from tdpsim.model.tdx_module import MAPPED
+from tdpsim.model.tdx_module import MAPPED, sept_leaves
 from tdpsim.model.policy import Policy
 from tdpsim.model.vmm import VmConfig, create_vm
 
-from .engine import ExplorerError, World
+from .engine import ExplorerError, World, state_digest
 from .ops import OPS, OpContext, op_params
 from .tracking import track
 
@@ -73,6 +73,7 @@ class Scenario:
     private_max_level: int = 2
     params: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    _memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def thread_names(self) -> list[str]:
@@ -100,7 +101,7 @@ class Scenario:
         threads = [(name, _thread_body(ctx, ops)) for name, ops in self.threads]
         locks = {kvm.mmu_lock.key: kvm.mmu_lock,
                  kvm.tdp_mmu_pages_lock.key: kvm.tdp_mmu_pages_lock}
-        end_checks, step_checks = _checks(kvm, tdx, self.invariants)
+        end_checks, step_checks = _checks(kvm, tdx, self.invariants, self._memo)
         return World(kvm=kvm, threads=threads, locks=locks, tracker=tracker, tdx=tdx,
                      end_checks=end_checks, step_checks=step_checks,
                      fail_on_warn=self.fail_on_warn, retry_bound=self.retry_bound,
@@ -110,7 +111,7 @@ class Scenario:
         return dict(self.params)
 
 
-def _checks(kvm: Any, tdx: Any, mode: str) -> tuple[list, list]:
+def _checks(kvm: Any, tdx: Any, mode: str, memo: dict) -> tuple[list, list]:
     """The invariant checkers of ``tdpsim.model.invariants`` (every step or at the end) and,
     for a TD, TLB safety: a vCPU still in guest mode must not hold a cached translation to a
     private page that left S-EPT after its epoch was tracked (``tdx_track`` kicks every vCPU
@@ -118,6 +119,19 @@ def _checks(kvm: Any, tdx: Any, mode: str) -> tuple[list, list]:
     def invariants(quiescent: bool) -> Optional[tuple[str, str]]:
         bad = check_invariants(kvm, tdx, quiescent)
         return ("INVARIANT", "; ".join(bad[:3])) if bad else None
+
+    def invariants_end() -> Optional[tuple[str, str]]:
+        # The checkers cost ~2 ms; many executions end in the same state, so memoize on
+        # a digest of everything they read (tables, attributes, S-EPT, epochs, vCPUs).
+        key = state_digest(kvm)
+        if tdx is not None:
+            m = tdx.module
+            key += repr((list(sept_leaves(m)), m.td_epoch, m.refcount, m.child_count,
+                         sorted((i, v.in_guest, v.epoch) for i, v in m.vcpus.items()),
+                         [v.mode for v in kvm.vcpus], tdx.state, tdx.wait_for_sept_zap))
+        if key not in memo:
+            memo[key] = invariants(True)
+        return memo[key]
 
     def tlb() -> Optional[tuple[str, str]]:
         module = tdx.module
@@ -140,7 +154,7 @@ def _checks(kvm: Any, tdx: Any, mode: str) -> tuple[list, list]:
     if mode == "step":
         step.append(lambda: invariants(False))
     if mode != "off":
-        end.append(lambda: invariants(True))
+        end.append(invariants_end)
     if tdx is not None:
         step.append(tlb)
     return end, step
