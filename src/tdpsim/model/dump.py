@@ -44,6 +44,8 @@ def walk_root(kvm: "Kvm", root: KvmMmuPage, start: int = 0, end: int | None = No
     """Pre-order over every SPTE that is not ``SHADOW_NONPRESENT_VALUE`` and overlaps
     [start, end), without scheduling points (a dump must not perturb an exploration)."""
     rows = 0
+    # Direct roots of a TD index by the aliased gfn; report the stripped one, like traces.
+    strip = ~kvm.kvm_gfn_root_bits(root)
     stack = [(root, root.gfn, 0)]
     while stack:
         sp, base, depth = stack.pop()
@@ -51,7 +53,7 @@ def walk_root(kvm: "Kvm", root: KvmMmuPage, start: int = 0, end: int | None = No
         step = KVM_PAGES_PER_HPAGE(level)
         children = []
         for i, spte in enumerate(sp.spt):
-            gfn = base + i * step
+            gfn = (base + i * step) & strip
             if spte == SHADOW_NONPRESENT_VALUE or gfn + step <= start or (end is not None and gfn >= end):
                 continue
             yield DumpRow(depth, level, gfn, gfn + step, spte,

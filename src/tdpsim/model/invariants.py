@@ -65,6 +65,9 @@ def _walk_root(kvm: "Kvm", root: KvmMmuPage, out: list[str], counts: list[int],
     mirror roots) the maps the S-EPT comparison needs."""
     mirror = root.role.is_mirror
     kind = "mirror" if mirror else "direct"
+    # Direct roots of a TD index by the aliased (shared-bit) gfn, but SPs and iter.gfn
+    # carry the stripped one (tdp_iter: gfn_bits are only ORed into the index).
+    strip = ~kvm.kvm_gfn_root_bits(root)
     stack = [root]
     while stack:
         sp = stack.pop()
@@ -73,7 +76,7 @@ def _walk_root(kvm: "Kvm", root: KvmMmuPage, out: list[str], counts: list[int],
         for idx, spte in enumerate(sp.spt):
             if spte == SHADOW_NONPRESENT_VALUE:
                 continue
-            gfn = sp.gfn + idx * step
+            gfn = (sp.gfn + idx * step) & strip
             if spte == FROZEN_SPTE:
                 if frozen is not None:
                     frozen.add((gfn, level))

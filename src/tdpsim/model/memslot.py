@@ -209,9 +209,13 @@ class KvmMemorySlot:
     def kvm_alloc_memslot_metadata(self, gmem_hva_fixup: bool) -> None:
         """``kvm_alloc_memslot_metadata()`` (x86.c): head/tail frames that stick out of the
         slot, and every frame when gfn and hva disagree modulo the huge size, may not be
-        mapped huge.  HP-v3's fixup skips the hva check for guest_memfd slots, whose
-        private pages do not come from the hva."""
+        mapped huge.  HP-v3's fixup replaces the hva check for guest_memfd slots, whose
+        private pages do not come from the hva; the model then checks the guest_memfd
+        binding offset instead (an assumption: a 2M folio can only back a 2M gfn frame
+        when the two are congruent, and nothing else in the model enforces it)."""
         ugfn = self.userspace_addr >> PAGE_SHIFT
+        if gmem_hva_fixup and self.gmem is not None:
+            ugfn = self.gmem_offset
         for level in range(PG_LEVEL_2M, KVM_MAX_HUGEPAGE_LEVEL + 1):
             n = self.lpages(level)
             linfo = array("l", [0]) * n
@@ -220,7 +224,7 @@ class KvmMemorySlot:
                 linfo[0] = 1
             if (self.base_gfn + self.npages) & mask:
                 linfo[n - 1] = 1
-            if (self.base_gfn ^ ugfn) & mask and not (gmem_hva_fixup and self.gmem):
+            if (self.base_gfn ^ ugfn) & mask:
                 for j in range(n):
                     linfo[j] = 1
             self.lpage_info[level] = linfo
