@@ -84,6 +84,19 @@ class KvmMmuPrepareZapPage:
 
 
 @dataclass(frozen=True, slots=True)
+class FastPageFault:
+    """``fast_page_fault``: the lockless fix of a direct-root leaf; ``ret`` is the RET_PF_*
+    value (the tracepoint prints ``spurious``/``fixed`` from it)."""
+    vcpu_id: int
+    cr2_or_gpa: int
+    error_code: int
+    sptep: int
+    old_spte: int
+    new_spte: int
+    ret: int
+
+
+@dataclass(frozen=True, slots=True)
 class MarkMmioSpte:
     """``mark_mmio_spte``."""
     sptep: int

@@ -47,7 +47,8 @@ from .spte import (
     is_writable_pte,
     shadow_dirty_mask,
 )
-from .tdp_iter import for_each_tdp_pte
+from .events import FastPageFault
+from .tdp_iter import for_each_tdp_pte, sptep_address
 from .tdp_mmu import (
     is_access_allowed,
     kvm_tdp_mmu_alloc_root,
@@ -135,28 +136,34 @@ def kvm_mmu_faultin_pfn(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
 def fast_page_fault(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
     """``fast_page_fault`` (direct root, no mmu_lock): make a write-protected but
     MMU-writable leaf writable again with one cmpxchg, logging the page dirty.  Private
-    faults never come here (``page_fault_can_be_fast``)."""
+    faults never come here (``page_fault_can_be_fast``); the tracepoint fires whenever the
+    walk ran, as in the kernel."""
     if fault.is_private or not fault.present or fault.slot is None:
         return RET_PF_INVALID
     kvm = vcpu.kvm
     kvm.rcu.rcu_read_lock()
     ret = RET_PF_INVALID
+    sptep, spte, new_spte = 0, 0, 0
     for iter in for_each_tdp_pte(kvm, vcpu.root, fault.gfn, fault.gfn + 1):
         if not is_shadow_present_pte(iter.old_spte) or not is_last_spte(iter.old_spte, iter.level):
             continue
-        spte = iter.old_spte
+        sptep, spte = sptep_address(iter.sp, iter.index), iter.old_spte
+        new_spte = spte
         if is_access_allowed(fault, spte):
             ret = RET_PF_SPURIOUS
         elif fault.write and not is_writable_pte(spte) and is_mmu_writable_spte(spte) \
                 and iter.level == PG_LEVEL_4K:
-            ok, _ = try_cmpxchg64(kvm, iter.sp, iter.index, spte,
-                                  spte | PT_WRITABLE_MASK | shadow_dirty_mask)
+            new_spte = spte | PT_WRITABLE_MASK | shadow_dirty_mask
+            ok, _ = try_cmpxchg64(kvm, iter.sp, iter.index, spte, new_spte)
             if ok:
                 fault.slot.mark_page_dirty_in_slot(iter.gfn)  # fast_pf_fix_direct_spte
                 vcpu.stat.pf_fast += 1
                 ret = RET_PF_FIXED
         break
     kvm.rcu.rcu_read_unlock()
+    if kvm.tracer is not None:
+        kvm.tracer(FastPageFault(vcpu.vcpu_id, fault.addr, fault.error_code & 0xFFFFFFFF,
+                                 sptep, spte, new_spte, ret))
     return ret
 
 

@@ -28,6 +28,7 @@ import os
 from typing import IO, Callable, Iterator
 
 from ..model import events as ev
+from ..model.mmu_internal import RET_PF_FIXED, RET_PF_SPURIOUS
 from ..model.spte import (
     PT_WRITABLE_MASK,
     VMX_EPT_READABLE_MASK,
@@ -92,6 +93,10 @@ def model_event_to_record(event: object, *, comm: str, pid: int, cpu: int, times
     if cls is ev.KvmPageFault:
         return tr.KvmPageFault(event.vcpu_id, event.guest_rip,  # type: ignore[attr-defined]
                                event.fault_address, event.error_code, **h)  # type: ignore[attr-defined]
+    if cls is ev.FastPageFault:
+        e = event  # type: ignore[assignment]
+        return tr.FastPageFault(e.vcpu_id, e.cr2_or_gpa, e.error_code, e.sptep, e.old_spte,
+                                e.new_spte, e.ret == RET_PF_SPURIOUS, e.ret == RET_PF_FIXED, **h)
     if cls is ev.MarkMmioSpte:
         return tr.MarkMmioSpte(event.sptep, event.gfn, event.access,  # type: ignore[attr-defined]
                                event.gen, **h)  # type: ignore[attr-defined]

@@ -1,0 +1,77 @@
+"""The VMX EPT-violation entry for ordinary (non-TDX) VMs and a TD's shared GPAs —
+mirrors ``handle_ept_violation`` / ``__vmx_handle_ept_violation`` (``arch/x86/kvm/vmx/vmx.c``,
+``vmx/common.h``): turn the exit qualification into a page-fault error code, emit the
+``kvm_page_fault`` tracepoint and call ``kvm_mmu_page_fault``.  A TD's private GPAs go
+through ``tdx.KvmTdx.tdx_handle_ept_violation`` instead.
+
+Simplification: the guest RIP is not modelled (0 in the tracepoint), and MMIO/emulation
+after RET_PF_EMULATE is left to the caller.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .events import KvmPageFault
+from .mmu_fault import kvm_mmu_do_page_fault
+from .mmu_internal import (
+    PFERR_FETCH_MASK,
+    PFERR_GUEST_FINAL_MASK,
+    PFERR_GUEST_PAGE_MASK,
+    PFERR_PRESENT_MASK,
+    PFERR_USER_MASK,
+    PFERR_WRITE_MASK,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .kvm import KvmVcpu
+
+# Exit-qualification bits of an EPT violation (arch/x86/include/asm/vmx.h).
+EPT_VIOLATION_ACC_READ = 1 << 0
+EPT_VIOLATION_ACC_WRITE = 1 << 1
+EPT_VIOLATION_ACC_INSTR = 1 << 2
+EPT_VIOLATION_PROT_READ = 1 << 3
+EPT_VIOLATION_PROT_WRITE = 1 << 4
+EPT_VIOLATION_PROT_EXEC = 1 << 5
+EPT_VIOLATION_PROT_MASK = EPT_VIOLATION_PROT_READ | EPT_VIOLATION_PROT_WRITE | EPT_VIOLATION_PROT_EXEC
+EPT_VIOLATION_GVA_IS_VALID = 1 << 7
+EPT_VIOLATION_GVA_TRANSLATED = 1 << 8
+
+
+def ept_exit_qualification(*, write: bool = False, exec: bool = False,
+                           prot: int = 0) -> int:
+    """The exit qualification the CPU reports for an access: ``prot`` is the RWX the
+    existing translation allows (0 when not present), in EPT_VIOLATION_PROT_* form."""
+    qual = EPT_VIOLATION_GVA_IS_VALID | EPT_VIOLATION_GVA_TRANSLATED | prot
+    if exec:
+        qual |= EPT_VIOLATION_ACC_INSTR
+    elif write:
+        qual |= EPT_VIOLATION_ACC_WRITE
+    else:
+        qual |= EPT_VIOLATION_ACC_READ
+    return qual
+
+
+def __vmx_handle_ept_violation(vcpu: "KvmVcpu", gpa: int, exit_qualification: int) -> int:
+    """``__vmx_handle_ept_violation``: the error code KVM derives from the qualification."""
+    error_code = PFERR_USER_MASK if exit_qualification & EPT_VIOLATION_ACC_READ else 0
+    if exit_qualification & EPT_VIOLATION_ACC_WRITE:
+        error_code |= PFERR_WRITE_MASK
+    if exit_qualification & EPT_VIOLATION_ACC_INSTR:
+        error_code |= PFERR_FETCH_MASK
+    # ept page table entry is present?
+    if exit_qualification & EPT_VIOLATION_PROT_MASK:
+        error_code |= PFERR_PRESENT_MASK
+    if exit_qualification & EPT_VIOLATION_GVA_IS_VALID:
+        error_code |= (PFERR_GUEST_FINAL_MASK
+                       if exit_qualification & EPT_VIOLATION_GVA_TRANSLATED
+                       else PFERR_GUEST_PAGE_MASK)
+    return kvm_mmu_do_page_fault(vcpu, gpa, error_code)
+
+
+def handle_ept_violation(vcpu: "KvmVcpu", gpa: int, exit_qualification: int) -> int:
+    """``handle_ept_violation``: trace, then the common handler."""
+    kvm = vcpu.kvm
+    if kvm.tracer is not None:
+        kvm.tracer(KvmPageFault(vcpu.vcpu_id, 0, gpa, exit_qualification))
+    return __vmx_handle_ept_violation(vcpu, gpa, exit_qualification)
