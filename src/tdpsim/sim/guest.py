@@ -32,7 +32,12 @@ from tdpsim.model.kvm_main import (
     kvm_recover_nx_huge_pages,
 )
 from tdpsim.model.memslot import KVM_LPAGE_GUEST_INHIBIT_FLAG, KVM_MEM_LOG_DIRTY_PAGES
-from tdpsim.model.mmu_fault import ept_violation_error_code, kvm_mmu_do_page_fault
+from tdpsim.model.vmx import (
+    EPT_VIOLATION_PROT_EXEC,
+    EPT_VIOLATION_PROT_READ,
+    ept_exit_qualification,
+    handle_ept_violation,
+)
 from tdpsim.model.mmu_internal import RET_PF_RETRY
 from tdpsim.model.policy import Policy
 from tdpsim.model.tdp_iter import spte_to_child_sp
@@ -363,7 +368,7 @@ class TdDriver(Driver):
 
 class VmDriver(Driver):
     """A plain VM: every access that the EPT does not allow is one EPT violation →
-    ``kvm_mmu_do_page_fault``."""
+    ``handle_ept_violation`` (which traces ``kvm_page_fault``)."""
 
     def __init__(self, vm: VmSpec, policy: Policy, tracer: Optional[Callable] = None) -> None:
         config = VmConfig(tdx=False, nr_vcpus=vm.vcpus, mem_bytes=vm.memory_bytes,
@@ -380,9 +385,12 @@ class VmDriver(Driver):
             if lvl:
                 return lvl >= S.PG_LEVEL_2M
             self.ept_violations += 1
-            present = mapped_level(kvm, v.root, gfn, False, False) > 0
-            err = ept_violation_error_code(write=write, exec=exec, present=present)
-            r = kvm_mmu_do_page_fault(v, gfn << 12, err)
+            # The CPU reports what the existing translation allows; KVM only derives
+            # PFERR_PRESENT_MASK from it, so any R bit of a mapped page will do.
+            prot = EPT_VIOLATION_PROT_READ | EPT_VIOLATION_PROT_EXEC \
+                if mapped_level(kvm, v.root, gfn, False, False) > 0 else 0
+            r = handle_ept_violation(v, gfn << 12,
+                                     ept_exit_qualification(write=write, exec=exec, prot=prot))
             if r < 0:
                 self.errors += 1
                 self.check()
