@@ -19,8 +19,11 @@ from .spte import (
     PAGE_SHIFT,
     PG_LEVEL_4K,
     PT64_ROOT_MAX_LEVEL,
+    PT_PAGE_SIZE_MASK,
+    SPTE_BASE_ADDR_MASK,
     SPTE_ENT_PER_PAGE,
-    SPTE_INDEX,
+    SPTE_LEVEL_BITS,
+    SPTE_MMU_PRESENT_MASK,
     gfn_round_for_level,
     is_last_spte,
     is_shadow_present_pte,
@@ -106,28 +109,34 @@ class TdpIter:
         self.valid = True
 
     def tdp_iter_refresh_sptep(self) -> None:
-        self.sp = self.pt_path[self.level - 1]
-        self.index = SPTE_INDEX(self.gfn | self.gfn_bits, self.level)
-        self.old_spte = kvm_tdp_mmu_read_spte(self.kvm, self.sp, self.index)
+        level = self.level
+        self.sp = sp = self.pt_path[level - 1]
+        # SPTE_INDEX((gfn | gfn_bits) << PAGE_SHIFT, level), inlined: the hottest line.
+        self.index = ((self.gfn | self.gfn_bits) >> ((level - 1) * SPTE_LEVEL_BITS)) & 511
+        self.old_spte = kvm_tdp_mmu_read_spte(self.kvm, sp, self.index)
 
     def try_step_down(self) -> bool:
         if self.level == self.min_level:
             return False
         # Re-read: the table this entry pointed to may have been unlinked meanwhile.
-        self.old_spte = kvm_tdp_mmu_read_spte(self.kvm, self.sp, self.index)
-        child = spte_to_child_pt(self.kvm, self.old_spte, self.level)
-        if child is None:
+        self.old_spte = spte = kvm_tdp_mmu_read_spte(self.kvm, self.sp, self.index)
+        level = self.level
+        # spte_to_child_pt(), inlined: present and not last.
+        if not spte & SPTE_MMU_PRESENT_MASK or level == PG_LEVEL_4K or spte & PT_PAGE_SIZE_MASK:
             return False
-        self.level -= 1
-        self.pt_path[self.level - 1] = child
-        self.gfn = gfn_round_for_level(self.next_last_level_gfn, self.level)
+        level -= 1
+        self.level = level
+        self.pt_path[level - 1] = self.kvm.sp_by_pfn[(spte & SPTE_BASE_ADDR_MASK) >> PAGE_SHIFT]
+        # gfn_round_for_level(next_last_level_gfn, level), inlined.
+        self.gfn = self.next_last_level_gfn & -(1 << ((level - 1) * SPTE_LEVEL_BITS))
         self.tdp_iter_refresh_sptep()
         return True
 
     def try_step_side(self) -> bool:
-        if SPTE_INDEX(self.gfn | self.gfn_bits, self.level) == SPTE_ENT_PER_PAGE - 1:
+        level = self.level
+        if ((self.gfn | self.gfn_bits) >> ((level - 1) * SPTE_LEVEL_BITS)) & 511 == SPTE_ENT_PER_PAGE - 1:
             return False
-        self.gfn += KVM_PAGES_PER_HPAGE(self.level)
+        self.gfn += KVM_PAGES_PER_HPAGE(level)
         self.next_last_level_gfn = self.gfn
         self.index += 1
         self.old_spte = kvm_tdp_mmu_read_spte(self.kvm, self.sp, self.index)
