@@ -3,13 +3,16 @@
   python benchmarks/bench_explore.py [--seconds 5]
 
 1. executions/s and steps/s (states = scheduling steps) on the seed scenario, random and PCT,
-   one core; also on the RecordingExternalOps variant (KVM side only, no TDX module).
+   one core; also on the RecordingExternalOps variant (KVM side only, no TDX module).  Each
+   line runs twice in this process: re-running the setup per execution ("fresh") and
+   restoring it from the per-process snapshot (the default), with the ratio.
 2. executions needed by bounded DFS vs DPOR to exhaust the 2-vCPU seed scenario.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 from tdpsim.explore import (
@@ -19,11 +22,18 @@ from tdpsim.explore import (
 
 def rate(name: str, params: dict, sched_factory, seconds: float) -> None:
     sc = load_scenario(name, params)
-    rep = explore(sc, sched_factory(), time_limit=seconds, stop_on_failure=False)
+    out = []
+    for snap in (False, True):
+        rep = explore(dataclasses.replace(sc, setup_snapshot=snap), sched_factory(),
+                      time_limit=seconds, stop_on_failure=False)
+        out.append(rep)
+    fresh, rep = out
     print(f"  {name:15s} {params.get('tdx.external_ops', 'tdx'):9s} "
           f"{type(sched_factory()).__name__:15s} {rep.executions:7d} exec "
           f"{rep.executions_per_second:8.0f} exec/s {rep.steps_per_second:10.0f} steps/s "
-          f"({rep.steps / max(1, rep.executions):.0f} steps/exec, {len(rep.states)} states)")
+          f"({rep.steps / max(1, rep.executions):.0f} steps/exec, {len(rep.states)} states)  "
+          f"fresh setup {fresh.executions_per_second:6.0f} exec/s "
+          f"(x{rep.executions_per_second / max(1e-9, fresh.executions_per_second):.2f})")
 
 
 def main() -> None:

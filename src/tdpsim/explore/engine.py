@@ -32,6 +32,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Optional, Sequence
 
+import numpy as np
 from greenlet import GreenletExit, greenlet
 
 from tdpsim.model import sched as S
@@ -50,6 +51,8 @@ _LOCK_KINDS = (S.LOCK_ACQUIRE, S.LOCK_WAIT)
 # frees): a parked vCPU does not wake up for them.
 _NOT_DATA = frozenset(("lock", "rcu", "thread", "vcpu"))
 _SPTE_KINDS = frozenset((S.SPTE_READ, S.SPTE_CMPXCHG, S.SPTE_XCHG, S.SPTE_WRITE))
+# Point kinds at which ``Engine._runnable`` may say "blocked"; every other kind is runnable.
+_MAY_BLOCK = frozenset((S.LOCK_ACQUIRE, S.LOCK_WAIT, S.SPTE_XCHG, RETRY_WAIT, WAIT_COND))
 
 
 class ExplorerError(Exception):
@@ -124,7 +127,7 @@ class ModelThread:
 
     __slots__ = ("tid", "name", "fn", "glet", "kind", "key", "write", "done", "prev_kind",
                  "prev_key", "wait_step", "wait_keys", "attempt_keys", "observed",
-                 "retries", "result", "funcs")
+                 "retries", "result", "funcs", "tags")
 
     def __init__(self, tid: int, name: str, fn: Callable[[], Any]) -> None:
         self.tid = tid
@@ -144,6 +147,7 @@ class ModelThread:
         self.retries = 0
         self.result: Any = None
         self.funcs: tuple[str, ...] = ("<start>",)
+        self.tags: dict[str, bytes] = {}  # kind -> this thread's trace-digest record
 
 
 class Scheduler:
@@ -182,6 +186,9 @@ class World:
     fail_on_warn: bool = True
     retry_bound: int = 16
     conditions: dict = field(default_factory=dict)  # WAIT_COND name -> predicate
+    # Per-execution values computed once and shared between the engine and the checks
+    # ("digests": ``table_digests`` of the final state, set before the end checks run).
+    cache: dict = field(default_factory=dict)
 
 
 # Functions that only *perform* the access a point names; the diagram shows their callers.
@@ -239,8 +246,12 @@ class Engine:
         self._nwarn = len(self.kvm.warnings)
         self._nbugs = len(self.kvm.bugs)
         self._sp_by_pfn = self.kvm.sp_by_pfn
-        self._trace_digest = hashlib.blake2b(digest_size=8)
+        # Trace digest input, one record per step, hashed once at the end (the same bytes
+        # the per-step ``update`` calls used to feed: the digest is unchanged).
+        self._trace_parts: list[bytes] = []
         self._before = 0
+        self._digests: Optional[tuple[str, str]] = None
+        world.cache.pop("digests", None)
         if world.tracker is not None:
             world.tracker.sink = self.extras
 
@@ -283,7 +294,8 @@ class Engine:
             failure=self.failure, steps=self.step, decisions=self.decisions,
             thread_names=[t.name for t in self.threads], pruned=self.pruned,
             events=self.events, trace=self.trace, state_hash=self._state_hash(),
-            trace_hash=self._trace_digest.hexdigest(),
+            trace_hash=hashlib.blake2b(b"".join(self._trace_parts),
+                                       digest_size=8).hexdigest(),
             results={t.name: t.result for t in self.threads})
         return result
 
@@ -363,10 +375,13 @@ class Engine:
         kind, key, write = t.kind, t.key, t.write
         idx = self.step
         self.step = idx + 1
-        self._trace_digest.update(b"%d:%s;" % (t.tid, kind.encode()))
+        tid = t.tid
+        tag = t.tags.get(kind)
+        if tag is None:
+            tag = t.tags[kind] = b"%d:%s;" % (tid, kind.encode())
+        self._trace_parts.append(tag)
         extras = self.extras
         kws = self.key_write_step
-        tid = t.tid
         if write:
             d = kws.get(key)
             if d is None:
@@ -397,20 +412,23 @@ class Engine:
                 # make that enabling write dependent with this step.
                 fp.update((k, False) for k in t.wait_keys)
             fp = frozenset(fp)
-            self.events.append((t.tid, fp))
+            self.events.append((tid, fp))
             self.info.last_footprint = fp
-        self.info.last_tid = t.tid
-        detail = ""
-        if kind in _SPTE_KINDS:
+        self.info.last_tid = tid
+        if self.record:
+            detail = ""
+            if kind in _SPTE_KINDS:
+                sp = self._sp_by_pfn.get(key[1])
+                if sp is not None:
+                    after = sp.spt[key[2]]
+                    t.observed[key] = after
+                    detail = self._spte_detail(sp, key[2], self._before, after)
+            self.trace.append(TraceStep(idx, tid, kind, key, write, t.funcs,
+                                        detail or self._detail(kind, key)))
+        elif kind in _SPTE_KINDS:
             sp = self._sp_by_pfn.get(key[1])
             if sp is not None:
-                after = sp.spt[key[2]]
-                t.observed[key] = after
-                if self.record:
-                    detail = self._spte_detail(sp, key[2], self._before, after)
-        if self.record:
-            self.trace.append(TraceStep(idx, t.tid, kind, key, write, t.funcs,
-                                        detail or self._detail(kind, key)))
+                t.observed[key] = sp.spt[key[2]]
         t.prev_kind, t.prev_key = kind, key
         if extras:
             extras.clear()
@@ -460,6 +478,9 @@ class Engine:
                 self._fail(r[0], r[1], t)
 
     def _final_checks(self) -> None:
+        # Every thread finished: the state is final (teardown has nothing left to unwind),
+        # so its digests serve both the checks' memo key and ``state_hash``.
+        self._digests = self.world.cache["digests"] = table_digests(self.kvm)
         for check in self.world.end_checks:
             r = check()
             if r is not None:
@@ -497,7 +518,14 @@ class Engine:
 
     def _pick(self, cur: Optional[ModelThread]) -> Optional[ModelThread]:
         threads = self.threads
-        runnable = [t.tid for t in threads if self._runnable(t)]
+        runnable = []
+        for t in threads:
+            if t.done:
+                continue
+            # Only waits can block; a plain access point is always runnable.
+            if t.kind in _MAY_BLOCK and not self._runnable(t):
+                continue
+            runnable.append(t.tid)
         if not runnable:
             left = [t for t in threads if not t.done]
             if left:
@@ -530,33 +558,57 @@ class Engine:
         self._fail(kind, "no runnable thread: " + "; ".join(waits), left[0])
 
     def _state_hash(self) -> str:
+        if self._digests is not None:
+            return self._digests[0]
         return state_digest(self.kvm)
 
 
 def state_digest(kvm: Any) -> str:
     """Digest of the final page tables (by content, not by table pfn), attributes, page
     stats and bugs: the coverage metric and part of the memo key of end-of-run checks."""
+    return table_digests(kvm)[0]
+
+
+def table_digests(kvm: Any) -> tuple[str, str]:
+    """``(state_digest, structure_digest)`` in one walk of the roots.
+
+    The first is the coverage digest (content only; unchanged format).  The second covers
+    what ``check_mmu_invariants`` / ``_mirror_maps`` read beyond the content: each root's
+    role and, for every present non-leaf SPTE, the child SP's level, gfn, mirror bit, parent
+    link, parent index and ``external_spt``, and whether the child exists at all."""
     h = hashlib.blake2b(digest_size=8)
+    meta: list = []
     for root in kvm.tdp_mmu_roots:
-        _hash_table(h, kvm.sp_by_pfn, root)
+        meta.append((root.role.level, root.role.is_mirror, root.role.invalid))
+        _hash_table(h, kvm.sp_by_pfn, root, meta)
     h.update(repr((kvm.mem_attr_private.starts, kvm.mem_attr_private.ends,
                    kvm.stat.pages, [b.function for b in kvm.bugs])).encode())
-    return h.hexdigest()
+    return h.hexdigest(), repr(meta)
 
 
-def _hash_table(h: Any, by_pfn: dict, sp: Any) -> None:
+_NONPRESENT = np.uint64(SHADOW_NONPRESENT_VALUE)
+
+
+def _hash_table(h: Any, by_pfn: dict, sp: Any, meta: list) -> None:
     level = sp.role.level
     if level == 1:
         h.update(sp.spt.tobytes())  # only leaves: hash the page as is
         return
     h.update(b"L%d" % level)
-    for i, spte in enumerate(sp.spt):
-        if spte == SHADOW_NONPRESENT_VALUE:
-            continue
+    spt = sp.spt
+    # numpy only finds the present slots; the bytes fed to the digest are the same as a
+    # plain loop over all 512 entries would feed.
+    for i in np.flatnonzero(np.frombuffer(spt, dtype=np.uint64) != _NONPRESENT).tolist():
+        spte = spt[i]
         # Non-leaf SPTEs hold allocation-order pfns: hash the child's content instead.
         child = None if is_last_spte(spte, level) else by_pfn.get(spte_to_pfn(spte))
         h.update(b"%d:" % i)
         if child is not None:
-            _hash_table(h, by_pfn, child)
+            role = child.role
+            meta.append((level, i, role.level, child.gfn, role.is_mirror,
+                         child.parent is sp, child.parent_index, child.external_spt))
+            _hash_table(h, by_pfn, child, meta)
         else:
+            if not is_last_spte(spte, level):
+                meta.append((level, i, None))
             h.update(spte.to_bytes(8, "little"))

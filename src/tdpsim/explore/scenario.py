@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,13 +24,17 @@ from typing import Any, Callable, Optional
 from tdpsim.model.invariants import check_invariants
 from tdpsim.model.kvm import IN_GUEST_MODE, RecordingExternalOps
 from tdpsim.model.tdx import create_td
-from tdpsim.model.tdx_module import MAPPED, sept_leaves
+import numpy as np
+
+from tdpsim.model.tdx_module import MAPPED
+from tdpsim.model.tdx_module.sept import FREE, iter_pages
 from tdpsim.model.policy import Policy
 from tdpsim.model.vmm import VmConfig, create_vm
 
-from .engine import ExplorerError, World, state_digest
+from .engine import ExplorerError, World, table_digests
 from .ops import OPS, OpContext, op_params
-from .tracking import track
+from .snapshot import Snapshot
+from .tracking import TRACKER, track
 
 _TOP_KEYS = {"name", "summary", "description", "vm", "policy", "explore", "setup", "threads",
              "tdx"}
@@ -73,15 +78,31 @@ class Scenario:
     private_max_level: int = 2
     params: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    setup_snapshot: bool = field(default=True, compare=False)
     _memo: dict = field(default_factory=dict, compare=False, repr=False)
+    _snap: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def thread_names(self) -> list[str]:
         return [n for n, _ in self.threads]
 
     def build(self) -> World:
-        """Create the VM, run the setup ops sequentially, and return the world whose
-        threads the engine will interleave."""
+        """Return a world in the post-setup state whose threads the engine will interleave.
+
+        The sequential setup (VM/TD creation, finalisation, ``[[setup]]`` ops) runs once per
+        process and scenario; later builds restore a private copy of that state from a
+        pickled snapshot (``snapshot.py``), which is exact and cheaper than re-running it.
+        ``setup_snapshot=False`` re-runs the setup every time (the reference behaviour the
+        tests compare against)."""
+        if not self.setup_snapshot:
+            return self._world(self._setup())
+        snap = self._snap.get("setup")
+        if snap is None:
+            snap = self._snap["setup"] = Snapshot(self._setup())
+        return self._world(snap.restore())
+
+    def _setup(self) -> OpContext:
+        """Create the VM, run the setup ops sequentially, start tracking."""
         tdx = None
         if self.vm.tdx and self.external_ops == "tdx":
             kvm, tdx = create_td(self.vm, self.policy, max_local_retries=0,
@@ -97,21 +118,83 @@ class Scenario:
         if kvm.vm_bugged:
             raise ScenarioError(f"{self.source}: setup already bugged the VM: {kvm.bugs}")
         # Setup warnings are not findings of the exploration.
-        tracker = track(kvm)
+        track(kvm)
+        return ctx
+
+    def _world(self, ctx: OpContext) -> World:
+        kvm, tdx = ctx.kvm, ctx.tdx
+        tracker = TRACKER
         threads = [(name, _thread_body(ctx, ops)) for name, ops in self.threads]
         locks = {kvm.mmu_lock.key: kvm.mmu_lock,
                  kvm.tdp_mmu_pages_lock.key: kvm.tdp_mmu_pages_lock}
-        end_checks, step_checks = _checks(kvm, tdx, self.invariants, self._memo)
+        cache: dict = {}
+        end_checks, step_checks = _checks(kvm, tdx, self.invariants, self._memo, cache)
         return World(kvm=kvm, threads=threads, locks=locks, tracker=tracker, tdx=tdx,
                      end_checks=end_checks, step_checks=step_checks,
                      fail_on_warn=self.fail_on_warn, retry_bound=self.retry_bound,
-                     conditions={"srcu": ctx.srcu_quiescent})
+                     conditions={"srcu": ctx.srcu_quiescent}, cache=cache)
 
     def as_params(self) -> dict[str, Any]:
         return dict(self.params)
 
 
-def _checks(kvm: Any, tdx: Any, mode: str, memo: dict) -> tuple[list, list]:
+def _memo_key(kvm: Any, tdx: Any, cache: dict) -> bytes:
+    """Key of the end-of-run invariant memo: everything ``check_invariants(kvm, tdx, True)``
+    reads, so a hit returns exactly what running the checkers would.
+
+    KVM: the table digest (content) and the SP structure (``engine.table_digests``, computed
+    once per execution and shared with ``ExecutionResult.state_hash`` through ``cache``),
+    mmu_lock state, bugs.  TD: every S-EPT page as raw arrays (state, flags, the pfns of its
+    non-FREE entries, used, children, accept counters), the PAMT entries and entry locks,
+    epochs/refcounts/vCPUs, module locks, unflushed pages, guest_memfd holes, fatal/teardown
+    flags and KVM's vCPU modes.  Raw bytes instead of per-entry tuples: ~20x cheaper than
+    ``repr(list(sept_leaves(m)))``.  Every key component the previous key (tables digest +
+    S-EPT entries + epochs) had is kept, so the memo never merges states it used to keep
+    apart."""
+    digests = cache.get("digests")
+    if digests is None:
+        digests = table_digests(kvm)
+    lock = kvm.mmu_lock
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((digests, lock.readers, lock.writer,
+                   [(b.function, b.message) for b in kvm.bugs],
+                   [v.mode for v in kvm.vcpus])).encode())
+    if tdx is not None:
+        m = tdx.module
+        h.update(repr((tdx.state, tdx.wait_for_sept_zap, tdx.torn_down, tdx.fatal_errors,
+                       m is None)).encode())
+        if m is not None:
+            for page in iter_pages(m.root):
+                st = page.state
+                h.update(b"P%d:%d:%d:%d:" % (page.level, page.base_gfn, page.pfn, page.used))
+                h.update(st)
+                h.update(page.flags)
+                pfns = np.frombuffer(page.pfns, dtype=np.uint64)
+                h.update(pfns[np.frombuffer(st, dtype=np.uint8) != FREE].tobytes())
+                h.update(repr((sorted((i, c.pfn) for i, c in page.child.items()),
+                               sorted(page.acc.items()))).encode())
+            pamt = m.pamt
+            h.update(repr((m.td_epoch, m.refcount, m.child_count, m.fatal,
+                           sorted((i, v.in_guest, v.epoch) for i, v in m.vcpus.items()),
+                           [lk.held for lk in (m.tdr_lock, m.op_state_lock, m.sept_lock,
+                                               m.epoch_lock)],
+                           sorted(m.unflushed), sorted(pamt._locks.items()), len(pamt)
+                           )).encode())
+            e = pamt._e
+            if e:
+                keys = np.fromiter(e.keys(), dtype=np.int64, count=len(e))
+                vals = np.fromiter(e.values(), dtype=np.int64, count=len(e))
+                order = np.argsort(keys, kind="stable")
+                h.update(keys[order].tobytes())
+                h.update(vals[order].tobytes())
+    for slot in kvm.memslots:
+        g = slot.gmem
+        if g is not None:
+            h.update(repr((g.pfn_base, g.npages, g.punched.starts, g.punched.ends)).encode())
+    return h.digest()
+
+
+def _checks(kvm: Any, tdx: Any, mode: str, memo: dict, cache: dict) -> tuple[list, list]:
     """The invariant checkers of ``tdpsim.model.invariants`` (every step or at the end) and,
     for a TD, TLB safety: a vCPU still in guest mode must not hold a cached translation to a
     private page that left S-EPT after its epoch was tracked (``tdx_track`` kicks every vCPU
@@ -122,16 +205,12 @@ def _checks(kvm: Any, tdx: Any, mode: str, memo: dict) -> tuple[list, list]:
 
     def invariants_end() -> Optional[tuple[str, str]]:
         # The checkers cost ~2 ms; many executions end in the same state, so memoize on
-        # a digest of everything they read (tables, attributes, S-EPT, epochs, vCPUs).
-        key = state_digest(kvm)
-        if tdx is not None:
-            m = tdx.module
-            key += repr((list(sept_leaves(m)), m.td_epoch, m.refcount, m.child_count,
-                         sorted((i, v.in_guest, v.epoch) for i, v in m.vcpus.items()),
-                         [v.mode for v in kvm.vcpus], tdx.state, tdx.wait_for_sept_zap))
-        if key not in memo:
-            memo[key] = invariants(True)
-        return memo[key]
+        # a digest of everything they read (see ``_memo_key``).
+        key = _memo_key(kvm, tdx, cache)
+        r = memo.get(key, memo)
+        if r is memo:
+            r = memo[key] = invariants(True)
+        return r
 
     def tlb() -> Optional[tuple[str, str]]:
         module = tdx.module
