@@ -137,3 +137,19 @@ def test_nx_off_exec_fault_maps_huge(make_vm):
     fault(kvm, 0x600, exec=True, write=False)
     level, spte = leaf_at(kvm, kvm.vcpus[0].root, 0x600)
     assert level == 2 and S.is_executable_pte(spte)
+
+
+def test_split_children_match_make_small_spte(make_vm):
+    """tdp_mmu_split_huge_page fills the table arithmetically; it must equal 512 calls of
+    make_small_spte (here with NX huge pages, so 4K children get X back)."""
+    from tdpsim.model.kvm_main import kvm_mmu_slot_apply_flags
+    from tdpsim.model.memslot import KVM_MEM_LOG_DIRTY_PAGES
+    kvm = make_vm(policy=Policy(nx_huge_pages=True))
+    fault(kvm, 0x400)
+    huge = leaf_at(kvm, kvm.vcpus[0].root, 0x400)[1]
+    kvm.policy = kvm.policy.with_(eager_page_split=True)
+    kvm_mmu_slot_apply_flags(kvm, kvm.memslots[0], KVM_MEM_LOG_DIRTY_PAGES)
+    pt = table_4k_of(kvm, kvm.vcpus[0].root, 0x400)
+    expect = [S.make_small_spte(huge, 1, i, S.ACC_ALL, True) & ~S.PT_WRITABLE_MASK
+              for i in range(512)]
+    assert list(pt.spt) == expect  # wrprot after the split clears W

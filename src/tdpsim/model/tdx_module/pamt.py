@@ -100,8 +100,11 @@ class Pamt:
         v = self._e[pfn]
         pt, size, owner = v & 0xF, (v >> 4) & 0xF, (v >> 8) & 0xFFFF
         self.free(pfn)
-        for i in range(0, _SPAN[size], _SPAN[new_size]):
-            self.assign(pfn + i, pt, new_size, owner)
+        # All 512 children lie in the parent's 2M (or 1G) block, so they are stored and
+        # counted in bulk: this runs on every demote.
+        children = range(pfn, pfn + _SPAN[size], _SPAN[new_size])
+        self._e.update(dict.fromkeys(children, _pack(pt, new_size, owner, 0)))
+        self._count(pfn, new_size, len(children))
 
     def merge(self, pfn: int, new_size: int) -> None:
         """``pamt_promote``: 512 entries of size ``new_size - 1`` become one entry."""
