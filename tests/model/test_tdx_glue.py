@@ -279,6 +279,66 @@ def test_lpage_check_first_write_lock_count(check_first, locks):
     assert tdx.stats.accept_4k_where_2m_possible == 1  # only the first could still be 2M
 
 
+def _accept_level_scenario(policy: Policy):
+    """A 2M accept of frame 2, then all 512 pages of frame 1 and 3 pages of frame 3 at 4K,
+    then the 3 pages of frame 3 again after a private→shared→private round trip."""
+    kvm, tdx, g = td(policy)
+    assert g.accept_memory(2 * M2, 3 * M2)
+    for i in range(512):
+        assert g.try_accept_one(M2 + i * 4096, 4096, TDX_PS_4K) == 4096
+    for _ in range(2):
+        for i in range(3):
+            assert g.try_accept_one(3 * M2 + i * 4096, 4096, TDX_PS_4K) == 4096
+        assert g.set_memory_decrypted(3 * M2, 3 * 4096)
+        assert g.map_gpa(3 * M2, 3 * 4096, False) == 0
+    assert check_invariants(kvm, tdx, quiescent=True) == []
+    return kvm, tdx, g
+
+
+@pytest.mark.parametrize("handling,check_first,locks", [
+    # v3: the 2M exit locks (inhibit at 1G was clear), then the first 4K exit of frames
+    # 1 and 3; without the pre-check every ACCEPT exit: 1 + 512 + 6.
+    ("v3", True, 3), ("v3", False, 519),
+    # The measured draft: 2M exits never lock; one lock per frame with 4K exits (the
+    # inhibit is one-way, conversions do not clear it); without the pre-check every 4K
+    # ACCEPT exit: 512 + 6.
+    ("draft-2025-06", True, 2), ("draft-2025-06", False, 518),
+])
+def test_accept_level_handling_write_lock_counts(handling, check_first, locks):
+    kvm, tdx, g = _accept_level_scenario(
+        Policy(accept_level_handling=handling, lpage_check_first=check_first))
+    assert tdx.stats.accept_exits == 1 + 512 + 6
+    assert tdx.stats.accept_level_write_locks == locks
+    slot = kvm.memslots[0]
+    assert hugepage_test_guest_inhibit(slot, 512, 2) and hugepage_test_guest_inhibit(slot, 1536, 2)
+    assert not hugepage_test_guest_inhibit(slot, 1024, 2)  # the 2M-accepted frame
+    # v3 also inhibits 1G (at the 2M and the 4K exits); the draft never does.
+    assert hugepage_test_guest_inhibit(slot, 512, 3) == (handling == "v3")
+    assert list(kvm.stat.pages) == [512, 1, 0]  # frame 3 ends private, not yet accepted
+
+
+def test_draft_4k_accept_splits_only_the_leaf_holding_gfn():
+    """Draft rule on a 2M mapping KVM made on a touch: the 4K ACCEPT exit splits the 2M
+    leaf (kvm_split_boundary_leafs on [gfn, gfn + 1)) and inhibits 2M, not 1G."""
+    kvm, tdx, g = td(Policy(accept_level_handling="draft-2025-06"), sept_ve_disable=False)
+    gpa = M2 + 7 * 4096
+    assert g.touch(gpa).ve
+    assert tdx.module.entry(M2, 1) == (PENDING, GMEM_PFN + 512)
+    n = len(tdx.log)
+    assert g.tdcall_accept(gpa, TDX_PS_4K) == 0
+    assert tdx.leaf_sequence(n) == ["BLOCK", "TRACK", "DEMOTE", "ENTER"]
+    assert tdx.stats.accept_level_write_locks == 1
+    slot = kvm.memslots[0]
+    assert hugepage_test_guest_inhibit(slot, 512, 2) and not hugepage_test_guest_inhibit(slot, 512, 3)
+    assert list(kvm.stat.pages) == [512, 0, 0]
+    assert check_invariants(kvm, tdx, quiescent=True) == []
+
+
+def test_accept_level_handling_is_validated():
+    with pytest.raises(ValueError, match="accept_level_handling"):
+        Policy(accept_level_handling="v2")
+
+
 def test_accept_already_accepted_larger_mapping():
     kvm, tdx, g = td()
     assert g.accept_memory(M2, 2 * M2)

@@ -14,6 +14,8 @@ from .spte import PG_LEVEL_1G, PG_LEVEL_2M, PG_LEVEL_4K
 
 MirrorPromotion = Literal["disallowed", "unpatched", "seamcall"]
 MIRROR_PROMOTION_CHOICES = ("disallowed", "unpatched", "seamcall")
+AcceptLevelHandling = Literal["v3", "draft-2025-06"]
+ACCEPT_LEVEL_HANDLING_CHOICES = ("v3", "draft-2025-06")
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,16 @@ class Policy:
         (HP-v3: 2M; never 1G).
     max_huge_page_level: 1G if EPT supports 1G pages, else 2M.
     eager_page_split: the ``kvm.eager_page_split`` module parameter.
-    lpage_check_first: HP-v3's accept-level handling tests GUEST_INHIBIT before taking the
-        write mmu_lock (the 17626 → 11 write-lock figure).
+    accept_level_handling: which form of the accept-level handling runs in
+        ``tdx_honor_guest_accept_level``.
+        ``v3`` — RFC v2/v3 (default): 4K *and* 2M ACCEPT exits split the accept-aligned
+        range under the write lock and set GUEST_INHIBIT at level+1 (and level+2 for 4K).
+        ``draft-2025-06`` — Yan Zhao's draft ``tdx_check_accept_level`` from
+        <aF0Kg8FcHVMvsqSo@yzhao56-desk.sh.intel.com> (2025-06-26), the code the published
+        17626/11 write-lock counts were measured on: only 4K ACCEPT exits take the write
+        lock, split ``[gfn, gfn + 1)`` and set GUEST_INHIBIT at 2M only.
+    lpage_check_first: the accept-level handling tests GUEST_INHIBIT (lpage_info) without
+        the lock and skips the write mmu_lock when it is set (the 17626 → 11 figure).
     gmem_hva_fixup: HP-v3's fixup that ignores the hva alignment of guest_memfd slots.
     ad_enabled: ``kvm_ad_enabled``: hardware A/D bits in use.
     """
@@ -46,6 +56,7 @@ class Policy:
     tdx_private_max_level: int = PG_LEVEL_2M
     max_huge_page_level: int = PG_LEVEL_1G
     eager_page_split: bool = True
+    accept_level_handling: AcceptLevelHandling = "v3"
     lpage_check_first: bool = True
     gmem_hva_fixup: bool = True
     ad_enabled: bool = True
@@ -54,6 +65,9 @@ class Policy:
         if self.mirror_promotion not in MIRROR_PROMOTION_CHOICES:
             raise ValueError(f"mirror_promotion must be one of {MIRROR_PROMOTION_CHOICES}, "
                              f"not {self.mirror_promotion!r}")
+        if self.accept_level_handling not in ACCEPT_LEVEL_HANDLING_CHOICES:
+            raise ValueError(f"accept_level_handling must be one of "
+                             f"{ACCEPT_LEVEL_HANDLING_CHOICES}, not {self.accept_level_handling!r}")
         for name in ("tdx_private_max_level", "max_huge_page_level"):
             if getattr(self, name) not in (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G):
                 raise ValueError(f"{name} must be 1 (4K), 2 (2M) or 3 (1G)")

@@ -26,7 +26,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("upstream", "HP-v3 huge pages + the SEED patch (no promotion on mirror roots)",
            {"mirror_promotion": "disallowed", "tdx_huge_page": True,
-            "lpage_check_first": True}),
+            "accept_level_handling": "v3", "lpage_check_first": True}),
     Preset("unpatched", "HP-v3 without patch 06/SEED: a 2M goal over a mirror page table "
            "reaches KVM_BUG_ON",
            {"mirror_promotion": "unpatched", "tdx_huge_page": True}),
@@ -42,6 +42,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "taking the write mmu_lock", {"lpage_check_first": True}),
     Preset("no-lpage-check-first", "the RFC form: every ACCEPT exit takes the write mmu_lock",
            {"lpage_check_first": False}),
+    Preset("draft-lpage-check-first", "Yan Zhao's 2025-06 draft tdx_check_accept_level "
+           "(<aF0Kg8FcHVMvsqSo@…>): 4K ACCEPT exits only, inhibit at 2M, GUEST_INHIBIT "
+           "tested before the write lock",
+           {"accept_level_handling": "draft-2025-06", "lpage_check_first": True}),
+    Preset("draft-no-lpage-check-first", "the same draft without the pre-check: every 4K "
+           "ACCEPT exit in a memslot takes the write mmu_lock",
+           {"accept_level_handling": "draft-2025-06", "lpage_check_first": False}),
 )}
 
 DEFAULT_PRESET = "upstream"
