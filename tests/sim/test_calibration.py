@@ -1,10 +1,15 @@
-"""td-boot against the published figures (reference kvm-tdp-mmu.md §5.6, tdx-module.md §8).
+"""td-boot against the published figures of the TDX huge-page series (Yan Zhao, 2025; 4 GB
+TD, 8 vCPUs), counted the way they were measured (docs/workloads.md):
 
-Calibrated (within ±10%): 4K accepts where 2M was possible (≈2710, all on vCPU 0, same at
-8 GB), 2M mappings from kernel boot to login (≈1144), accept-level write mmu_lock
-acquisitions with the GUEST_INHIBIT pre-check (≈11).  The 17626 figure without the
-pre-check is NOT reproduced by the modelled accept-level handling (see docs/workloads.md);
-the test pins what the model says instead and the EPT-violation count it does match.
+* ≈2710 "4K accepts where KVM could map 2M": per 4K ACCEPT exit, RFC v1 (no inhibit), all
+  on vCPU 0, not growing with guest memory (<aFvBNromdrkEtPp6@…>);
+* ≈1144 2M mappings from kernel boot to login;
+* ≈17626 / ≈11 write mmu_lock acquisitions without / with the lpage_info pre-check, under
+  the draft ``tdx_check_accept_level`` (<aF0Kg8FcHVMvsqSo@…>) = presets
+  ``draft-no-lpage-check-first`` / ``draft-lpage-check-first``.
+
+All four within ±10% under the draft rule; the v3 handling on the same workload is pinned
+too (it does not reproduce 11: its 2M exits lock as well).
 """
 
 import pytest
@@ -17,42 +22,68 @@ def within(value, published, tol=0.10):
 
 
 @pytest.fixture(scope="module")
-def boot4():
-    return simulate(builtin_workload("td-boot"), "upstream")
+def draft():
+    return simulate(builtin_workload("td-boot"), "draft-lpage-check-first")
 
 
-def test_4k_accepts_where_2m_possible(boot4):
-    assert within(boot4.totals["accept.4k_where_2m_possible"], 2710)
+@pytest.fixture(scope="module")
+def draft_no_check():
+    return simulate(builtin_workload("td-boot"), "draft-no-lpage-check-first")
 
 
-def test_4k_accepts_all_on_vcpu0(boot4):
-    # Only the firmware and EFI-stub phases (vCPU 0 only) make 4K accepts in 2M frames.
-    for p in boot4.phases:
-        if p.counters.get("accept.4k_where_2m_possible"):
-            assert p.name in ("firmware", "efi-stub")
+def test_4k_accepts_where_2m_possible(draft):
+    assert draft.ok
+    assert within(draft.totals["accept.4k_where_2m_possible"], 2710)
+    assert draft.totals["accept.4k_where_2m_possible"] == 2632
 
 
-def test_2m_mappings_boot_to_login(boot4):
-    kernel = sum(p.counters.get("mappings_2m", 0) for p in boot4.phases
-                 if p.name not in ("td-build", "firmware"))
-    assert within(kernel, 1144)
+def test_4k_accepts_where_2m_possible_breakdown(draft):
+    """Per phase, the mail's breakdown: 506 + 512 once each, the three hot pages 974, 156
+    and 476 times; none during the kernel stage."""
+    c = {p.name: p.counters.get("accept.4k_where_2m_possible", 0) for p in draft.phases}
+    assert c["edk2-accept-4k"] == 506 + 512
+    assert (c["edk2-virtio-0x7d9d7"], c["edk2-virtio-0x7d9d9"], c["edk2-virtio-0x7d9da"]) \
+        == (974, 156, 476)
+    assert c["edk2-virtio-data"] == 0  # re-accepts in MIXED frames: 2M impossible
+    assert draft.stage_total("accept.4k_where_2m_possible", "kernel") == 0
 
 
-def test_write_locks_with_precheck(boot4):
-    assert within(boot4.totals["tdx.accept_level_write_locks"], 11)
+def test_4k_accepts_all_on_vcpu0(draft):
+    wl = builtin_workload("td-boot")
+    for ph in wl.phases:
+        rec = draft.phase(ph.name)
+        if rec.counters.get("accept.4k_exits"):
+            assert ph["vcpus"] == (0,), ph.name
 
 
-def test_4k_accepts_do_not_grow_with_memory(boot4):
-    r8 = simulate(builtin_workload("td-boot").with_vm(memory_gib=8), "upstream")
-    assert r8.totals["accept.4k_where_2m_possible"] == \
-        boot4.totals["accept.4k_where_2m_possible"]
+def test_2m_mappings_boot_to_login(draft):
+    assert within(draft.stage_total("mappings_2m", "kernel"), 1144)
 
 
-def test_without_precheck_every_accept_exit_takes_the_write_lock(boot4):
-    r = simulate(builtin_workload("td-boot"), "no-lpage-check-first")
-    t = r.totals
-    assert t["tdx.accept_level_write_locks"] == t["accept.4k_exits"] + t["accept.2m_exits"]
-    # EPT violations from the EFI stub to login match the published 17626 within 10%.
-    kernel_exits = sum(p.counters.get("ept_violations", 0) for p in r.phases
-                       if p.name not in ("td-build", "firmware"))
-    assert within(kernel_exits, 17626)
+def test_write_locks_with_precheck(draft):
+    assert within(draft.totals["tdx.accept_level_write_locks"], 11)
+    assert draft.totals["tdx.accept_level_write_locks"] == 11
+
+
+def test_write_locks_without_precheck(draft_no_check):
+    t = draft_no_check.totals
+    assert within(t["tdx.accept_level_write_locks"], 17626)
+    # The draft without the pre-check locks on every 4K ACCEPT exit, and only on those.
+    assert t["tdx.accept_level_write_locks"] == t["accept.4k_exits"] == 17632
+
+
+def test_v3_on_the_same_workload():
+    """RFC v2/v3 handling: 2M ACCEPT exits lock too (first per 1 GiB region with the
+    pre-check; every one without), so 11 is not reproduced: 13 and 18801."""
+    up = simulate(builtin_workload("td-boot"), "upstream").totals
+    rfc = simulate(builtin_workload("td-boot"), "no-lpage-check-first").totals
+    assert up["tdx.accept_level_write_locks"] == 13
+    assert rfc["tdx.accept_level_write_locks"] == rfc["accept.4k_exits"] + rfc["accept.2m_exits"] \
+        == 18801
+
+
+def test_4k_accepts_do_not_grow_with_memory(draft):
+    r8 = simulate(builtin_workload("td-boot").with_vm(memory_gib=8), "draft-lpage-check-first")
+    for k in ("accept.4k_where_2m_possible", "accept.4k_exits", "tdx.accept_level_write_locks"):
+        assert r8.totals[k] == draft.totals[k], k
+    assert r8.stage_total("mappings_2m", "kernel") == 1144

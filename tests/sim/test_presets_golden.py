@@ -19,7 +19,7 @@ KEYS = ["pages_4k", "pages_2m", "mappings_2m", "ept_violations", "pf.taken", "pf
         "tdx.accept_level_write_locks", "track", "seamcall.MEM.PAGE.AUG",
         "seamcall.MEM.PAGE.DEMOTE", "seamcall.MEM.PAGE.REMOVE", "bugs"]
 
-_TD_HUGE = (2048, 10, 10, 2048, 2048, 2048, 0, 0, 0, 28, 2068, 6, 0, 0, 1536, 2032, 10, 4,
+_TD_HUGE = (2048, 10, 10, 2048, 2048, 2048, 0, 0, 0, 28, 2068, 6, 0, 0, 2032, 2032, 10, 4,
             0, 2042, 0, 0, 0)
 GOLDEN_TD = {
     "upstream": _TD_HUGE,
@@ -31,12 +31,12 @@ GOLDEN_TD = {
     "lpage-check-first": _TD_HUGE,
     # The RFC form: every ACCEPT exit (2032 4K + 10 2M) takes the write lock.
     "no-lpage-check-first": (2048, 10, 10, 2048, 2048, 2048, 0, 0, 0, 2066, 2068, 6, 0, 0,
-                             1536, 2032, 10, 2042, 0, 2042, 0, 0, 0),
+                             2032, 2032, 10, 2042, 0, 2042, 0, 0, 0),
     # Yan Zhao's 2025-06 draft: 2M ACCEPT exits never lock; the 4 frames with 4K exits
     # take it once each with the pre-check, every one of the 2032 4K exits without.
     "draft-lpage-check-first": _TD_HUGE,
     "draft-no-lpage-check-first": (2048, 10, 10, 2048, 2048, 2048, 0, 0, 0, 2056, 2068, 6, 0,
-                                   0, 1536, 2032, 10, 2032, 0, 2042, 0, 0, 0),
+                                   0, 2032, 2032, 10, 2032, 0, 2042, 0, 0, 0),
 }
 _VM_NX = (0, 2, 10, 45, 45, 38, 7, 0, 0, 0, 51, 3, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 GOLDEN_VM = {

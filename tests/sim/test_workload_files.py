@@ -44,6 +44,14 @@ def test_builtins_exist_and_validate():
     (GOOD.replace('name = "w"', 'name = "w"\n[policy]\nmirror_promotion = "sometimes"'),
      "policy.mirror_promotion", "a valid value"),
     ("name = 'w'\n[vm\nkind='td'", "(syntax)", "valid TOML"),
+    (GOOD + '[[phases]]\nkind = "convert"\nregion = {at_mib = 0, at_gfn = 1, pages = 1}\n',
+     "phases[1].region.at_gfn", "only one of at_mib or at_gfn"),
+    (GOOD + '[[phases]]\nkind = "convert"\nregion = {at_gfn = 1, pages = 1, kib = 4}\n',
+     "phases[1].region.pages", "only one of mib, kib or pages"),
+    (GOOD + '[[phases]]\nkind = "convert"\nregion = {at_gfn = -1, pages = 1}\n',
+     "phases[1].region.at_gfn", "an integer >= 0"),
+    (GOOD + '[[phases]]\nkind = "convert"\n', "phases[1]", "exactly one of region or ranges"),
+    (GOOD + 'stage = "bios"\n', "phases[0].stage", 'one of "build", "firmware", "kernel"'),
 ])
 def test_malformed_file_one_clear_error(tmp_path, text, key, expected):
     path = tmp_path / "bad.toml"
@@ -75,3 +83,12 @@ def test_with_vm_revalidates():
     assert wl.vm.memory_bytes == 8 << 30
     with pytest.raises(WorkloadError, match="inside guest memory"):
         builtin_workload("td-boot").with_vm(memory_gib=2)
+
+
+def test_gfn_ranges_and_stage():
+    wl = loads_workload(GOOD + 'stage = "firmware"\n[[phases]]\nkind = "convert"\n'
+                        'ranges = [{at_gfn = 0x3d9d7, pages = 1}, {at_gfn = 0x800, pages = 6}]\n')
+    assert wl.phases[0]["stage"] == "firmware" and wl.phases[1]["stage"] == "kernel"
+    a, b = wl.phases[1]["ranges"]
+    assert (a.start_gfn, a.npages, b.start_gfn, b.npages) == (0x3d9d7, 1, 0x800, 6)
+    assert wl.phases[1]["region"] is None

@@ -19,7 +19,7 @@ def result_to_dict(r: RunResult) -> dict[str, Any]:
         "totals": dict(sorted(r.totals.items())),
         "coverage": r.coverage, "translation": r.translation,
         "phases": [{"name": p.name, "kind": p.kind, "start_us": p.start_us,
-                    "end_us": p.end_us, "skipped": p.skipped,
+                    "end_us": p.end_us, "skipped": p.skipped, "stage": p.stage,
                     "counters": {k: v for k, v in sorted(p.counters.items()) if v},
                     "cost_us": r.cost.get(p.name, {})} for p in r.phases],
         "samples": [asdict(s) for s in r.samples],

@@ -44,7 +44,10 @@ def comparison_rows(results: Sequence[RunResult]) -> list[tuple[str, list[str]]]
         ("status", [r.status if r.ok else "BUGGED" for r in results]),
         row("pages_4k (end)", "pages_4k"), row("pages_2m (end)", "pages_2m"),
         row("pages_1g (end)", "pages_1g"),
-        row("2M mappings made", "mappings_2m"), row("1G mappings made", "mappings_1g"),
+        row("2M mappings made", "mappings_2m"),
+        ("2M mappings, kernel stage", [str(r.stage_total("mappings_2m", "kernel"))
+                                       for r in results]),
+        row("1G mappings made", "mappings_1g"),
         ("huge coverage of mapped", [f"{r.coverage['huge_share_of_mapped']:.1%}"
                                      for r in results]),
         ("huge coverage of memory", [f"{r.coverage['huge_share_of_memory']:.1%}"

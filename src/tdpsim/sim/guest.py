@@ -130,10 +130,13 @@ class _Accepted:
 
 class SimTdGuest(TdGuest):
     """``TdGuest`` that also counts Yan Zhao's "4K accept where 2M possible" event the way
-    it was measured before GUEST_INHIBIT existed: a 4K ACCEPT that TD-exits in a 2 MB frame
-    KVM could otherwise map huge — lpage_info clear apart from GUEST_INHIBIT, TDX allows
-    2M, guest_memfd holds a 2M folio, and no build-time (PAGE.ADD) page in the frame (those
-    frames stay 4K forever: no promotion)."""
+    it was measured (RFC v1, before GUEST_INHIBIT existed; <aFvBNromdrkEtPp6@…>): every
+    4K ACCEPT that TD-exits — per exit, so a page converted back to private and accepted
+    again counts again — in a 2 MB frame whose maximum mapping level is 2M: lpage_info
+    clear apart from GUEST_INHIBIT (so no MIXED attributes), TDX allows 2M, guest_memfd
+    holds a 2M folio.  Build-time (PAGE.ADD) 4K leaves in the frame do not matter, as they
+    do not for the mapping level KVM computes: Yan's 0x806–0x9ff (506 pages) sits in the
+    frame whose first 6 pages are TDVF's SEC page tables."""
 
     def __init__(self, kvm: Kvm, tdx: KvmTdx, build_frames: set[int], **kw) -> None:
         super().__init__(kvm, tdx, **kw)
@@ -158,8 +161,6 @@ class SimTdGuest(TdGuest):
 
     def _could_map_2m(self, gfn: int) -> bool:
         kvm = self.kvm
-        if gfn >> 9 in self.build_frames:
-            return False
         slot = kvm.gfn_to_memslot(gfn)
         if slot is None or slot.gmem is None:
             return False

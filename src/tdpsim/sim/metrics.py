@@ -176,6 +176,7 @@ class PhaseRecord:
     end_us: float
     counters: dict[str, int] = field(default_factory=dict)   # deltas over the phase
     skipped: bool = False
+    stage: str = "kernel"                                     # build / firmware / kernel
 
 
 def noop(_: Any) -> None:

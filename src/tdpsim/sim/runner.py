@@ -57,6 +57,11 @@ class RunResult:
                 return p
         raise KeyError(name)
 
+    def stage_total(self, key: str, stage: str) -> int:
+        """A counter summed over the phases of one stage (``build``/``firmware``/
+        ``kernel``), e.g. 2M mappings "from kernel boot to login"."""
+        return sum(p.counters.get(key, 0) for p in self.phases if p.stage == stage)
+
     def total_cost_us(self) -> float:
         return sum(c["total"] for c in self.cost.values())
 
@@ -243,9 +248,14 @@ def _phase_convert(r: _Run, ph: Phase):
     d = r.driver
     assert isinstance(d, TdDriver)
     rng = r.engine.rng
-    region = ph["region"]
     unit = ph["unit_kib"] // PAGE
-    nunits = max(1, region.npages // unit)
+    if ph["ranges"] is not None:
+        starts = [rg.start_gfn + k * unit for rg in ph["ranges"]
+                  for k in range(max(1, rg.npages // unit))]
+    else:
+        region = ph["region"]
+        starts = [region.start_gfn + k * unit for k in range(max(1, region.npages // unit))]
+    nunits = len(starts)
     think = ph["think_us"]
     to = ph["to"]
     times = ph["times"]
@@ -261,7 +271,7 @@ def _phase_convert(r: _Run, ph: Phase):
     def gen(vcpu: int):
         for i in counter:
             k = i % nunits if ph["pattern"] == "sequential" else rng.randrange(nunits)
-            gfn = region.start_gfn + k * unit
+            gfn = starts[k]
             private = d.is_private(gfn)
             if to in ("shared", "roundtrip") and private:
                 d.to_shared(vcpu, gfn, unit, ph["discard"])
@@ -358,7 +368,8 @@ def simulate(wl: Workload, preset: str = "upstream", seed: Optional[int] = None,
         run.phase_index, run.phase_name = i, ph.name
         start = eng.now
         if run.failure is not None:
-            records.append(PhaseRecord(ph.name, ph.kind, start, start, {}, skipped=True))
+            records.append(PhaseRecord(ph.name, ph.kind, start, start, {}, skipped=True,
+                                       stage=ph["stage"]))
             continue
         try:
             if ph.kind != "td_build" and isinstance(d, TdDriver) and not d.tdx.is_td_runnable():
@@ -378,7 +389,8 @@ def simulate(wl: Workload, preset: str = "upstream", seed: Optional[int] = None,
         eng.run()
         m.sample(eng.now, ph.name, d)
         after = m.snapshot(d)
-        records.append(PhaseRecord(ph.name, ph.kind, start, eng.now, diff(after, before)))
+        records.append(PhaseRecord(ph.name, ph.kind, start, eng.now, diff(after, before),
+                                   stage=ph["stage"]))
         before = after
         if progress is not None:
             progress(i, len(wl.phases), ph.name, run.total, run.total)

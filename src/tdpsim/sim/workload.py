@@ -215,13 +215,25 @@ def _size(c: _Ctx, key: str, tbl: Mapping[str, Any], required: bool = True) -> i
 
 
 def _range(c: _Ctx, key: str, v: Any, mem: int) -> Range:
+    """``{ at_mib = N, mib|kib = N }`` or, to quote gfns from a trace or a mail,
+    ``{ at_gfn = 0x7d9d7, pages = N }`` (the two start keys and the size keys mix)."""
     if not isinstance(v, dict):
         c.fail(key, "a table { at_mib = N, mib = N } (or kib = N)", v)
-    _no_extra(c, key, v, ("at_mib", "mib", "kib"))
-    if "at_mib" not in v:
+    _no_extra(c, key, v, ("at_mib", "at_gfn", "mib", "kib", "pages"))
+    if "at_mib" in v and "at_gfn" in v:
+        c.fail(f"{key}.at_gfn", "only one of at_mib or at_gfn", v["at_gfn"])
+    if "at_gfn" in v:
+        start = _int(c, f"{key}.at_gfn", v["at_gfn"], 0) * PAGE
+    elif "at_mib" in v:
+        start = _bytes(c, f"{key}.at_mib", v["at_mib"], MIB)
+    else:
         c.fail(f"{key}.at_mib", "a start address in MiB (at_mib = N)", has_got=False)
-    start = _bytes(c, f"{key}.at_mib", v["at_mib"], MIB)
-    size = _size(c, key, v)
+    if "pages" in v:
+        if "mib" in v or "kib" in v:
+            c.fail(f"{key}.pages", "only one of mib, kib or pages", v["pages"])
+        size = _int(c, f"{key}.pages", v["pages"], 1) * PAGE
+    else:
+        size = _size(c, key, v)
     if start + size > mem:
         c.fail(key, f"a range inside guest memory ({mem // MIB} MiB); "
                     f"ends at {(start + size) / MIB:g} MiB", has_got=False)
@@ -310,6 +322,9 @@ _COMMON: dict[str, tuple[Checker, Any]] = {
     "name": (_k_str, None),
     "vcpus": (_k_vcpus, "all"),
     "think_us": (_k_num(0), 1.0),
+    # Which part of the guest's life the phase belongs to (boot figures count "2M
+    # mappings from kernel boot to login" over the kernel stage only).
+    "stage": (_k_choice("build", "firmware", "kernel"), "kernel"),
 }
 
 # What each kind models is documented in docs/workloads.md and on the engine's handlers.
@@ -341,7 +356,8 @@ PHASE_KINDS: dict[str, dict[str, tuple[Checker, Any]]] = {
     },
     # Private<->shared conversions (MapGPA + KVM_SET_MEMORY_ATTRIBUTES), then re-accept.
     "convert": {
-        "region": (_k_range, REQUIRED),
+        "region": (_k_range, None),
+        "ranges": (_k_ranges, None),   # instead of region: units taken from each range
         "unit_kib": (_k_kib(), 4),
         "times": (_k_int(1), 1),
         "to": (_k_choice("shared", "private", "roundtrip"), "roundtrip"),
@@ -397,6 +413,8 @@ def _phase(c: _Ctx, i: int, v: Any, vm: VmSpec) -> Phase:
         if params["start_mib"] + params["mib"] > vm.memory_bytes:
             c.fail(f"{key}.mib", f"start_mib + mib within guest memory "
                    f"({vm.memory_bytes // MIB} MiB)", v["mib"])
+    if kind == "convert" and (params["region"] is None) == (params["ranges"] is None):
+        c.fail(key, "exactly one of region or ranges", has_got=False)
     if kind == "touch" and params["pattern"] == "hotcold" and params["hot_mib"] is None:
         c.fail(f"{key}.hot_mib", 'a hot-set size for pattern = "hotcold"', has_got=False)
     if kind == "touch" and params["shared"] and not vm.tdx:
