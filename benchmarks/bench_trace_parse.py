@@ -5,7 +5,9 @@ the kernel's formats, plus foreign events (sched_switch) and a few comment lines
 temporary file, then parses it (streaming) and "replays" the records trivially (a dispatch
 on the record class that touches one field).  Prints figures only.
 
-    PYTHONPATH=src python benchmarks/bench_trace_parse.py [-n N] [--other-ratio R]
+    PYTHONPATH=src python benchmarks/bench_trace_parse.py [-n N] [--other-ratio R] [--reference]
+
+``--reference`` also times the parser's reference path (no fast path) on the same file.
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="fraction of foreign (non-kvm) event lines")
     ap.add_argument("--mem-lines", type=int, default=200_000,
                     help="lines parsed under tracemalloc for the peak-memory figure")
+    ap.add_argument("--reference", action="store_true",
+                    help="also time the reference path (no fast path)")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as d:
@@ -127,6 +131,14 @@ def main(argv: list[str] | None = None) -> None:
               f"{st.skipped_other} other, {st.skipped_comments} comments in {dt:.2f} s")
         print(f"lines/s: {st.lines / dt:,.0f}")
         print(f"records/s: {st.parsed / dt:,.0f}")
+        if args.reference:
+            p = TraceParser(path)
+            p._use_reference = True
+            t0 = time.perf_counter()
+            replay(p)
+            dt_ref = time.perf_counter() - t0
+            print(f"reference path lines/s: {p.stats.lines / dt_ref:,.0f} "
+                  f"(fast path x{dt_ref / dt:.2f})")
 
         # Peak memory of a streaming run (tracemalloc slows the run; separate pass).
         mem_path = os.path.join(d, "trace_mem.txt")

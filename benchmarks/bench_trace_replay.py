@@ -8,9 +8,10 @@ eager split back to 4K, and a zap of the table (512 frozen children again), plus
 common path.  Two sizes (a quarter and the full size) are replayed to show that memory
 stays flat as the file grows.  Figures only, no assertions.
 
-    PYTHONPATH=src python benchmarks/bench_trace_replay.py [--mb 64] [--big]
+    PYTHONPATH=src python benchmarks/bench_trace_replay.py [--mb 64] [--big] [--reference]
 
-``--big`` writes >= 1 GB (takes a few minutes).
+``--big`` writes >= 1 GB (takes a few minutes).  ``--reference`` also times the reference
+paths (the parser without its fast path, and replay by feeding records), on the same file.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import tracemalloc
 
 from tdpsim.model import spte as S
 from tdpsim.trace import TraceParser
-from tdpsim.trace.replay import ReplayOptions, replay_trace
+from tdpsim.trace.replay import ReplayOptions, _replay, replay_trace
 
 NP = S.SHADOW_NONPRESENT_VALUE
 FZ = S.FROZEN_SPTE
@@ -137,7 +138,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(path: str, mem: bool) -> None:
+def measure(path: str, mem: bool, reference: bool = False) -> None:
     size = os.path.getsize(path)
     p = TraceParser(path)
     t0 = time.perf_counter()
@@ -151,6 +152,22 @@ def measure(path: str, mem: bool) -> None:
     print(f"  {size / 1e6:8.1f} MB {n:>10,} lines | parse only {n / t_parse:>9,.0f} lines/s | "
           f"parse+replay {n / t_replay:>9,.0f} lines/s ({t_replay:.1f} s) | "
           f"anomalies {r.anomaly_total} | pages {r.pages} | peak RSS {_rss_mb():.0f} MB")
+    if reference:
+        p = TraceParser(path)
+        p._use_reference = True
+        t0 = time.perf_counter()
+        for _ in p:
+            pass
+        t_parse_ref = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        r_ref = _replay(path, ReplayOptions(), skip_bad=False, filename=None,
+                        resolve_lines=True, fast=False)
+        t_replay_ref = time.perf_counter() - t0
+        same = "same result" if r_ref.to_dict() == r.to_dict() else "RESULTS DIFFER"
+        print(f"  {'reference':>8}    {'':>10}       | parse only {n / t_parse_ref:>9,.0f} lines/s | "
+              f"parse+replay {n / t_replay_ref:>9,.0f} lines/s ({t_replay_ref:.1f} s) | {same} | "
+              f"speed-up parse x{t_parse_ref / t_parse:.2f}, parse+replay "
+              f"x{t_replay_ref / t_replay:.2f}")
     if mem:
         tracemalloc.start()
         replay_trace(path, ReplayOptions())
@@ -165,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--big", action="store_true", help="generate >= 1 GB (1100 MB)")
     ap.add_argument("--no-tracemalloc", action="store_true",
                     help="skip the (slow) tracemalloc passes")
+    ap.add_argument("--reference", action="store_true",
+                    help="also time the reference (no fast path) parser and replay")
     args = ap.parse_args(argv)
     full = (1100 if args.big else args.mb) * 1_000_000
     with tempfile.TemporaryDirectory() as d:
@@ -174,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
             lines = generate(path, size)
             print(f"generated {lines:,} lines ({os.path.getsize(path) / 1e6:.1f} MB) in "
                   f"{time.perf_counter() - t0:.1f} s")
-            measure(path, mem=not args.no_tracemalloc)
+            measure(path, mem=not args.no_tracemalloc, reference=args.reference)
             os.unlink(path)
     print(f"python {sys.version.split()[0]}")
 

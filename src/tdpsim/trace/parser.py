@@ -178,6 +178,9 @@ def _pferr(s: str) -> int:
 
 
 _ACCESS = {a: i for i, a in enumerate(("---", "--x", "w--", "w-x", "-u-", "-ux", "wu-", "wux"))}
+#: ``int(s)`` for the canonical decimal text of 0..255 (what the u2/u4/u8/gpte regexes
+#: accept), a dict lookup being about twice as fast as ``int``.
+_SMALL = {str(i): i for i in range(256)}
 _HEX64 = r"0|[1-9a-f][0-9a-f]{0,15}"
 _HEX32 = r"0|[1-9a-f][0-9a-f]{0,7}"
 
@@ -229,11 +232,19 @@ _KIND_EXPR: dict[str, str] = {
     "access": "_ACCESS[G]", "bang": "G == '!'", "sync": "G == 'unsync'",
     "created": "G == 'new'", "reason": "G", "sym": "G[1:] if G else None",
 }
+#: The fast path's expressions: small decimals (regex-checked canonical 0..255) by lookup.
+_TAIL_EXPR: dict[str, str] = {**_KIND_EXPR, "u8": "_SMALL[G]", "u2": "_SMALL[G]",
+                              "u4": "_SMALL[G]", "gpte": "_SMALL[G]"}
 
-_HDR_PATTERN = (
+#: Header up to (and including) the blank before the timestamp: comm, pid, tgid, cpu, flags.
+_HDR_PREFIX = (
     r"[ \t]*(.+?)-([0-9]{1,10})[ \t]+(?:\([ \t]*([0-9]{1,10}|-+)\)[ \t]+)?\[([0-9]{1,6})\][ \t]+"
-    r"(?:([^ \t]{1,8})[ \t]+)?([0-9]{1,20}(?:\.[0-9]{1,12})?)"
+    r"(?:([^ \t]{1,8})[ \t]+)?"
 )
+#: The timestamp (no blanks, so it is exactly the text after the last blank of the header).
+_HDR_TS = r"([0-9]{1,20}(?:\.[0-9]{1,12})?)"
+_HDR_PATTERN = _HDR_PREFIX + _HDR_TS
+_HEADER_FIELDS = ("comm", "pid", "cpu", "timestamp", "lineno", "tgid", "flags")
 
 
 def _tgid(s: str) -> int:
@@ -247,7 +258,7 @@ class _Template:
     """A TP_printk-like template: literal text with ``{name:kind}`` fields."""
 
     __slots__ = ("text", "style", "tokens", "regex", "convs", "names", "assemble", "suffix",
-                 "_prefixes", "fast", "line_regex", "line_fast")
+                 "_prefixes", "fast", "line_regex", "line_fast", "tail_regex")
 
     def __init__(self, text: str, style: str,
                  assemble: Callable[[list[Any]], tuple[Any, ...]] | tuple[Any, ...] = ()) -> None:
@@ -295,6 +306,48 @@ class _Template:
             re.ASCII,
         )
         self.line_fast = self._gen(build)
+
+    def bind_tail(self, cls: type[TraceRecord], ns: dict[str, Any], t: int) -> dict[str, Any]:
+        """Compile the fast path's regex, ``tail_regex``: timestamp + ``: <event>:`` + body,
+        matched from the start of the timestamp (the header before it comes from a cache,
+        see :meth:`TraceParser._header`); and return the source fragments that convert its
+        match (the same conversions and checks as ``line_fast``), for :func:`_gen_fast`.
+        Names for the generated code go into ``ns`` (suffixed with the template index
+        ``t``)."""
+        self.tail_regex = re.compile(
+            _HDR_TS + re.escape(": " + cls.EVENT + ":") + r"[ \t]*"
+            + self._pattern(self.tokens) + r"[ \t\r\n\x00]*",
+            re.ASCII,
+        )
+        ns[f"_m{t}"] = self.tail_regex.fullmatch
+        names = [f.name for f in dataclasses.fields(cls)]
+        nhdr = len(_HEADER_FIELDS)
+        assert names[:nhdr] == list(_HEADER_FIELDS), names
+        kinds = [k for _, k in self.tokens if k is not None]
+        gs = [f"g{i}" for i in range(len(kinds))]
+        ns[f"_asm{t}"] = self.assemble
+        ns[f"_sfx{t}"] = self.suffix
+        exprs = []
+        for i, k in enumerate(kinds):
+            if k in _TAIL_EXPR:
+                exprs.append("(" + _TAIL_EXPR[k].replace("G", gs[i]) + ")")
+            else:
+                ns[f"_c{t}_{i}"] = _KINDS[k][1]
+                exprs.append(f"_c{t}_{i}({gs[i]})")
+        n_ev = len(names) - nhdr
+        if self.assemble is None:
+            if len(exprs) + len(self.suffix) != n_ev:
+                raise TypeError(f"{cls.__name__}: template {self.text!r} does not fill the fields")
+            conv = [f"v{i} = {e}" for i, e in enumerate(exprs)]
+            vals = [f"v{i}" for i in range(len(exprs))] + [f"_sfx{t}[{i}]" for i in range(len(self.suffix))]
+        else:
+            vals = [f"v{i}" for i in range(n_ev)]
+            conv = [f"{''.join(v + ', ' for v in vals)}= _asm{t}([{', '.join(exprs)}])"]
+        return {
+            # m -> ts, v0, v1, ... (may raise: then the reference path decides)
+            "convert": [f"ts, {''.join(g + ', ' for g in gs)}= m.groups()", *conv],
+            "values": vals,
+        }
 
     def _gen(self, build: Callable[..., TraceRecord] | None) -> Callable[..., Any]:
         """Generate the converter.  ``build is None``: ``fast(body_match) -> event field
@@ -556,16 +609,84 @@ def _make_builder(cls: type[TraceRecord]) -> Callable[..., TraceRecord]:
     return ns["factory"](object.__new__, cls, *setters)  # type: ignore[no-any-return]
 
 
-def _bind_event(cls: type[TraceRecord]) -> tuple[str, tuple[tuple[Any, Any], ...], list[_Template]]:
+def _gen_fast(cls: type[TraceRecord], templates: list[_Template]) -> tuple[Any, Any]:
+    """Generate the fast path of one event (all its templates, in order, as the reference
+    tries them: the first whose regex matches decides; if its conversion fails the line
+    goes to the reference path):
+
+    * ``record(line, j, hdr, lineno) -> record | None`` (None: use the reference path);
+    * ``make_push(handler, sink, events) -> (push, fold)``:
+      ``push(line, j, hdr, lineno) -> bool`` on success counts the event and calls
+      ``handler(line, lineno, hdr, timestamp, *event_fields)`` or, when ``handler`` is
+      None, ``sink(record, line)``, and returns True; it returns False (nothing counted or
+      called) when the reference path must decide.  Exceptions of the handler or the sink
+      propagate.  The count goes to ``events`` when ``fold()`` is called (the key is
+      inserted at the first push, keeping the dict's first-seen order).
+
+    ``hdr`` is ``(comm, pid, cpu, tgid, flags)`` (:meth:`TraceParser._header`)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    ns: dict[str, Any] = {"_ACCESS": _ACCESS, "_SMALL": _SMALL, "_new": object.__new__,
+                          "_cls": cls, "_name": cls.EVENT}
+    for i, n in enumerate(names):
+        ns[f"_s{i}"] = getattr(cls, n).__set__
+    hdr_vals = ["comm", "pid", "cpu", "ts", "lineno", "tgid", "flags"]
+    frags = [t.bind_tail(cls, ns, i) for i, t in enumerate(templates)]
+
+    def build(vals: list[str], ind: str) -> list[str]:
+        return [ind + "comm, pid, cpu, tgid, flags = hdr", ind + "o = _new(_cls)"] + [
+            f"{ind}_s{i}(o, {v})" for i, v in enumerate(hdr_vals + vals)]
+
+    rec = ["def record(line, j, hdr, lineno):"]
+    # ``n`` counts the pushed lines; ``fold()`` adds it to ``events`` (the key is inserted
+    # at the first one, so the dict keeps the first-seen order of iterating)
+    head = ["def make_push(_h, _sink, _events):", " n = 0",
+            " def push(line, j, hdr, lineno):", "  nonlocal n"]
+    count = ["   if not n:", "    _events.setdefault(_name, 0)", "   n += 1"]
+    push_h, push_r = list(head), list(head)
+    for i, fr in enumerate(frags):
+        conv, vals = fr["convert"], fr["values"]
+        rec += [f" m = _m{i}(line, j)", " if m is not None:", "  try:",
+                *("   " + c for c in conv), *build(vals, "   "),
+                "  except Exception:", "   return None", "  return o"]
+        push_h += [f"  m = _m{i}(line, j)", "  if m is not None:", "   try:",
+                   *("    " + c for c in conv),
+                   "   except Exception:", "    return False",
+                   *count, f"   _h(line, lineno, hdr, ts, {', '.join(vals)})", "   return True"]
+        push_r += [f"  m = _m{i}(line, j)", "  if m is not None:", "   try:",
+                   *("    " + c for c in conv), *build(vals, "    "),
+                   "   except Exception:", "    return False",
+                   *count, "   _sink(o, line)", "   return True"]
+    rec.append(" return None")
+    tail = ["  return False", " def fold():", "  nonlocal n", "  if n:",
+            "   _events[_name] += n", "   n = 0", " return push, fold"]
+    push_h += tail
+    push_r += tail
+    ns_h = dict(ns)
+    exec("\n".join(rec), ns)  # noqa: S102 - generated from the fixed templates above
+    exec("\n".join(push_h), ns_h)  # noqa: S102
+    exec("\n".join(push_r), ns)  # noqa: S102
+    make_h, make_r = ns_h["make_push"], ns["make_push"]
+
+    def make_push(handler: Callable[..., Any] | None, sink: Callable[[TraceRecord, str], Any],
+                  events: dict[str, int]) -> tuple[Callable[..., bool], Callable[[], None]]:
+        return (make_r if handler is None else make_h)(handler, sink, events)  # type: ignore[no-any-return]
+
+    return ns["record"], make_push
+
+
+def _bind_event(cls: type[TraceRecord]) -> tuple[Any, ...]:
+    """``(name, fast, templates, record, make_push)``: ``fast`` are the reference
+    whole-line (regex, converter) pairs in template order; ``record``/``make_push`` the
+    fast path (:func:`_gen_fast`)."""
     build = _make_builder(cls)
     templates = _TEMPLATES[cls]
     for t in templates:
         t.bind(cls.EVENT, build)
     fast = tuple((t.line_regex.fullmatch, t.line_fast) for t in templates)  # type: ignore[union-attr]
-    return cls.EVENT, fast, templates
+    return (cls.EVENT, fast, templates, *_gen_fast(cls, templates))
 
 
-_EVENTS: dict[str, tuple[str, tuple[tuple[Any, Any], ...], list[_Template]]] = {
+_EVENTS: dict[str, tuple[Any, ...]] = {
     cls.EVENT: _bind_event(cls) for cls in EVENT_CLASSES.values()
 }
 assert set(_EVENTS) == set(EVENT_CLASSES)
@@ -588,6 +709,9 @@ def _parse_body(templates: list[_Template], body: str) -> tuple[Any, ...]:
 # ---------------------------------------------------------------------------------------
 
 _HDR_RE = re.compile(_HDR_PATTERN, re.ASCII)
+_HDR_PREFIX_RE = re.compile(_HDR_PREFIX, re.ASCII)
+#: Parsed header prefixes kept per parser (distinct task/cpu/flags combinations).
+_HCACHE_MAX = 4096
 _LOST_RE = re.compile(r"CPU:?\s*\d+\s*\[LOST (\d+) EVENTS\]", re.ASCII)
 _DIGITS = frozenset("0123456789")
 
@@ -625,6 +749,9 @@ class TraceParser:
             if unknown:
                 raise ValueError(f"unsupported events: {sorted(unknown)}")
             self._table = {k: v for k, v in _EVENTS.items() if k in wanted}
+        self._hcache: dict[str, tuple[Any, ...] | bool] = {}
+        #: use the reference loop (no fast path); for tests and comparisons
+        self._use_reference = False
 
     def __iter__(self) -> Iterator[TraceRecord]:
         src = self.source
@@ -634,8 +761,197 @@ class TraceParser:
         else:
             yield from self._run(src)  # type: ignore[arg-type]
 
-    # The hot loop.  Kept in one function with local aliases on purpose.
+    # The hot loops: ``_run`` yields records, ``_drive`` calls handlers.  Each is kept in
+    # one function with local aliases on purpose; both classify lines exactly like
+    # ``_run_reference``.
+    #
+    # Fast path.  When the first ": " of a line follows a digit and the text up to the next
+    # ":" names one of our events, the header up to the blank before the timestamp,
+    # ``line[:j]``, is looked up in a bounded cache of parsed headers (:meth:`_header`),
+    # and one regex matches timestamp + ``: <event>:`` + body from ``j`` (``tail_regex``).
+    # That is exactly the whole-line regex's result: the timestamp has no blank and the
+    # header ends with one, so the two meet at ``j``; and no other ": " precedes this one,
+    # so a differently split comm cannot match first.  Whenever the fast path does not
+    # produce a value (cache says the header is bad, no tail regex matches, a converter
+    # raises), the line goes to :meth:`_reference`, i.e. the unchanged reference path,
+    # which builds the record or reports the error exactly as before.
+
     def _run(self, lines: Iterable[Any]) -> Iterator[TraceRecord]:
+        if self._use_reference:
+            yield from self._run_reference(lines)
+            return
+        stats = self.stats
+        table = self._table
+        events = stats.events
+        digits = _DIGITS
+        hcache = self._hcache
+        header = self._header
+        reference = self._reference
+        lineno = 0
+        other = 0
+        try:
+            for line in lines:
+                lineno += 1
+                if line.__class__ is not str:
+                    line = line.decode("utf-8", "replace") if isinstance(line, (bytes, bytearray)) else str(line)
+                k = line.find(": ")
+                if k <= 0 or line[k - 1] not in digits:
+                    k = self._slow_locate(line)
+                    if k < 0:
+                        continue
+                    first = False
+                else:
+                    first = True
+                e = line.find(":", k + 2)
+                if e < 0:
+                    other += 1
+                    continue
+                ent = table.get(line[k + 2:e])
+                if ent is None:
+                    if " " in line[k + 2:e]:
+                        # the ': ' found is probably inside the task name; look further
+                        found = self._next_event(line, k)
+                        if found is not None:
+                            k, e = found
+                            ent = table.get(line[k + 2:e])
+                            first = False
+                    if ent is None:
+                        other += 1
+                        continue
+                rec = None
+                if first:
+                    j = line.rfind(" ", 0, k) + 1
+                    pre = line[:j]
+                    hdr = hcache.get(pre)
+                    if hdr is None:
+                        hdr = header(pre)
+                    if hdr:
+                        rec = ent[3](line, j, hdr, lineno)
+                if rec is None:
+                    rec = reference(line, k, e, lineno, ent)
+                    if rec is None:
+                        continue
+                name = ent[0]
+                events[name] = events.get(name, 0) + 1
+                yield rec
+        finally:
+            stats.lines += lineno
+            stats.skipped_other += other
+
+    def _drive(self, lines: Iterable[Any], sink: Callable[[TraceRecord, str], Any],
+               handlers: dict[str, Callable[..., Any]]) -> None:
+        """Parse ``lines`` as iterating would, but push instead of yielding: a line of an
+        event in ``handlers`` that takes the fast path is passed as
+        ``handlers[event](line, lineno, hdr, timestamp, *event_fields)`` (``hdr`` =
+        ``(comm, pid, cpu, tgid, flags)``; the event fields in the record's field order)
+        without building a record; every other record goes to ``sink(record, line)``.
+        Statistics, errors and ``skip_bad`` are exactly those of iterating, except that
+        the fast path's share of ``stats.events`` is added when the run ends (as
+        ``lines`` and ``skipped_other`` are), not live."""
+        stats = self.stats
+        events = stats.events
+        # name -> (*entry, push, fold)
+        table = {name: (*ent, *ent[4](handlers.get(name), sink, events))
+                 for name, ent in self._table.items()}
+        digits = _DIGITS
+        hcache = self._hcache
+        header = self._header
+        reference = self._reference
+        lineno = 0
+        other = 0
+        try:
+            for line in lines:
+                lineno += 1
+                if line.__class__ is not str:
+                    line = line.decode("utf-8", "replace") if isinstance(line, (bytes, bytearray)) else str(line)
+                k = line.find(": ")
+                if k <= 0 or line[k - 1] not in digits:
+                    k = self._slow_locate(line)
+                    if k < 0:
+                        continue
+                    first = False
+                else:
+                    first = True
+                e = line.find(":", k + 2)
+                if e < 0:
+                    other += 1
+                    continue
+                ent = table.get(line[k + 2:e])
+                if ent is None:
+                    if " " in line[k + 2:e]:
+                        found = self._next_event(line, k)
+                        if found is not None:
+                            k, e = found
+                            ent = table.get(line[k + 2:e])
+                            first = False
+                    if ent is None:
+                        other += 1
+                        continue
+                if first:
+                    j = line.rfind(" ", 0, k) + 1
+                    pre = line[:j]
+                    hdr = hcache.get(pre)
+                    if hdr is None:
+                        hdr = header(pre)
+                    if hdr and ent[5](line, j, hdr, lineno):
+                        continue
+                rec = reference(line, k, e, lineno, ent)
+                if rec is None:
+                    continue
+                name = ent[0]
+                events[name] = events.get(name, 0) + 1
+                sink(rec, line)
+        finally:
+            stats.lines += lineno
+            stats.skipped_other += other
+            for ent in table.values():
+                ent[6]()
+
+    def _header(self, pre: str) -> tuple[Any, ...] | bool:
+        """Parse (and cache) a header prefix: ``(comm, pid, cpu, tgid, flags)``, or False
+        when it does not match.  The cache is emptied when full (memory stays flat)."""
+        m = _HDR_PREFIX_RE.fullmatch(pre)
+        if m is None:
+            hdr: tuple[Any, ...] | bool = False
+        else:
+            comm, pid, tgid, cpu, flags = m.groups()
+            hdr = (comm, int(pid), int(cpu), None if tgid is None else _tgid(tgid), flags)
+        cache = self._hcache
+        if len(cache) >= _HCACHE_MAX:
+            cache.clear()
+        cache[pre] = hdr
+        return hdr
+
+    def _reference(self, line: str, k: int, e: int, lineno: int,
+                   ent: tuple[Any, ...]) -> TraceRecord | None:
+        """The reference path for one event line: the record, or None for a bad line
+        counted with ``skip_bad`` (else :class:`TraceParseError` is raised)."""
+        name, fast, templates = ent[:3]
+        rec = None
+        try:
+            for match, conv in fast:
+                m = match(line)
+                if m is not None:
+                    rec = conv(m, lineno)
+                    break
+        except Exception:
+            rec = None
+        if rec is None:
+            # Slow path: find and name the offending field (or build the record the
+            # careful way if the whole-line regex was merely too strict).
+            try:
+                rec = self._slow_record(line, k, e, lineno, name, templates)
+            except _FieldError as exc:
+                self._bad(self.filename, lineno, line, exc.field, exc.reason, name)
+                return None
+            except Exception as exc:  # safety net: never leak anything else
+                self._bad(self.filename, lineno, line, "?", f"internal error: {exc!r}", name)
+                return None
+        return rec
+
+    # The reference loop (the parser before the fast path), kept to check the fast path
+    # against: ``_use_reference = True`` makes iteration use it.
+    def _run_reference(self, lines: Iterable[Any]) -> Iterator[TraceRecord]:
         stats = self.stats
         table = self._table
         events = stats.events
@@ -668,7 +984,7 @@ class TraceParser:
                     if ent is None:
                         other += 1
                         continue
-                name, fast, templates = ent
+                name, fast, templates = ent[:3]
                 rec = None
                 try:
                     for match, conv in fast:

@@ -176,11 +176,16 @@ class TraceRecord:
     def timestamp_ns(self) -> int:
         """Timestamp as integer nanoseconds (exact; no float).  A timestamp without a
         fractional part (counter clocks) is returned unchanged."""
-        sec, dot, frac = self.timestamp.partition(".")
-        if not dot:
-            return int(sec)
-        frac = (frac + "000000000")[:9]
-        return int(sec) * 1_000_000_000 + int(frac)
+        return timestamp_to_ns(self.timestamp)
+
+
+def timestamp_to_ns(timestamp: str) -> int:
+    """:attr:`TraceRecord.timestamp_ns` of a timestamp text."""
+    sec, dot, frac = timestamp.partition(".")
+    if not dot:
+        return int(sec)
+    frac = (frac + "000000000")[:9]
+    return int(sec) * 1_000_000_000 + int(frac)
 
 
 # ---------------------------------------------------------------------------------------

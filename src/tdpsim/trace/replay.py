@@ -58,7 +58,8 @@ from ..model.spte import (
     SPTE_LEVEL_BITS,
     ACC_ALL,
     PAGE_SHIFT,
-    is_frozen_spte,
+    PT_PAGE_SIZE_MASK,
+    SPTE_MMU_PRESENT_MASK,
     is_last_spte,
     is_shadow_present_pte,
     make_small_spte,
@@ -69,6 +70,7 @@ from ..model.spte import (
 )
 from .parser import TraceParseError, TraceParser, TraceStats
 from .records import (
+    EVENT_CLASSES,
     FastPageFault,
     KvmEntry,
     KvmMmuGetPage,
@@ -79,6 +81,7 @@ from .records import (
     KvmTdpMmuSpteChanged,
     MarkMmioSpte,
     TraceRecord,
+    timestamp_to_ns,
 )
 
 __all__ = [
@@ -394,6 +397,7 @@ class TraceReplayer:
         self.opts = opts = options or ReplayOptions()
         self.filename = filename
         self._current_line = current_line or (lambda: None)
+        self._line: str | None = None  # the line being replayed (replay_trace's fast path)
         self.pages = [0, 0, 0]
         self.counters: dict[str, int] = dict.fromkeys((
             "spte_changes", "installs", "links", "splits", "split_failures", "promotions",
@@ -437,10 +441,58 @@ class TraceReplayer:
             pid = rec.pid
             task = self._tasks.get(pid)
             if task is None:
-                task = self._new_task(rec)
+                task = self._new_task(rec.comm, pid)
             h(rec, task)
         if self.records >= self._next_sample:
             self._sample(rec)
+
+    # Handlers for TraceParser._drive: the same as feeding the record that the line
+    # would give (``hdr`` = (comm, pid, cpu, tgid, flags), ``ts`` the timestamp text).
+
+    def _fast_changed(self, line: str, ln: int, hdr: tuple[Any, ...], ts: str, as_id: int,
+                      gfn: int, level: int, old: int, new: int) -> None:
+        """``kvm_tdp_mmu_spte_changed`` without a record."""
+        self._line = line
+        self.records += 1
+        task = self._tasks.get(hdr[1])
+        if task is None:
+            task = self._new_task(hdr[0], hdr[1])
+        if new == FROZEN_SPTE:  # _changed, minus one call on the most frequent case
+            self.counters["spte_changes"] += 1
+            self._frozen_child(task, level, gfn, old, ln)
+        else:
+            self._changed(task, level, gfn, old, new, ln)
+        if self.records >= self._next_sample:
+            self._sample_at(ln, ts)
+
+    def _fast_set_spte(self, line: str, ln: int, hdr: tuple[Any, ...], ts: str, gfn: int,
+                       spte: int, level: int, sptep: int, r: bool, w: bool, x: bool,
+                       u: int) -> None:
+        """``kvm_mmu_set_spte`` without a record."""
+        self._line = line
+        self.records += 1
+        task = self._tasks.get(hdr[1])
+        if task is None:
+            task = self._new_task(hdr[0], hdr[1])
+        self._set_spte(task, gfn, spte, level, sptep, ln)
+        if self.records >= self._next_sample:
+            self._sample_at(ln, ts)
+
+    def _fast_other(self, line: str, ln: int, hdr: tuple[Any, ...], ts: str, *_: Any) -> None:
+        """An event the replayer only counts."""
+        self.records += 1
+        if self.records >= self._next_sample:
+            self._sample_at(ln, ts)
+
+    def _drive_handlers(self) -> dict[str, Callable[..., None]]:
+        """``TraceParser._drive`` handlers: every event whose record :meth:`feed` would
+        only count, plus the two hot SPTE events."""
+        out: dict[str, Callable[..., None]] = {
+            cls.EVENT: self._fast_other for cls in EVENT_CLASSES.values()
+            if cls not in self._handlers}
+        out[KvmTdpMmuSpteChanged.EVENT] = self._fast_changed
+        out[KvmMmuSetSpte.EVENT] = self._fast_set_spte
+        return out
 
     def record_parse_error(self, err: TraceParseError) -> None:
         self._anomaly("parse_error", f"field '{err.field}': {err.reason}",
@@ -465,11 +517,11 @@ class TraceReplayer:
 
     _last_line = 0
 
-    def _new_task(self, rec: TraceRecord) -> _Task:
-        m = _VCPU_COMM.fullmatch(rec.comm)
-        label = f"vcpu{m.group(1)}" if m else f"{rec.comm}-{rec.pid}"
+    def _new_task(self, comm: str, pid: int) -> _Task:
+        m = _VCPU_COMM.fullmatch(comm)
+        label = f"vcpu{m.group(1)}" if m else f"{comm}-{pid}"
         task = _Task(label, self._actor(label))
-        self._tasks[rec.pid] = task
+        self._tasks[pid] = task
         return task
 
     def _actor(self, label: str) -> ActorStats:
@@ -484,6 +536,15 @@ class TraceReplayer:
         except ValueError:
             ts = 0
         self._append_sample(rec.lineno, ts)
+        self._next_sample = self.records + self._sample_every
+
+    def _sample_at(self, lineno: int, timestamp: str) -> None:
+        """:meth:`_sample` from a parsed line's values."""
+        try:
+            ts = timestamp_to_ns(timestamp)
+        except ValueError:
+            ts = 0
+        self._append_sample(lineno, ts)
         self._next_sample = self.records + self._sample_every
 
     def _append_sample(self, lineno: int, ts: int) -> None:
@@ -513,7 +574,7 @@ class TraceReplayer:
     # --- roots --------------------------------------------------------------------------
 
     def _on_get_page(self, rec: KvmMmuGetPage, task: _Task) -> None:
-        self._pre(task, rec)
+        self._pre(task, rec.lineno)
         level = rec.level
         if rec.gfn not in (0, None) or level < 4:
             return  # a child page; the link that follows says where it goes
@@ -563,20 +624,18 @@ class TraceReplayer:
     # --- the main event ------------------------------------------------------------------
 
     def _on_changed(self, rec: KvmTdpMmuSpteChanged, task: _Task) -> None:
+        self._changed(task, rec.level, rec.gfn, rec.old_spte, rec.new_spte, rec.lineno)
+
+    def _changed(self, task: _Task, level: int, gfn: int, old: int, new: int, ln: int) -> None:
         """``kvm_tdp_mmu_spte_changed`` — ``handle_changed_spte``'s trace (§4.4)."""
         self.counters["spte_changes"] += 1
-        new = rec.new_spte
-        if is_frozen_spte(new):
-            self._frozen_child(rec, task)
+        if new == FROZEN_SPTE:
+            self._frozen_child(task, level, gfn, old, ln)
             return
         if task.removals:
             self._close_removals(task)
         if task.pending_split is not None:
             self._check_pending_split(task, None)
-        level = rec.level
-        gfn = rec.gfn
-        old = rec.old_spte
-        ln = rec.lineno
         self._last_line = ln
         if not PG_LEVEL_4K <= level <= 5:
             self._anomaly("bad_level", f"level {level} outside 1..5", lineno=ln)
@@ -614,7 +673,7 @@ class TraceReplayer:
                 root = self._learning_root(task)
                 match = self._learning_table(root, level, gfn)
             else:
-                match = self._mismatch(rec, task, first, idx, ntables)
+                match = self._mismatch(task, first, idx, ntables, level, gfn, old, ln)
         self._apply(match, idx, old, new, level, gfn, ln, task, ambiguous)
 
     def _tie_break(self, a: _Table, b: _Table, task: _Task) -> _Table:
@@ -637,15 +696,13 @@ class TraceReplayer:
         root.tables[_table_key(gfn, level)] = t
         return t
 
-    def _mismatch(self, rec: KvmTdpMmuSpteChanged, task: _Task, first: _Table, idx: int,
-                  ntables: int) -> _Table:
+    def _mismatch(self, task: _Task, first: _Table, idx: int, ntables: int, level: int,
+                  gfn: int, old: int, ln: int) -> _Table:
         """No root holds ``old_spte``.  Accept hardware A/D updates and the X bit that
         ``make_small_spte`` restores with the NX workaround; else flag and resync."""
-        old = rec.old_spte
-        level = rec.level
         best = first
         for root in self._roots:
-            t = root.tables.get(_table_key(rec.gfn, level))
+            t = root.tables.get(_table_key(gfn, level))
             if t is None:
                 continue
             cur = t.spt[idx]
@@ -660,9 +717,9 @@ class TraceReplayer:
         where = f"root {best.root.root_id} ({best.root.kind or 'unknown'})"
         self._anomaly(
             "old_spte_mismatch",
-            f"level {level} gfn {rec.gfn:#x}: old_spte {old:#x} but the replayer holds "
+            f"level {level} gfn {gfn:#x}: old_spte {old:#x} but the replayer holds "
             f"{cur:#x} in {where}" + (f" (one of {ntables} roots)" if ntables > 1 else ""),
-            lineno=rec.lineno, also=(best.lines[idx],))
+            lineno=ln, also=(best.lines[idx],))
         return best
 
     def _apply(self, t: _Table, idx: int, old: int, new: int, level: int, gfn: int,
@@ -774,9 +831,9 @@ class TraceReplayer:
         else:
             child = _Table(root, child_level, gfn, pfn, 0)
             nx = self.opts.policy.nx_huge_pages
-            spt = child.spt
-            for i in range(SPTE_ENT_PER_PAGE):
-                spt[i] = make_small_spte(huge, child_level, i, ACC_ALL, nx)
+            mk = make_small_spte
+            child.spt = array("Q", [mk(huge, child_level, i, ACC_ALL, nx)
+                                    for i in range(SPTE_ENT_PER_PAGE)])
             child.lines = array("I", [ln]) * SPTE_ENT_PER_PAGE
             child.split_from = ln
         old_child = root.tables.get(_table_key(gfn, child_level))
@@ -816,10 +873,7 @@ class TraceReplayer:
         task.stats.tables_removed += 1
         task.removals.append(_Removal(child, ln))
 
-    def _frozen_child(self, rec: KvmTdpMmuSpteChanged, task: _Task) -> None:
-        level = rec.level
-        gfn = rec.gfn
-        ln = rec.lineno
+    def _frozen_child(self, task: _Task, level: int, gfn: int, old: int, ln: int) -> None:
         self._last_line = ln
         removals = task.removals
         while removals:
@@ -834,8 +888,8 @@ class TraceReplayer:
                           "by this task is in progress", lineno=ln)
             return
         idx = (gfn >> ((level - 1) * 9)) & 511
-        old = rec.old_spte
-        cur = t.spt[idx]
+        spt = t.spt
+        cur = spt[idx]
         if cur != old and cur != UNKNOWN_SPTE:
             if not _hw_ad_update(cur, old, level):
                 self._anomaly("old_spte_mismatch",
@@ -844,20 +898,22 @@ class TraceReplayer:
                               lineno=ln, also=(t.lines[idx], r.lineno))
             else:
                 self.counters["hw_ad_updates"] += 1
-        t.spt[idx] = FROZEN_SPTE
+        spt[idx] = FROZEN_SPTE
         t.lines[idx] = ln
         self.counters["frozen_children"] += 1
         r.frozen += 1
-        if is_shadow_present_pte(old) and old != UNKNOWN_SPTE:
-            if is_last_spte(old, level):
+        # is_shadow_present_pte(old) / is_last_spte(old, level), inlined (hot path)
+        if old & SPTE_MMU_PRESENT_MASK and old != UNKNOWN_SPTE:
+            if level == PG_LEVEL_4K or old & PT_PAGE_SIZE_MASK:
                 self.pages[level - 1] -= 1
             else:
                 self._detach(t.root, old, level, gfn, ln, task)
 
     def _close_removal(self, r: _Removal) -> None:
         t = r.table
+        # is_shadow_present_pte(v), inlined: this runs over 512 entries per removed table
         left = [i for i, v in enumerate(t.spt)
-                if v != UNKNOWN_SPTE and is_shadow_present_pte(v)]
+                if v & SPTE_MMU_PRESENT_MASK and v != UNKNOWN_SPTE]
         if left and r.silent and not r.frozen:
             for i in left:
                 if is_last_spte(t.spt[i], t.level):
@@ -885,13 +941,13 @@ class TraceReplayer:
 
     # --- the other events ------------------------------------------------------------
 
-    def _pre(self, task: _Task, rec: TraceRecord) -> None:
+    def _pre(self, task: _Task, ln: int, split: bool = False) -> None:
         """Any event of a task that is not part of a table removal ends that removal."""
-        self._last_line = rec.lineno
+        self._last_line = ln
         if task.removals:
             self._close_removals(task)
-        if task.pending_split is not None and rec.__class__ is not KvmMmuSplitHugePage:
-            self._check_pending_split(task, rec)
+        if task.pending_split is not None and not split:
+            self._check_pending_split(task, None)
 
     def _check_pending_split(self, task: _Task, rec: TraceRecord | None) -> None:
         # A leaf -> table change is always followed by kvm_mmu_split_huge_page from the
@@ -906,7 +962,7 @@ class TraceReplayer:
 
     def _on_split(self, rec: KvmMmuSplitHugePage, task: _Task) -> None:
         """``kvm_mmu_split_huge_page``: the stats moved with the link before it."""
-        self._pre(task, rec)
+        self._pre(task, rec.lineno, True)
         ps = task.pending_split
         task.pending_split = None
         if rec.errno:
@@ -934,35 +990,36 @@ class TraceReplayer:
                       "just removed", lineno=rec.lineno)
 
     def _on_set_spte(self, rec: KvmMmuSetSpte, task: _Task) -> None:
+        self._set_spte(task, rec.gfn, rec.spte, rec.level, rec.sptep, rec.lineno)
+
+    def _set_spte(self, task: _Task, gfn: int, spte: int, level: int, at: int, ln: int) -> None:
         """``kvm_mmu_set_spte``: ``at`` names the table, hence the root (§8.2)."""
-        self._pre(task, rec)
-        at = rec.sptep
+        self._pre(task, ln)
         t = self._by_pfn.get(at >> PAGE_SHIFT)
         li = task.last_install
         task.last_install = None
         if t is None:
             return
         idx = (at & 0xFFF) >> 3
-        level = rec.level
-        if t.level != level or SPTE_INDEX(rec.gfn, level) != idx \
-                or not t.base <= rec.gfn < t.base + (1 << (level * 9)):
+        if t.level != level or SPTE_INDEX(gfn, level) != idx \
+                or not t.base <= gfn < t.base + (1 << (level * 9)):
             self._anomaly("set_spte_mismatch",
-                          f"set_spte level {level} gfn {rec.gfn:#x} at {at:#x}, but that "
+                          f"set_spte level {level} gfn {gfn:#x} at {at:#x}, but that "
                           f"address is entry {idx} of the level-{t.level} table at gfn "
-                          f"{t.base:#x}", lineno=rec.lineno)
+                          f"{t.base:#x}", lineno=ln)
             return
         cur = t.spt[idx]
-        if cur == rec.spte or cur == UNKNOWN_SPTE:
+        if cur == spte or cur == UNKNOWN_SPTE:
             if cur == UNKNOWN_SPTE:
-                t.spt[idx] = rec.spte
+                t.spt[idx] = spte
             return
-        if li is not None and li[0] is not t and li[4] == rec.gfn and li[5] == level \
-                and cur == li[2] and li[3] == rec.spte:
+        if li is not None and li[0] is not t and li[4] == gfn and li[5] == level \
+                and cur == li[2] and li[3] == spte:
             # The install went to the wrong one of several roots holding the same
             # non-present SPTE: move it where 'at' says it is.
             wrong, widx = li[0], li[1]
             wrong.spt[widx] = li[2]
-            t.spt[idx] = rec.spte
+            t.spt[idx] = spte
             t.lines[idx] = wrong.lines[widx]
             wrong.root.changes -= 1
             t.root.changes += 1
@@ -970,17 +1027,17 @@ class TraceReplayer:
             task.last_root = t.root
             return
         self._anomaly("set_spte_mismatch",
-                      f"set_spte level {level} gfn {rec.gfn:#x} spte {rec.spte:#x}, but the "
-                      f"replayer holds {cur:#x} at {at:#x}", lineno=rec.lineno,
+                      f"set_spte level {level} gfn {gfn:#x} spte {spte:#x}, but the "
+                      f"replayer holds {cur:#x} at {at:#x}", lineno=ln,
                       also=(t.lines[idx],))
 
     def _on_mark_mmio(self, rec: MarkMmioSpte, task: _Task) -> None:
-        self._pre(task, rec)
+        self._pre(task, rec.lineno)
         task.last_install = None
 
     def _on_page_fault(self, rec: KvmPageFault, task: _Task) -> None:
         """``kvm_page_fault``: the only text with the TDX shared bit (§2.4)."""
-        self._pre(task, rec)
+        self._pre(task, rec.lineno)
         self.counters["faults"] += 1
         if rec.vcpu_id is not None and not task.label.startswith("vcpu"):
             task.label = f"vcpu{rec.vcpu_id}"
@@ -994,14 +1051,14 @@ class TraceReplayer:
             task.fault_kind = "mirror" if self._tdx else "direct"
 
     def _on_entry(self, rec: KvmEntry, task: _Task) -> None:
-        self._pre(task, rec)
+        self._pre(task, rec.lineno)
         task.fault_kind = None
         task.last_install = None
 
     def _on_fast_page_fault(self, rec: FastPageFault, task: _Task) -> None:
         """``fast_page_fault`` fixes a leaf with a cmpxchg that ``handle_changed_spte``
         never sees: apply it by ``sptep``."""
-        self._pre(task, rec)
+        self._pre(task, rec.lineno)
         if not rec.fixed:
             return
         self.counters["fast_fixed"] += 1
@@ -1039,26 +1096,52 @@ def replay_trace(source: str | os.PathLike[str] | Iterable[str],
     ``resolve_lines``, a second pass fills in the text of earlier lines that anomalies
     point at (the line being replayed is captured as it goes).
     """
+    return _replay(source, options, skip_bad=skip_bad, filename=filename,
+                   resolve_lines=resolve_lines, fast=True)
+
+
+def _replay(source: str | os.PathLike[str] | Iterable[str], options: ReplayOptions | None,
+            *, skip_bad: bool, filename: str | None, resolve_lines: bool,
+            fast: bool) -> ReplayResult:
+    """:func:`replay_trace`.  ``fast=False`` is the reference implementation (records
+    from iterating the reference parser, fed one by one), kept for tests."""
     if filename is None:
         filename = os.fspath(source) if isinstance(source, (str, os.PathLike)) \
             else str(getattr(source, "name", "<stream>"))
-    cur: list[str | None] = [None]
-
-    def tap(lines: Iterable[str]) -> Iterator[str]:
-        for line in lines:
-            cur[0] = line
-            yield line
-
-    rp = TraceReplayer(options, filename=filename,
-                       current_line=lambda: None if cur[0] is None else cur[0].rstrip("\r\n"))
     is_path = isinstance(source, (str, os.PathLike))
     f = open(source, encoding="utf-8", errors="replace") if is_path else None
     try:
-        parser = TraceParser(tap(f if f is not None else source),  # type: ignore[arg-type]
-                             skip_bad=skip_bad, filename=filename)
-        feed = rp.feed
-        for rec in parser:
-            feed(rec)
+        if fast:
+            # The parser pushes: the hot events as plain values, the rest as records; the
+            # line being replayed is kept for the anomalies that point at it.
+            rp = TraceReplayer(options, filename=filename)
+            rp._current_line = lambda: None if rp._line is None else rp._line.rstrip("\r\n")
+            parser = TraceParser(f if f is not None else source,  # type: ignore[arg-type]
+                                 skip_bad=skip_bad, filename=filename)
+            feed = rp.feed
+
+            def sink(rec: TraceRecord, line: str) -> None:
+                rp._line = line
+                feed(rec)
+
+            parser._drive(f if f is not None else source, sink, rp._drive_handlers())
+        else:
+            cur: list[str | None] = [None]
+
+            def tap(lines: Iterable[str]) -> Iterator[str]:
+                for line in lines:
+                    cur[0] = line
+                    yield line
+
+            rp = TraceReplayer(options, filename=filename,
+                               current_line=lambda: None if cur[0] is None
+                               else cur[0].rstrip("\r\n"))
+            parser = TraceParser(tap(f if f is not None else source),  # type: ignore[arg-type]
+                                 skip_bad=skip_bad, filename=filename)
+            parser._use_reference = True
+            feed = rp.feed
+            for rec in parser:
+                feed(rec)
     finally:
         if f is not None:
             f.close()
@@ -1070,7 +1153,7 @@ def replay_trace(source: str | os.PathLike[str] | Iterable[str],
         rp.anomaly_counts["parse_error"] = rp.anomaly_counts.get("parse_error", 0) + extra
     result = rp.finish(parser.stats)
     if is_path and resolve_lines:
-        _resolve_texts(source, result)
+        _resolve_texts(source, result)  # type: ignore[arg-type]
     return result
 
 
