@@ -783,7 +783,7 @@ class TraceParser:
         stats = self.stats
         table = self._table
         events = stats.events
-        digits = _DIGITS
+        locate = self._locate
         hcache = self._hcache
         header = self._header
         reference = self._reference
@@ -792,32 +792,11 @@ class TraceParser:
         try:
             for line in lines:
                 lineno += 1
-                if line.__class__ is not str:
-                    line = line.decode("utf-8", "replace") if isinstance(line, (bytes, bytearray)) else str(line)
-                k = line.find(": ")
-                if k <= 0 or line[k - 1] not in digits:
-                    k = self._slow_locate(line)
-                    if k < 0:
-                        continue
-                    first = False
-                else:
-                    first = True
-                e = line.find(":", k + 2)
-                if e < 0:
-                    other += 1
+                loc = locate(line, table)
+                if loc.__class__ is not tuple:
+                    other += loc
                     continue
-                ent = table.get(line[k + 2:e])
-                if ent is None:
-                    if " " in line[k + 2:e]:
-                        # the ': ' found is probably inside the task name; look further
-                        found = self._next_event(line, k)
-                        if found is not None:
-                            k, e = found
-                            ent = table.get(line[k + 2:e])
-                            first = False
-                    if ent is None:
-                        other += 1
-                        continue
+                line, k, e, ent, first = loc
                 rec = None
                 if first:
                     j = line.rfind(" ", 0, k) + 1
@@ -853,7 +832,7 @@ class TraceParser:
         # name -> (*entry, push, fold)
         table = {name: (*ent, *ent[4](handlers.get(name), sink, events))
                  for name, ent in self._table.items()}
-        digits = _DIGITS
+        locate = self._locate
         hcache = self._hcache
         header = self._header
         reference = self._reference
@@ -862,31 +841,11 @@ class TraceParser:
         try:
             for line in lines:
                 lineno += 1
-                if line.__class__ is not str:
-                    line = line.decode("utf-8", "replace") if isinstance(line, (bytes, bytearray)) else str(line)
-                k = line.find(": ")
-                if k <= 0 or line[k - 1] not in digits:
-                    k = self._slow_locate(line)
-                    if k < 0:
-                        continue
-                    first = False
-                else:
-                    first = True
-                e = line.find(":", k + 2)
-                if e < 0:
-                    other += 1
+                loc = locate(line, table)
+                if loc.__class__ is not tuple:
+                    other += loc
                     continue
-                ent = table.get(line[k + 2:e])
-                if ent is None:
-                    if " " in line[k + 2:e]:
-                        found = self._next_event(line, k)
-                        if found is not None:
-                            k, e = found
-                            ent = table.get(line[k + 2:e])
-                            first = False
-                    if ent is None:
-                        other += 1
-                        continue
+                line, k, e, ent, first = loc
                 if first:
                     j = line.rfind(" ", 0, k) + 1
                     pre = line[:j]
@@ -906,6 +865,34 @@ class TraceParser:
             stats.skipped_other += other
             for ent in table.values():
                 ent[6]()
+
+    def _locate(self, line: Any, table: dict[str, Any]) -> tuple[Any, ...] | int:
+        """Find the event of one line for the fast loops: ``(line, k, e, entry, first)``
+        (``k``/``e`` bound the event name, ``first`` says the first ``": "`` ended the
+        header so the header cache applies), or 1 for another event, 0 for a line with no
+        event (comments, headers)."""
+        if line.__class__ is not str:
+            line = line.decode("utf-8", "replace") if isinstance(line, (bytes, bytearray)) else str(line)
+        k = line.find(": ")
+        first = k > 0 and line[k - 1] in _DIGITS
+        if not first:
+            k = self._slow_locate(line)
+            if k < 0:
+                return 0
+        e = line.find(":", k + 2)
+        if e < 0:
+            return 1
+        ent = table.get(line[k + 2:e])
+        if ent is None and " " in line[k + 2:e]:
+            # the ': ' found is probably inside the task name; look further
+            found = self._next_event(line, k)
+            if found is not None:
+                k, e = found
+                ent = table.get(line[k + 2:e])
+                first = False
+        if ent is None:
+            return 1
+        return line, k, e, ent, first
 
     def _header(self, pre: str) -> tuple[Any, ...] | bool:
         """Parse (and cache) a header prefix: ``(comm, pid, cpu, tgid, flags)``, or False
