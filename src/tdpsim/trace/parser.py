@@ -937,62 +937,27 @@ class TraceParser:
         return rec
 
     # The reference loop (the parser before the fast path), kept to check the fast path
-    # against: ``_use_reference = True`` makes iteration use it.
+    # against: ``_use_reference = True`` makes iteration use it.  It shares only event
+    # location and the per-line reference decoder with the fast loops: no header cache,
+    # no generated constructors.
     def _run_reference(self, lines: Iterable[Any]) -> Iterator[TraceRecord]:
         stats = self.stats
         table = self._table
         events = stats.events
-        digits = _DIGITS
-        fname = self.filename
         lineno = 0
         other = 0
         try:
             for line in lines:
                 lineno += 1
-                if line.__class__ is not str:
-                    line = line.decode("utf-8", "replace") if isinstance(line, (bytes, bytearray)) else str(line)
-                k = line.find(": ")
-                if k <= 0 or line[k - 1] not in digits:
-                    k = self._slow_locate(line)
-                    if k < 0:
-                        continue
-                e = line.find(":", k + 2)
-                if e < 0:
-                    other += 1
+                loc = self._locate(line, table)
+                if loc.__class__ is not tuple:
+                    other += loc
                     continue
-                ent = table.get(line[k + 2:e])
-                if ent is None:
-                    if " " in line[k + 2:e]:
-                        # the ': ' found is probably inside the task name; look further
-                        found = self._next_event(line, k)
-                        if found is not None:
-                            k, e = found
-                            ent = table.get(line[k + 2:e])
-                    if ent is None:
-                        other += 1
-                        continue
-                name, fast, templates = ent[:3]
-                rec = None
-                try:
-                    for match, conv in fast:
-                        m = match(line)
-                        if m is not None:
-                            rec = conv(m, lineno)
-                            break
-                except Exception:
-                    rec = None
+                line, k, e, ent, _ = loc
+                rec = self._reference(line, k, e, lineno, ent)
                 if rec is None:
-                    # Slow path: find and name the offending field (or build the record
-                    # the careful way if the whole-line regex was merely too strict).
-                    try:
-                        rec = self._slow_record(line, k, e, lineno, name, templates)
-                    except _FieldError as exc:
-                        self._bad(fname, lineno, line, exc.field, exc.reason, name)
-                        continue
-                    except Exception as exc:  # safety net: never leak anything else
-                        self._bad(fname, lineno, line, "?", f"internal error: {exc!r}", name)
-                        continue
-                events[name] = events.get(name, 0) + 1
+                    continue
+                events[ent[0]] = events.get(ent[0], 0) + 1
                 yield rec
         finally:
             stats.lines += lineno
