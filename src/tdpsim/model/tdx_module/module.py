@@ -262,6 +262,18 @@ class TdxModule:
         rcx, rdx = self._details(w, w.level if level is None else level)
         return TdxResult(status, rcx, rdx)
 
+    def _enter_sept(self, c: CallCtx, leaf: str, gpa: int, level: int, lo: int, hi: int,
+                    tree_excl: bool | None, **prologue: object):
+        """§2.1 steps 1-7 for a SEAMCALL on one S-EPT entry, in the module's order: the
+        common prologue, the page_info operand (levels ``lo``..``hi``), then tree lock,
+        walk and entry lock.  Returns a ``Walk`` or the first failure as a ``TdxResult``."""
+        err = self._prologue(c, leaf, **prologue)
+        if err:
+            return TdxResult(err)
+        if not self._page_info_ok(gpa, level, lo, hi):
+            return TdxResult(_INVALID_RCX)
+        return self._walk_locked(c, gpa, level, tree_excl)
+
     def _walk_locked(self, c: CallCtx, gpa: int, level: int, tree_excl: bool | None):
         """§2.1 steps 6-7: tree lock, walk to ``level``, host entry lock.
 
@@ -403,12 +415,8 @@ class TdxModule:
                           key=self._entry_key(gpa, level))
 
     def _sept_add(self, c: CallCtx, gpa: int, level: int, pfn: int) -> TdxResult:
-        err = self._prologue(c, "TDH.MEM.SEPT.ADD")
-        if err:
-            return TdxResult(err)
-        if not self._page_info_ok(gpa, level, 1, self.pwl):
-            return TdxResult(_INVALID_RCX)
-        w = self._walk_locked(c, gpa, level, tree_excl=False)
+        w = self._enter_sept(c, "TDH.MEM.SEPT.ADD", gpa, level, 1, self.pwl,
+                             tree_excl=False)
         if isinstance(w, TdxResult):
             return w
         if w.state != S.FREE:
@@ -428,12 +436,8 @@ class TdxModule:
 
     def _page_add(self, c: CallCtx, gpa: int, pfn: int) -> TdxResult:
         # TDR exclusive serializes against every other S-EPT SEAMCALL, so no tree lock.
-        err = self._prologue(c, "TDH.MEM.PAGE.ADD", tdr_excl=True, op_lock=False)
-        if err:
-            return TdxResult(err)
-        if not self._page_info_ok(gpa, 0, 0, 0):
-            return TdxResult(_INVALID_RCX)
-        w = self._walk_locked(c, gpa, 0, tree_excl=None)
+        w = self._enter_sept(c, "TDH.MEM.PAGE.ADD", gpa, 0, 0, 0,
+                             tree_excl=None, tdr_excl=True, op_lock=False)
         if isinstance(w, TdxResult):
             return w
         if w.state != S.FREE:
@@ -455,12 +459,8 @@ class TdxModule:
                           key=self._entry_key(gpa, level))
 
     def _page_aug(self, c: CallCtx, gpa: int, level: int, pfn: int) -> TdxResult:
-        err = self._prologue(c, "TDH.MEM.PAGE.AUG")
-        if err:
-            return TdxResult(err)
-        if not self._page_info_ok(gpa, level, 0, 1):
-            return TdxResult(_INVALID_RCX)
-        w = self._walk_locked(c, gpa, level, tree_excl=False)
+        w = self._enter_sept(c, "TDH.MEM.PAGE.AUG", gpa, level, 0, 1,
+                             tree_excl=False)
         if isinstance(w, TdxResult):
             return w
         if w.state != S.FREE:
@@ -480,12 +480,8 @@ class TdxModule:
         return self._call("TDH.MEM.RANGE.BLOCK", self._range_block, gpa, level)
 
     def _range_block(self, c: CallCtx, gpa: int, level: int) -> TdxResult:
-        err = self._prologue(c, "TDH.MEM.RANGE.BLOCK")
-        if err:
-            return TdxResult(err)
-        if not self._page_info_ok(gpa, level, 0, self.pwl):
-            return TdxResult(_INVALID_RCX)
-        w = self._walk_locked(c, gpa, level, tree_excl=True)
+        w = self._enter_sept(c, "TDH.MEM.RANGE.BLOCK", gpa, level, 0, self.pwl,
+                             tree_excl=True)
         if isinstance(w, TdxResult):
             return w
         st = w.state
@@ -506,12 +502,8 @@ class TdxModule:
         return self._call("TDH.MEM.RANGE.UNBLOCK", self._range_unblock, gpa, level)
 
     def _range_unblock(self, c: CallCtx, gpa: int, level: int) -> TdxResult:
-        err = self._prologue(c, "TDH.MEM.RANGE.UNBLOCK")
-        if err:
-            return TdxResult(err)
-        if not self._page_info_ok(gpa, level, 0, self.pwl):
-            return TdxResult(_INVALID_RCX)
-        w = self._walk_locked(c, gpa, level, tree_excl=True)
+        w = self._enter_sept(c, "TDH.MEM.RANGE.UNBLOCK", gpa, level, 0, self.pwl,
+                             tree_excl=True)
         if isinstance(w, TdxResult):
             return w
         if w.state not in S.ANY_BLOCKED:
@@ -549,12 +541,8 @@ class TdxModule:
                           key=self._entry_key(gpa, level))
 
     def _page_remove(self, c: CallCtx, gpa: int, level: int) -> TdxResult:
-        err = self._prologue(c, "TDH.MEM.PAGE.REMOVE")
-        if err:
-            return TdxResult(err)
-        if not self._page_info_ok(gpa, level, 0, 2):
-            return TdxResult(_INVALID_RCX)
-        w = self._walk_locked(c, gpa, level, tree_excl=False)
+        w = self._enter_sept(c, "TDH.MEM.PAGE.REMOVE", gpa, level, 0, 2,
+                             tree_excl=False)
         if isinstance(w, TdxResult):
             return w
         if w.state not in S.LEAF_STATES:
@@ -578,12 +566,8 @@ class TdxModule:
         return self._call("TDH.MEM.SEPT.REMOVE", self._sept_remove, gpa, level)
 
     def _sept_remove(self, c: CallCtx, gpa: int, level: int) -> TdxResult:
-        err = self._prologue(c, "TDH.MEM.SEPT.REMOVE")
-        if err:
-            return TdxResult(err)
-        if not self._page_info_ok(gpa, level, 1, self.pwl):
-            return TdxResult(_INVALID_RCX)
-        w = self._walk_locked(c, gpa, level, tree_excl=True)
+        w = self._enter_sept(c, "TDH.MEM.SEPT.REMOVE", gpa, level, 1, self.pwl,
+                             tree_excl=True)
         if isinstance(w, TdxResult):
             return w
         if w.state not in S.NON_LEAF_STATES:
@@ -619,12 +603,8 @@ class TdxModule:
 
     def _page_demote(self, c: CallCtx, gpa: int, level: int, pfn: int, interrupt: bool,
                      pamt_pfns: tuple[int, int] | None) -> TdxResult:
-        err = self._prologue(c, "TDH.MEM.PAGE.DEMOTE")
-        if err:
-            return TdxResult(err)
-        if not self._page_info_ok(gpa, level, 1, 2):
-            return TdxResult(_INVALID_RCX)
-        w = self._walk_locked(c, gpa, level, tree_excl=False)
+        w = self._enter_sept(c, "TDH.MEM.PAGE.DEMOTE", gpa, level, 1, 2,
+                             tree_excl=False)
         if isinstance(w, TdxResult):
             return w
         if w.state not in S.LEAF_STATES:
@@ -670,12 +650,8 @@ class TdxModule:
                           interrupt_pending, key=key)
 
     def _page_promote(self, c: CallCtx, gpa: int, level: int, interrupt: bool) -> TdxResult:
-        err = self._prologue(c, "TDH.MEM.PAGE.PROMOTE")
-        if err:
-            return TdxResult(err)
-        if not self._page_info_ok(gpa, level, 1, 2):
-            return TdxResult(_INVALID_RCX)
-        w = self._walk_locked(c, gpa, level, tree_excl=self.version == "2.0")
+        w = self._enter_sept(c, "TDH.MEM.PAGE.PROMOTE", gpa, level, 1, 2,
+                             tree_excl=self.version == "2.0")
         if isinstance(w, TdxResult):
             return w
         if w.state not in S.NON_LEAF_STATES:
