@@ -48,14 +48,11 @@ IN_GUEST_MODE = 1
 PT_PFN_BASE = 0x100000
 
 
-@dataclass
-class KvmVmStat:
-    """``struct kvm_vm_stat`` (the fields the TDP MMU touches)."""
+class PagesByLevel:
+    """``union { u64 pages[KVM_NR_PAGE_SIZES]; struct { pages_4k, pages_2m, pages_1g } }``
+    of ``struct kvm_vm_stat``: the named views of a ``pages`` list."""
 
-    pages: list[int] = field(default_factory=lambda: [0, 0, 0])
-    nx_lpage_splits: int = 0
-    remote_tlb_flush: int = 0
-    remote_tlb_flush_requests: int = 0
+    pages: list[int]
 
     @property
     def pages_4k(self) -> int:
@@ -68,6 +65,16 @@ class KvmVmStat:
     @property
     def pages_1g(self) -> int:
         return self.pages[2]
+
+
+@dataclass
+class KvmVmStat(PagesByLevel):
+    """``struct kvm_vm_stat`` (the fields the TDP MMU touches)."""
+
+    pages: list[int] = field(default_factory=lambda: [0, 0, 0])
+    nx_lpage_splits: int = 0
+    remote_tlb_flush: int = 0
+    remote_tlb_flush_requests: int = 0
 
 
 @dataclass

@@ -47,6 +47,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+from ..model.kvm import PagesByLevel
 from ..model.policy import Policy
 from ..model.spte import (
     FROZEN_SPTE,
@@ -238,7 +239,7 @@ class RootInfo:
 
 
 @dataclass
-class ReplayResult:
+class ReplayResult(PagesByLevel):
     """Everything ``replay_trace`` derives.  ``pages`` follow ``kvm_update_page_stats``."""
 
     filename: str
@@ -261,18 +262,6 @@ class ReplayResult:
     @property
     def ok(self) -> bool:
         return self.anomaly_total == 0 and self.parse_error is None
-
-    @property
-    def pages_4k(self) -> int:
-        return self.pages[0]
-
-    @property
-    def pages_2m(self) -> int:
-        return self.pages[1]
-
-    @property
-    def pages_1g(self) -> int:
-        return self.pages[2]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary."""
