@@ -24,7 +24,6 @@ from tdpsim.explore.schedule import (
 )
 from tdpsim.explore.shrink import shrink
 from tdpsim.explore.strategies import ReplayScheduler, ScheduleMismatch, pct_bound
-from tdpsim.explore.runner import run_one
 
 UNPATCHED = {"policy.mirror_promotion": "unpatched"}
 PATCHED = {"policy.mirror_promotion": "disallowed"}
@@ -246,7 +245,7 @@ def test_campaign_jobs_match_serial():
 def test_deadlock_and_lock_blocking_are_detected():
     """A thread that takes mmu_lock for write and never releases it blocks the vCPU; the
     engine reports a deadlock instead of spinning."""
-    from tdpsim.explore.engine import Engine, World
+    from tdpsim.explore.engine import Engine
     sc = load_scenario("seed_2vcpu", PATCHED)
     w = sc.build()
     kvm = w.kvm

@@ -19,7 +19,7 @@ from ..explore.campaign import STRATEGIES, CampaignSpec, run_campaign
 from ..explore.engine import ExplorerError
 from ..explore.render import diagram, perfetto_json
 from ..explore.scenario import builtin_names, load_scenario, parse_param
-from ..explore.schedule import Schedule, atomic_write, load_schedule, parse_schedule, replay
+from ..explore.schedule import atomic_write, load_schedule, parse_schedule, replay
 from ..explore.shrink import shrink
 from ..explore.strategies import pct_bound
 from ..explore.strategies.replay import ReplayScheduler

@@ -682,7 +682,7 @@ class Vcpu:
         CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_AM, CR0_PG = (
             1 << 0, 1 << 1, 1 << 4, 1 << 5, 1 << 16, 1 << 18, 1 << 31)
         CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
-        EFER_SCE, EFER_LME, EFER_LMA = 1 << 0, 1 << 8, 1 << 10
+        EFER_LME, EFER_LMA = 1 << 8, 1 << 10
         s.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG
         s.cr3 = cr3
         s.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT
