@@ -11,7 +11,8 @@ from tdpsim.kvmcheck.guest import PAGE_2M, PAGE_4K, IdentityPageTables
 from tdpsim.model.kvm import Kvm
 from tdpsim.model.kvm_main import kvm_set_memory_region
 from tdpsim.model.memslot import KVM_MEM_LOG_DIRTY_PAGES, HostBacking, KvmMemorySlot
-from tdpsim.model.mmu_internal import RET_PF_FIXED
+from tdpsim.model.mmu_internal import (PFERR_PRESENT_MASK, PFERR_WRITE_MASK, RET_PF_FIXED,
+                                       RET_PF_WRITE_PROTECTED)
 from tdpsim.model.policy import Policy
 from tdpsim.model.shadow_mmu import (PTE_PREFETCH_NUM, GuestPageFault, ShadowMmu,
                                      FNAME_walk_addr)
@@ -245,9 +246,14 @@ def test_write_to_write_tracked_upper_table_is_emulated():
     g.touch(0x3000, 1, "read")                     # the PML4 page, via the 4K identity map
     spte, _ = g.mmu.lookup(0x3000)
     assert not is_writable_pte(spte)
-    before = g.stat.pf_emulate
-    g.touch(0x3000, 1)
-    assert g.stat.pf_emulate == before + 1
+    before = (g.stat.pf_taken, g.stat.pf_fixed, g.stat.pf_emulate)
+    assert g.mmu.kvm_mmu_do_page_fault(0x3000, PFERR_PRESENT_MASK | PFERR_WRITE_MASK) \
+        == RET_PF_WRITE_PROTECTED
+    # Emulated, not fixed: the SPTE stays read-only.  Since 6.12 kvm_mmu_do_page_fault
+    # counts only RET_PF_EMULATE as pf_emulate, not RET_PF_WRITE_PROTECTED.
+    assert not is_writable_pte(g.mmu.lookup(0x3000)[0])
+    assert (g.stat.pf_taken, g.stat.pf_fixed, g.stat.pf_emulate) == \
+        (before[0] + 1, before[1], before[2])
 
 
 def test_guest_not_present_raises_guest_page_fault():

@@ -226,15 +226,23 @@ def kvm_mmu_do_page_fault(vcpu: "KvmVcpu", cr2_or_gpa: int, err: int,
     r = kvm_tdp_mmu_page_fault(vcpu, fault)
     if r == RET_PF_EMULATE and fault.is_private:
         r = -EFAULT  # "unexpected emulation request on private memory"
+    kvm_mmu_count_pf_result(vcpu, r, prefetch)
+    return r
+
+
+def kvm_mmu_count_pf_result(vcpu: "KvmVcpu", r: int, prefetch: bool) -> None:
+    """The stat tail of ``kvm_mmu_do_page_fault``: prefetch faults are neither spurious
+    nor emulated.  ``pf_retry`` is the model's own counter, not a kernel stat."""
     if r == RET_PF_FIXED:
         vcpu.stat.pf_fixed += 1
+    elif prefetch:
+        pass
     elif r == RET_PF_EMULATE:
         vcpu.stat.pf_emulate += 1
     elif r == RET_PF_SPURIOUS:
         vcpu.stat.pf_spurious += 1
     elif r == RET_PF_RETRY:
         vcpu.stat.pf_retry += 1
-    return r
 
 
 def ept_violation_error_code(*, write: bool = False, exec: bool = False,

@@ -47,6 +47,7 @@ from .kvm_main import (kvm_mmu_invalidate_begin, kvm_mmu_invalidate_end,
                        kvm_mmu_invalidate_range_add)
 from .memslot import (KVM_MAX_HUGEPAGE_LEVEL, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
                       KvmMemorySlot)
+from .mmu_fault import kvm_mmu_count_pf_result
 from .mmu_internal import (
     PFERR_FETCH_MASK,
     PFERR_PRESENT_MASK,
@@ -635,7 +636,7 @@ class ShadowMmu:
 
     def kvm_mmu_do_page_fault(self, addr: int, err: int) -> int:
         """``kvm_mmu_do_page_fault`` for a shadow-paging #PF: build the fault, run
-        ``FNAME(page_fault)``, count it (pf_taken, pf_fixed, pf_emulate, pf_spurious)."""
+        ``FNAME(page_fault)``, count it as ``kvm_mmu_do_page_fault`` does."""
         kvm, vcpu = self.kvm, self.vcpu
         fault = KvmPageFault(
             addr=addr, error_code=err, prefetch=False, exec=bool(err & PFERR_FETCH_MASK),
@@ -645,14 +646,9 @@ class ShadowMmu:
             max_level=KVM_MAX_HUGEPAGE_LEVEL, vcpu_id=vcpu.vcpu_id)
         vcpu.stat.pf_taken += 1
         r = self.FNAME_page_fault(fault)
-        if r == RET_PF_FIXED:
-            vcpu.stat.pf_fixed += 1
-        elif r in (RET_PF_EMULATE, RET_PF_WRITE_PROTECTED):
-            vcpu.stat.pf_emulate += 1
-        elif r == RET_PF_SPURIOUS:
-            vcpu.stat.pf_spurious += 1
-        elif r == RET_PF_RETRY:
-            vcpu.stat.pf_retry += 1
+        # RET_PF_WRITE_PROTECTED (6.12+) goes on to kvm_mmu_write_protect_fault and
+        # emulation, but is not counted as pf_emulate: only RET_PF_EMULATE is.
+        kvm_mmu_count_pf_result(vcpu, r, False)
         return r
 
     # -- the guest CPU -------------------------------------------------------------------------
