@@ -51,18 +51,19 @@ from .kvm_main import (
     kvm_vm_set_mem_attributes,
 )
 from .memslot import KVM_MEMORY_ATTRIBUTE_PRIVATE, KvmMemorySlot
-from .mmu_fault import kvm_mmu_do_page_fault, kvm_mmu_load, kvm_tdp_mmu_map_private_pfn
+from .mmu_fault import kvm_mmu_load, kvm_tdp_mmu_map_private_pfn
+from .vmx import (
+    EPT_VIOLATION_ACC_INSTR,
+    EPT_VIOLATION_ACC_WRITE,
+)
+# Imported under another name: a ``__name`` used inside a class body gets mangled.
+from .vmx import __vmx_handle_ept_violation as vmx_handle_ept_violation_common
 from .mmu_internal import (
     EBUSY,
     EFAULT,
     EINVAL,
     EIO,
     EOPNOTSUPP,
-    PFERR_FETCH_MASK,
-    PFERR_PRESENT_MASK,
-    PFERR_PRIVATE_ACCESS,
-    PFERR_USER_MASK,
-    PFERR_WRITE_MASK,
     RET_PF_RETRY,
 )
 from .policy import Policy
@@ -121,10 +122,6 @@ EXIT_FASTPATH_REENTER_GUEST = 1
 EXIT_FASTPATH_EXIT_HANDLED = 2
 
 EAGAIN = 11
-EPT_VIOLATION_ACC_READ = 1 << 0
-EPT_VIOLATION_ACC_WRITE = 1 << 1
-EPT_VIOLATION_ACC_INSTR = 1 << 2
-EPT_VIOLATION_PROT_MASK = 0x7 << 3
 
 # TDX_MAP_GPA_MAX_LEN: MapGPA is forwarded to userspace 2 MB at a time.
 TDX_MAP_GPA_MAX_LEN = 2 << 20
@@ -764,8 +761,9 @@ class KvmTdx(KvmX86Ops):
                                  exit_qual: int = EPT_VIOLATION_ACC_WRITE, rip: int = 0) -> int:
         """``tdx_handle_ept_violation``: private GPA → fatal if the guest touched an
         unaccepted page (EEQ PENDING_EPT_VIOLATION, ``kvm_vm_dead``); HP-v3 honours an
-        ACCEPT's level; then fault as a write (``PFERR_WRITE_MASK | PFERR_PRIVATE_ACCESS``),
-        retrying locally while RET_PF_RETRY so the vCPU does not re-enter (zero-step).
+        ACCEPT's level; then fault as a write through ``__vmx_handle_ept_violation`` (which
+        adds PFERR_PRIVATE_ACCESS), retrying locally while RET_PF_RETRY so the vCPU does not
+        re-enter (zero-step).
 
         Returns the last RET_PF_* value (≥ 0) or a -errno."""
         kvm = vcpu.kvm
@@ -785,22 +783,17 @@ class KvmTdx(KvmX86Ops):
             ret = self.tdx_honor_guest_accept_level(vcpu, gfn, eeq)
             if ret:
                 return ret
-            err = PFERR_WRITE_MASK | PFERR_PRIVATE_ACCESS
             local_retry = True
         else:
             if kvm.KVM_BUG_ON(bool(exit_qual & EPT_VIOLATION_ACC_INSTR),
                               "tdx_handle_ept_violation", "instruction fetch from shared GPA"):
                 return -EIO
-            err = ((PFERR_USER_MASK if exit_qual & EPT_VIOLATION_ACC_READ else 0)
-                   | (PFERR_WRITE_MASK if exit_qual & EPT_VIOLATION_ACC_WRITE else 0)
-                   | (PFERR_FETCH_MASK if exit_qual & EPT_VIOLATION_ACC_INSTR else 0)
-                   | (PFERR_PRESENT_MASK if exit_qual & EPT_VIOLATION_PROT_MASK else 0))
             local_retry = False
         if kvm.tracer is not None:
             kvm.tracer(KvmPageFaultEvent(vcpu.vcpu_id, rip, gpa, exit_qual))
         tries = 0
         while True:
-            ret = kvm_mmu_do_page_fault(vcpu, gpa, err)
+            ret = vmx_handle_ept_violation_common(vcpu, gpa, exit_qual)
             if ret != RET_PF_RETRY or not local_retry:
                 return ret
             if kvm.vm_dead:

@@ -1,8 +1,8 @@
-"""The VMX EPT-violation entry for ordinary (non-TDX) VMs and a TD's shared GPAs —
-mirrors ``handle_ept_violation`` / ``__vmx_handle_ept_violation`` (``arch/x86/kvm/vmx/vmx.c``,
-``vmx/common.h``): turn the exit qualification into a page-fault error code, emit the
-``kvm_page_fault`` tracepoint and call ``kvm_mmu_page_fault``.  A TD's private GPAs go
-through ``tdx.KvmTdx.tdx_handle_ept_violation`` instead.
+"""The VMX EPT-violation entry — mirrors ``handle_ept_violation`` (``vmx/vmx.c``) and
+``__vmx_handle_ept_violation`` (``vmx/common.h``): turn the exit qualification into a
+page-fault error code, emit the ``kvm_page_fault`` tracepoint and call
+``kvm_mmu_page_fault``.  TDs enter through ``tdx.KvmTdx.tdx_handle_ept_violation``, which
+calls ``__vmx_handle_ept_violation`` too (it adds PFERR_PRIVATE_ACCESS for private GPAs).
 
 Simplification: the guest RIP is not modelled (0 in the tracepoint), and MMIO/emulation
 after RET_PF_EMULATE is left to the caller.
@@ -19,6 +19,7 @@ from .mmu_internal import (
     PFERR_GUEST_FINAL_MASK,
     PFERR_GUEST_PAGE_MASK,
     PFERR_PRESENT_MASK,
+    PFERR_PRIVATE_ACCESS,
     PFERR_USER_MASK,
     PFERR_WRITE_MASK,
 )
@@ -66,6 +67,9 @@ def __vmx_handle_ept_violation(vcpu: "KvmVcpu", gpa: int, exit_qualification: in
         error_code |= (PFERR_GUEST_FINAL_MASK
                        if exit_qualification & EPT_VIOLATION_GVA_TRANSLATED
                        else PFERR_GUEST_PAGE_MASK)
+    # vt_is_tdx_private_gpa(): a TD's GPA without the shared bit.
+    if vcpu.kvm.kvm_has_mirrored_tdp() and not vcpu.kvm.kvm_is_addr_direct(gpa):
+        error_code |= PFERR_PRIVATE_ACCESS
     return kvm_mmu_do_page_fault(vcpu, gpa, error_code)
 
 

@@ -33,6 +33,9 @@ from tdpsim.model.kvm_main import (
 )
 from tdpsim.model.memslot import KVM_LPAGE_GUEST_INHIBIT_FLAG, KVM_MEM_LOG_DIRTY_PAGES
 from tdpsim.model.vmx import (
+    EPT_VIOLATION_ACC_INSTR,
+    EPT_VIOLATION_ACC_READ,
+    EPT_VIOLATION_ACC_WRITE,
     EPT_VIOLATION_PROT_EXEC,
     EPT_VIOLATION_PROT_READ,
     ept_exit_qualification,
@@ -42,9 +45,6 @@ from tdpsim.model.mmu_internal import RET_PF_RETRY
 from tdpsim.model.policy import Policy
 from tdpsim.model.tdp_iter import spte_to_child_sp
 from tdpsim.model.tdx import (
-    EPT_VIOLATION_ACC_INSTR,
-    EPT_VIOLATION_ACC_READ,
-    EPT_VIOLATION_ACC_WRITE,
     TDX_PS_4K,
     KvmTdx,
     TdGuest,
