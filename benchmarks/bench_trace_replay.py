@@ -25,11 +25,12 @@ import time
 import tracemalloc
 
 from tdpsim.model import spte as S
+from tdpsim.model.profile import DEFAULT_PROFILE
 from tdpsim.trace import TraceParser
 from tdpsim.trace.replay import ReplayOptions, _replay, replay_trace
 
-NP = S.SHADOW_NONPRESENT_VALUE
-FZ = S.FROZEN_SPTE
+NP = DEFAULT_PROFILE.SHADOW_NONPRESENT_VALUE
+FZ = DEFAULT_PROFILE.FROZEN_SPTE
 _MT = (S.MTRR_TYPE_WRBACK << S.VMX_EPT_MT_EPTE_SHIFT) | S.VMX_EPT_IPAT_BIT
 
 

@@ -26,7 +26,10 @@ from tdpsim.explore.runner import run_one
 from tdpsim.explore.scenario import _memo_key
 from tdpsim.explore.snapshot import Snapshot
 from tdpsim.model.invariants import check_invariants
-from tdpsim.model.spte import SHADOW_NONPRESENT_VALUE, is_last_spte, spte_to_pfn
+from tdpsim.model.profile import DEFAULT_PROFILE
+from tdpsim.model.spte import is_last_spte, spte_to_pfn
+
+SHADOW_NONPRESENT_VALUE = DEFAULT_PROFILE.SHADOW_NONPRESENT_VALUE
 
 VARIANTS = [(name, pol, ext) for name in builtin_names()
             for pol in ("disallowed", "unpatched") for ext in ("tdx", "recording")]

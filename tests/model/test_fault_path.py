@@ -7,6 +7,7 @@ from tdpsim.model.kvm import RecordingExternalOps
 from tdpsim.model.kvm_main import kvm_recover_nx_huge_pages
 from tdpsim.model.mmu_internal import RET_PF_FIXED, RET_PF_SPURIOUS
 from tdpsim.model.policy import Policy
+from tdpsim.model.profile import DEFAULT_PROFILE
 from tdpsim.model.tdp_iter import spte_to_child_sp
 
 
@@ -82,7 +83,7 @@ def test_direct_root_promotes(make_vm):
     assert kvm.stat.pages == [0, 1, 0]  # the 4 small leaves went with their table
     assert kvm.tdp_mmu_pages == 2  # the 4K table was unlinked...
     assert pt.spt_pfn not in kvm.sp_by_pfn  # ...and freed after the grace period
-    assert set(pt.spt) == {S.FROZEN_SPTE}  # its entries were frozen on the way out
+    assert set(pt.spt) == {DEFAULT_PROFILE.FROZEN_SPTE}  # its entries were frozen on the way out
     assert kvm.stat.remote_tlb_flush_requests == 1  # the stale 4K translations flushed
     assert kvm.vm_bugged is False
 

@@ -8,9 +8,12 @@ from tdpsim.model.invariants import check_invariants, check_mmu_invariants, chec
 from tdpsim.model.kvm import IN_GUEST_MODE
 from tdpsim.model.mmu_fault import ept_violation_error_code, kvm_mmu_do_page_fault
 from tdpsim.model.policy import Policy
-from tdpsim.model.spte import FROZEN_SPTE, SPTE_MMU_PRESENT_MASK
+from tdpsim.model.profile import DEFAULT_PROFILE
+from tdpsim.model.spte import SPTE_MMU_PRESENT_MASK
 from tdpsim.model.tdx import TdGuest, create_td
 from tdpsim.model.vmm import VmConfig, create_vm
+
+FROZEN_SPTE = DEFAULT_PROFILE.FROZEN_SPTE
 
 M2 = 2 << 20
 

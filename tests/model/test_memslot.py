@@ -4,6 +4,7 @@ import pytest
 from kvm_helpers import fault, leaf_at
 
 from tdpsim.model import spte as S
+from tdpsim.model.profile import DEFAULT_PROFILE
 from tdpsim.model.kvm_main import (
     KvmUserError,
     hugepage_test_mixed,
@@ -107,7 +108,7 @@ def test_attribute_conversion_sets_and_clears_mixed(make_vm):
     assert kvm.stat.pages == [511, 0, 0]
     calls = [c[0] for c in kvm.x86_ops.calls]
     assert calls[-2:] == ["split_external_spte", "remove_external_spte"]
-    assert leaf_at(kvm, root, 0x401)[1] == S.SHADOW_NONPRESENT_VALUE
+    assert leaf_at(kvm, root, 0x401)[1] == DEFAULT_PROFILE.SHADOW_NONPRESENT_VALUE
     # The shared page faults through the direct root at 4K (the frame is mixed).
     assert fault(kvm, 0x401, private=False) == RET_PF_FIXED
     assert leaf_at(kvm, kvm.vcpus[0].root, 0x401)[0] == 1

@@ -1,24 +1,25 @@
 """SPTE predicates and constructors against values worked out by hand from spte.h/spte.c."""
 
 from tdpsim.model import spte as S
+from tdpsim.model.profile import DEFAULT_PROFILE
 
 
 def test_special_values():
-    assert S.SHADOW_NONPRESENT_VALUE == 0x8000000000000000
-    assert S.FROZEN_SPTE == 0x80000000000005A0
-    assert not S.is_shadow_present_pte(S.FROZEN_SPTE)
-    assert not S.is_shadow_present_pte(S.SHADOW_NONPRESENT_VALUE)
-    assert S.is_frozen_spte(S.FROZEN_SPTE)
+    assert DEFAULT_PROFILE.SHADOW_NONPRESENT_VALUE == 0x8000000000000000
+    assert DEFAULT_PROFILE.FROZEN_SPTE == 0x80000000000005A0
+    assert not S.is_shadow_present_pte(DEFAULT_PROFILE.FROZEN_SPTE)
+    assert not S.is_shadow_present_pte(DEFAULT_PROFILE.SHADOW_NONPRESENT_VALUE)
+    assert S.is_frozen_spte(DEFAULT_PROFILE, DEFAULT_PROFILE.FROZEN_SPTE)
     # Neither special value may look like MMIO, on VMX (0b110) or TDX (0) VMs.
     for mmio_value in (S.VMX_EPT_MISCONFIG_WX_VALUE, 0):
-        assert not S.is_mmio_spte(mmio_value, S.FROZEN_SPTE)
-        assert not S.is_mmio_spte(mmio_value, S.SHADOW_NONPRESENT_VALUE)
+        assert not S.is_mmio_spte(mmio_value, DEFAULT_PROFILE.FROZEN_SPTE)
+        assert not S.is_mmio_spte(mmio_value, DEFAULT_PROFILE.SHADOW_NONPRESENT_VALUE)
 
 
 def test_make_spte_4k_write_td():
     # present(0x800) | SVE | A(0x100) | X | R | WB<<3 (0x30) | host-W(57) | pfn | W | mmu-W(58) | D(0x200)
     spte = S.make_spte(level=1, ad_disabled=False, pte_access=S.ACC_ALL, pfn=0x1000,
-                       old_spte=S.SHADOW_NONPRESENT_VALUE, prefetch=False, host_writable=True,
+                       old_spte=DEFAULT_PROFILE.SHADOW_NONPRESENT_VALUE, prefetch=False, host_writable=True,
                        nx_huge_page_enabled=False, mt_mask=0x30)
     assert spte == 0x8600000001000B37
     assert S.is_shadow_present_pte(spte) and S.is_last_spte(spte, 1)
@@ -32,12 +33,12 @@ def test_make_spte_4k_write_td():
 
 def test_make_spte_2m_and_nx():
     spte = S.make_spte(level=2, ad_disabled=False, pte_access=S.ACC_ALL, pfn=0x200,
-                       old_spte=S.SHADOW_NONPRESENT_VALUE, prefetch=False, host_writable=True,
+                       old_spte=DEFAULT_PROFILE.SHADOW_NONPRESENT_VALUE, prefetch=False, host_writable=True,
                        nx_huge_page_enabled=False, mt_mask=0x70)
     assert spte == 0x8600000000200BF7  # + PS (0x80) + IPAT (0x40)
     assert S.is_large_pte(spte) and S.is_last_spte(spte, 2)
     nx = S.make_spte(level=2, ad_disabled=False, pte_access=S.ACC_ALL, pfn=0x200,
-                     old_spte=S.SHADOW_NONPRESENT_VALUE, prefetch=False, host_writable=True,
+                     old_spte=DEFAULT_PROFILE.SHADOW_NONPRESENT_VALUE, prefetch=False, host_writable=True,
                      nx_huge_page_enabled=True, mt_mask=0x70)
     assert nx == spte & ~S.VMX_EPT_EXECUTABLE_MASK
     assert not S.is_executable_pte(nx)
@@ -45,7 +46,7 @@ def test_make_spte_2m_and_nx():
 
 def test_make_spte_prefetch_and_readonly():
     spte = S.make_spte(level=1, ad_disabled=False, pte_access=S.ACC_ALL, pfn=0x5,
-                       old_spte=S.SHADOW_NONPRESENT_VALUE, prefetch=True, host_writable=False,
+                       old_spte=DEFAULT_PROFILE.SHADOW_NONPRESENT_VALUE, prefetch=True, host_writable=False,
                        nx_huge_page_enabled=False, mt_mask=0)
     # prefetch: no A; not host-writable: no W, no mmu-W, no D.
     assert spte == 0x8000000000005805
@@ -121,5 +122,5 @@ def test_levels():
     assert [S.KVM_PAGES_PER_HPAGE(l) for l in (1, 2, 3)] == [1, 512, 262144]
     assert S.gfn_round_for_level(0x3FF, 2) == 0x200
     assert S.SPTE_INDEX(0x201, 1) == 1 and S.SPTE_INDEX(0x201, 2) == 1
-    assert S.decode_spte(S.FROZEN_SPTE, 1) == "FROZEN_SPTE"
-    assert S.decode_spte(0x8600000000200BB7, 2).startswith("leaf pfn=0x200 rwx")
+    assert S.decode_spte(DEFAULT_PROFILE, DEFAULT_PROFILE.FROZEN_SPTE, 1) == "FROZEN_SPTE"
+    assert S.decode_spte(DEFAULT_PROFILE, 0x8600000000200BB7, 2).startswith("leaf pfn=0x200 rwx")

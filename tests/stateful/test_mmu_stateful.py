@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from tdpsim.model import spte as S
+from tdpsim.model.profile import DEFAULT_PROFILE
 from tdpsim.model.dump import walk_root
 from tdpsim.model.invariants import check_mmu_invariants
 from tdpsim.model.kvm import RecordingExternalOps
@@ -104,7 +105,7 @@ class MmuMachine(RuleBasedStateMachine):
         assert kvm.rcu.readers == 0 and not kvm.rcu.pending
         for root in kvm.tdp_mmu_roots:
             for row in walk_root(kvm, root):
-                assert row.spte != S.FROZEN_SPTE
+                assert row.spte != DEFAULT_PROFILE.FROZEN_SPTE
                 if not row.decoded.startswith("leaf") or row.level == 1:
                     continue
                 if root.role.is_mirror:

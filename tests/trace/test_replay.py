@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tdpsim.model import spte as S
+from tdpsim.model.profile import DEFAULT_PROFILE
 from tdpsim.model.policy import Policy
 from tdpsim.trace import records as R
 from tdpsim.trace.formats import format_line
@@ -24,8 +25,8 @@ from tdpsim.trace.replay import (
 sys.path.insert(0, str(Path(__file__).parent))
 from replay_helpers import Driver  # noqa: E402
 
-NP = S.SHADOW_NONPRESENT_VALUE
-FZ = S.FROZEN_SPTE
+NP = DEFAULT_PROFILE.SHADOW_NONPRESENT_VALUE
+FZ = DEFAULT_PROFILE.FROZEN_SPTE
 _MT = (6 << 3) | (1 << 6)
 
 

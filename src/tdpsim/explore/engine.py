@@ -38,7 +38,7 @@ from greenlet import GreenletExit, greenlet
 from tdpsim.model import sched as S
 from tdpsim.model.kvm import KernelBUG
 from tdpsim.model.spte import (
-    FROZEN_SPTE, SHADOW_NONPRESENT_VALUE, is_last_spte, spte_to_pfn,
+    is_last_spte, spte_to_pfn,
 )
 
 from .ops import RETRY_WAIT, WAIT_COND, RetryBoundExceeded
@@ -501,7 +501,7 @@ class Engine:
             return not lock.held
         if kind == S.SPTE_XCHG and t.prev_kind == S.SPTE_XCHG and t.prev_key == t.key:
             sp = self._sp_by_pfn.get(t.key[1])
-            return sp is None or sp.spt[t.key[2]] != FROZEN_SPTE
+            return sp is None or sp.spt[t.key[2]] != self.kvm.profile.FROZEN_SPTE
         if kind == RETRY_WAIT:
             kws = self.key_write_step
             tid = t.tid
@@ -578,18 +578,16 @@ def table_digests(kvm: Any) -> tuple[str, str]:
     link, parent index and ``external_spt``, and whether the child exists at all."""
     h = hashlib.blake2b(digest_size=8)
     meta: list = []
+    nonpresent = np.uint64(kvm.profile.SHADOW_NONPRESENT_VALUE)
     for root in kvm.tdp_mmu_roots:
         meta.append((root.role.level, root.role.is_mirror, root.role.invalid))
-        _hash_table(h, kvm.sp_by_pfn, root, meta)
+        _hash_table(h, kvm.sp_by_pfn, root, meta, nonpresent)
     h.update(repr((kvm.mem_attr_private.starts, kvm.mem_attr_private.ends,
                    kvm.stat.pages, [b.function for b in kvm.bugs])).encode())
     return h.hexdigest(), repr(meta)
 
 
-_NONPRESENT = np.uint64(SHADOW_NONPRESENT_VALUE)
-
-
-def _hash_table(h: Any, by_pfn: dict, sp: Any, meta: list) -> None:
+def _hash_table(h: Any, by_pfn: dict, sp: Any, meta: list, nonpresent: Any) -> None:
     level = sp.role.level
     if level == 1:
         h.update(sp.spt.tobytes())  # only leaves: hash the page as is
@@ -598,7 +596,7 @@ def _hash_table(h: Any, by_pfn: dict, sp: Any, meta: list) -> None:
     spt = sp.spt
     # numpy only finds the present slots; the bytes fed to the digest are the same as a
     # plain loop over all 512 entries would feed.
-    for i in np.flatnonzero(np.frombuffer(spt, dtype=np.uint64) != _NONPRESENT).tolist():
+    for i in np.flatnonzero(np.frombuffer(spt, dtype=np.uint64) != nonpresent).tolist():
         spte = spt[i]
         # Non-leaf SPTEs hold allocation-order pfns: hash the child's content instead.
         child = None if is_last_spte(spte, level) else by_pfn.get(spte_to_pfn(spte))
@@ -607,7 +605,7 @@ def _hash_table(h: Any, by_pfn: dict, sp: Any, meta: list) -> None:
             role = child.role
             meta.append((level, i, role.level, child.gfn, role.is_mirror,
                          child.parent is sp, child.parent_index, child.external_spt))
-            _hash_table(h, by_pfn, child, meta)
+            _hash_table(h, by_pfn, child, meta, nonpresent)
         else:
             if not is_last_spte(spte, level):
                 meta.append((level, i, None))

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Iterator
 from .mmu_internal import KvmMmuPage
 from .spte import (
     KVM_PAGES_PER_HPAGE,
-    SHADOW_NONPRESENT_VALUE,
     decode_spte,
     is_last_spte,
     is_shadow_present_pte,
@@ -46,6 +45,7 @@ def walk_root(kvm: "Kvm", root: KvmMmuPage, start: int = 0, end: int | None = No
     rows = 0
     # Direct roots of a TD index by the aliased gfn; report the stripped one, like traces.
     strip = ~kvm.kvm_gfn_root_bits(root)
+    nonpresent = kvm.profile.SHADOW_NONPRESENT_VALUE
     stack = [(root, root.gfn, 0)]
     while stack:
         sp, base, depth = stack.pop()
@@ -54,10 +54,10 @@ def walk_root(kvm: "Kvm", root: KvmMmuPage, start: int = 0, end: int | None = No
         children = []
         for i, spte in enumerate(sp.spt):
             gfn = (base + i * step) & strip
-            if spte == SHADOW_NONPRESENT_VALUE or gfn + step <= start or (end is not None and gfn >= end):
+            if spte == nonpresent or gfn + step <= start or (end is not None and gfn >= end):
                 continue
             yield DumpRow(depth, level, gfn, gfn + step, spte,
-                          decode_spte(spte, level, kvm.shadow_mmio_value))
+                          decode_spte(kvm.profile, spte, level, kvm.shadow_mmio_value))
             rows += 1
             if max_rows is not None and rows >= max_rows:
                 return

@@ -33,13 +33,11 @@ from typing import TYPE_CHECKING, Optional
 from .kvm import IN_GUEST_MODE
 from .mmu_internal import KvmMmuPage
 from .spte import (
-    FROZEN_SPTE,
     KVM_MAX_HUGEPAGE_LEVEL,
     KVM_PAGES_PER_HPAGE,
     PG_LEVEL_2M,
     PG_LEVEL_4K,
     PT_PAGE_SIZE_MASK,
-    SHADOW_NONPRESENT_VALUE,
     SPTE_MMU_PRESENT_MASK,
     spte_to_pfn,
 )
@@ -68,16 +66,18 @@ def _walk_root(kvm: "Kvm", root: KvmMmuPage, out: list[str], counts: list[int],
     # Direct roots of a TD index by the aliased (shared-bit) gfn, but SPs and iter.gfn
     # carry the stripped one (tdp_iter: gfn_bits are only ORed into the index).
     strip = ~kvm.kvm_gfn_root_bits(root)
+    nonpresent = kvm.profile.SHADOW_NONPRESENT_VALUE
+    frozen_spte = kvm.profile.FROZEN_SPTE
     stack = [root]
     while stack:
         sp = stack.pop()
         level = sp.role.level
         step = KVM_PAGES_PER_HPAGE(level)
         for idx, spte in enumerate(sp.spt):
-            if spte == SHADOW_NONPRESENT_VALUE:
+            if spte == nonpresent:
                 continue
             gfn = (sp.gfn + idx * step) & strip
-            if spte == FROZEN_SPTE:
+            if spte == frozen_spte:
                 if frozen is not None:
                     frozen.add((gfn, level))
                 if not allow_frozen:

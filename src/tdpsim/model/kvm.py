@@ -21,6 +21,7 @@ from .locking import Rcu, RwLock, SpinLock
 from .memslot import KvmMemorySlot, RangeSet
 from .mmu_internal import KvmMmuPage
 from .policy import Policy
+from .profile import DEFAULT_PROFILE, KernelProfile
 from .sched import SchedPoints
 from .spte import (
     KVM_PAGES_PER_HPAGE,
@@ -196,11 +197,14 @@ class Kvm:
     def __init__(self, *, vm_type: int = KVM_X86_DEFAULT_VM, policy: Policy | None = None,
                  nr_vcpus: int = 1, root_level: int = 4,
                  x86_ops: KvmX86Ops | None = None, sched: SchedPoints | None = None,
-                 tracer: Callable[[object], None] | None = None) -> None:
+                 tracer: Callable[[object], None] | None = None,
+                 profile: KernelProfile = DEFAULT_PROFILE) -> None:
         if root_level not in (4, 5):
             raise ValueError("root_level must be 4 or 5 (EPT walk length)")
         self.vm_type = vm_type
         self.policy = policy or Policy()
+        # The kernel generation this VM runs under: every version-dependent decision.
+        self.profile = profile
         self.root_level = root_level
         self.sched = sched or SchedPoints()
         self.tracer = tracer

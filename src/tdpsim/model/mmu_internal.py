@@ -15,7 +15,7 @@ from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from .spte import ACC_ALL, PG_LEVEL_4K, SHADOW_NONPRESENT_VALUE, SPTE_ENT_PER_PAGE
+from .spte import ACC_ALL, PG_LEVEL_4K, SPTE_ENT_PER_PAGE
 
 if TYPE_CHECKING:  # pragma: no cover
     from .memslot import KvmMemorySlot
@@ -119,13 +119,13 @@ class KvmMmuPage:
                  "nx_huge_page_disallowed", "tdp_mmu_root_count",
                  "tdp_mmu_scheduled_root_to_zap", "possible_nx_huge_page")
 
-    def __init__(self, spt_pfn: int) -> None:
+    def __init__(self, spt_pfn: int, init_value: int) -> None:
         """``tdp_mmu_alloc_sp``'s allocation; ``tdp_mmu_init_sp`` fills in the rest."""
         self.role: KvmMmuPageRole = None  # type: ignore[assignment]
         self.gfn = 0
-        # Fresh tables come pre-filled with SHADOW_NONPRESENT_VALUE (mmu_shadow_page_cache
-        # has init_value set), so TDs take EPT violations rather than #VEs.
-        self.spt = array("Q", [SHADOW_NONPRESENT_VALUE]) * SPTE_ENT_PER_PAGE
+        # Fresh tables come pre-filled with SHADOW_NONPRESENT_VALUE: the vCPU's
+        # mmu_shadow_page_cache has it as init_value (6.10+; before, zeroed pages).
+        self.spt = array("Q", [init_value]) * SPTE_ENT_PER_PAGE
         self.spt_pfn = spt_pfn
         self.parent: Optional["KvmMmuPage"] = None
         self.parent_index = 0

@@ -70,7 +70,6 @@ from .spte import (
     PG_LEVEL_2M,
     PG_LEVEL_4K,
     PT_WRITABLE_MASK,
-    SHADOW_NONPRESENT_VALUE,
     SPTE_INDEX,
     gfn_round_for_level,
     is_executable_pte,
@@ -196,8 +195,8 @@ class ShadowPage(KvmMmuPage):
 
     __slots__ = ("gfns", "parent_ptes", "unsync", "root_count")
 
-    def __init__(self, spt_pfn: int) -> None:
-        super().__init__(spt_pfn)
+    def __init__(self, spt_pfn: int, init_value: int) -> None:
+        super().__init__(spt_pfn, init_value)
         self.gfns: Optional[list[int]] = None
         self.parent_ptes: list[tuple["ShadowPage", int]] = []
         self.unsync = False
@@ -311,7 +310,7 @@ class ShadowMmu:
         if sp is not None:
             return sp
         kvm = self.kvm
-        sp = ShadowPage(kvm.alloc_pt_pfn())
+        sp = ShadowPage(kvm.alloc_pt_pfn(), kvm.profile.SHADOW_NONPRESENT_VALUE)
         sp.role = role
         sp.gfn = gfn
         if not role.direct and role.level <= KVM_MAX_HUGEPAGE_LEVEL:
@@ -353,7 +352,7 @@ class ShadowMmu:
     def drop_parent_pte(self, child: ShadowPage, parent: ShadowPage, index: int) -> None:
         """``drop_parent_pte``: unlink a table (its own SPTEs are left as they are)."""
         child.parent_ptes.remove((parent, index))
-        parent.spt[index] = SHADOW_NONPRESENT_VALUE
+        parent.spt[index] = self.kvm.profile.SHADOW_NONPRESENT_VALUE
 
     # -- leaf SPTEs and rmaps --------------------------------------------------------------
     def rmap_add(self, slot: KvmMemorySlot, sp: ShadowPage, index: int, gfn: int) -> None:
@@ -368,7 +367,7 @@ class ShadowMmu:
         old = sp.spt[index]
         if not is_shadow_present_pte(old):
             return
-        sp.spt[index] = SHADOW_NONPRESENT_VALUE
+        sp.spt[index] = self.kvm.profile.SHADOW_NONPRESENT_VALUE
         level = sp.role.level
         self.kvm.kvm_update_page_stats(level, -1)
         gfn = kvm_mmu_page_get_gfn(sp, index)

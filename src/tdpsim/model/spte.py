@@ -14,6 +14,8 @@ Simplifications (one line each):
 
 from __future__ import annotations
 
+from .profile import KernelProfile
+
 # --- Levels (arch/x86/include/asm/pgtable_types.h, mmu.h) --------------------------------
 PG_LEVEL_4K = 1
 PG_LEVEL_2M = 2
@@ -89,10 +91,8 @@ shadow_mmu_writable_mask = EPT_SPTE_MMU_WRITABLE
 shadow_mmio_mask = VMX_EPT_RWX_MASK | VMX_EPT_SUPPRESS_VE_BIT
 VMX_EPT_MISCONFIG_WX_VALUE = VMX_EPT_WRITABLE_MASK | VMX_EPT_EXECUTABLE_MASK
 
-# Every "empty" SPTE holds this so that TDs get an EPT violation, not a #VE.
-SHADOW_NONPRESENT_VALUE = 1 << 63
-# Owned by one thread during a multi-step update; never MMU-present, never MMIO.
-FROZEN_SPTE = SHADOW_NONPRESENT_VALUE | 0x5A0
+# SHADOW_NONPRESENT_VALUE and FROZEN_SPTE depend on the kernel generation: they live in
+# the VM's KernelProfile (profile.py), which the helpers below take where they need them.
 
 # MMIO generation bits (spte.h): gen[7:0] -> bits 3..10, gen[18:8] -> bits 52..62.
 MMIO_SPTE_GEN_LOW_START = 3
@@ -127,8 +127,10 @@ def is_last_spte(spte: int, level: int) -> bool:
     return level == PG_LEVEL_4K or bool(spte & PT_PAGE_SIZE_MASK)
 
 
-def is_frozen_spte(spte: int) -> bool:
-    return spte == FROZEN_SPTE
+def is_frozen_spte(profile: KernelProfile, spte: int) -> bool:
+    """``is_frozen_spte``: owned by one thread during a multi-step update; never
+    MMU-present, never MMIO."""
+    return spte == profile.FROZEN_SPTE
 
 
 def is_mmio_spte(shadow_mmio_value: int, spte: int, enable_mmio_caching: bool = True) -> bool:
@@ -339,11 +341,12 @@ def make_mmio_spte(gen: int, gfn: int, shadow_mmio_value: int) -> int:
     return spte
 
 
-def decode_spte(spte: int, level: int, shadow_mmio_value: int = VMX_EPT_MISCONFIG_WX_VALUE) -> str:
+def decode_spte(profile: KernelProfile, spte: int, level: int,
+                shadow_mmio_value: int = VMX_EPT_MISCONFIG_WX_VALUE) -> str:
     """Human-readable decoding used by dumps: the special values by name, else the bits."""
-    if spte == FROZEN_SPTE:
+    if spte == profile.FROZEN_SPTE:
         return "FROZEN_SPTE"
-    if spte == SHADOW_NONPRESENT_VALUE:
+    if spte == profile.SHADOW_NONPRESENT_VALUE:
         return "SHADOW_NONPRESENT_VALUE"
     if is_mmio_spte(shadow_mmio_value, spte):
         return f"MMIO gfn={spte_to_pfn(spte) & ((1 << 40) - 1):#x} gen={get_mmio_spte_generation(spte):#x}"

@@ -52,7 +52,6 @@ from .mmu import (
 from .sched import SPTE_CMPXCHG, SPTE_WRITE, SPTE_XCHG
 from .spte import (
     ACC_ALL,
-    FROZEN_SPTE,
     KVM_MAX_HUGEPAGE_LEVEL,
     KVM_PAGES_PER_HPAGE,
     PAGE_SHIFT,
@@ -60,7 +59,6 @@ from .spte import (
     PG_LEVEL_4K,
     PT64_ROOT_MAX_LEVEL,
     PT_WRITABLE_MASK,
-    SHADOW_NONPRESENT_VALUE,
     SPTE_ENT_PER_PAGE,
     VMX_EPT_READABLE_MASK,
     check_spte_writable_invariants,
@@ -158,7 +156,7 @@ def _page_fields(sp: KvmMmuPage) -> KvmMmuPageFields:
 
 def tdp_mmu_alloc_sp(kvm: "Kvm") -> KvmMmuPage:
     """``tdp_mmu_alloc_sp``: a header and a table page from the vCPU caches."""
-    return KvmMmuPage(kvm.alloc_pt_pfn())
+    return KvmMmuPage(kvm.alloc_pt_pfn(), kvm.profile.SHADOW_NONPRESENT_VALUE)
 
 
 def kvm_mmu_alloc_external_spt(kvm: "Kvm", sp: KvmMmuPage) -> None:
@@ -299,14 +297,15 @@ def handle_removed_pt(kvm: "Kvm", sp: KvmMmuPage, shared: bool) -> None:
         kvm.tracer(KvmMmuPrepareZapPage(_page_fields(sp)))
     tdp_mmu_unlink_sp(kvm, sp)
     step = KVM_PAGES_PER_HPAGE(level)
+    frozen = kvm.profile.FROZEN_SPTE
     for i in range(SPTE_ENT_PER_PAGE):
         gfn = base_gfn + i * step
         if shared:
             # Freeze every entry, waiting out a concurrent owner of a frozen one: a fault
             # that froze it will write its value back and that must not be lost.
             while True:
-                old_spte = kvm_tdp_mmu_write_spte_atomic(kvm, sp, i, FROZEN_SPTE)
-                if not is_frozen_spte(old_spte):
+                old_spte = kvm_tdp_mmu_write_spte_atomic(kvm, sp, i, frozen)
+                if old_spte != frozen:  # is_frozen_spte
                     break
                 if kvm.sched.hook is None:
                     raise RuntimeError("handle_removed_pt: frozen SPTE in a sequential run")
@@ -314,8 +313,8 @@ def handle_removed_pt(kvm: "Kvm", sp: KvmMmuPage, shared: bool) -> None:
             old_spte = kvm_tdp_mmu_read_spte(kvm, sp, i)
             if not is_shadow_present_pte(old_spte):
                 continue
-            old_spte = kvm_tdp_mmu_write_spte(kvm, sp, i, old_spte, FROZEN_SPTE, level)
-        handle_changed_spte(kvm, sp.role.smm, gfn, old_spte, FROZEN_SPTE, level, shared)
+            old_spte = kvm_tdp_mmu_write_spte(kvm, sp, i, old_spte, frozen, level)
+        handle_changed_spte(kvm, sp.role.smm, gfn, old_spte, frozen, level, shared)
         if is_mirror_sp(sp):
             kvm.KVM_BUG_ON(shared, "handle_removed_pt",
                            "mirror page table removed under the shared mmu_lock")
@@ -355,7 +354,7 @@ def handle_changed_spte(kvm: "Kvm", as_id: int, gfn: int, old_spte: int, new_spt
         # Only MMIO and frozen placeholders may change between non-present values.
         kvm.WARN_ON_ONCE(not is_mmio_spte(kvm.shadow_mmio_value, old_spte)
                          and not is_mmio_spte(kvm.shadow_mmio_value, new_spte)
-                         and not is_frozen_spte(new_spte),
+                         and not is_frozen_spte(kvm.profile, new_spte),
                          "handle_changed_spte", "unexpected non-present change")
         return
     if is_leaf != was_leaf:
@@ -395,7 +394,7 @@ def set_external_spte_present(kvm: "Kvm", sp: KvmMmuPage, index: int, gfn: int,
                        f"mirror SPTE already present (old {old_spte:#x} new {new_spte:#x} "
                        f"level {level})")
     kvm.mmu_lock.lockdep_assert_held()
-    ok, _ = try_cmpxchg64(kvm, sp, index, old_spte, FROZEN_SPTE)
+    ok, _ = try_cmpxchg64(kvm, sp, index, old_spte, kvm.profile.FROZEN_SPTE)
     if not ok:
         return -EBUSY  # iter->old_spte is not refreshed: old_spte was passed by value
     if is_split:
@@ -414,9 +413,9 @@ def set_external_spte_present(kvm: "Kvm", sp: KvmMmuPage, index: int, gfn: int,
 def __tdp_mmu_set_spte_atomic(kvm: "Kvm", iter: TdpIter, new_spte: int) -> int:
     """``__tdp_mmu_set_spte_atomic``: a cmpxchg that refreshes ``iter.old_spte`` on failure;
     mirror SPTEs go through the freeze protocol instead."""
-    if iter.yielded or iter.old_spte == FROZEN_SPTE:
+    if iter.yielded or iter.old_spte == kvm.profile.FROZEN_SPTE:
         kvm.WARN_ON_ONCE(True, "__tdp_mmu_set_spte_atomic", "yielded iterator or frozen old SPTE")
-    if is_mirror_sp(iter.sp) and not is_frozen_spte(new_spte):
+    if is_mirror_sp(iter.sp) and not is_frozen_spte(kvm.profile, new_spte):
         # Atomic zapping of mirror SPTEs is not supported.
         if kvm.KVM_BUG_ON(not is_shadow_present_pte(new_spte), "__tdp_mmu_set_spte_atomic",
                           "atomic zap of a mirror SPTE"):
@@ -454,7 +453,8 @@ def tdp_mmu_set_spte(kvm: "Kvm", as_id: int, sp: KvmMmuPage, index: int, old_spt
     replaced.  Mirror SPTEs: non-present → ``remove_external_spte``; HP-v3 leaf → table →
     ``split_external_spte``; anything else is a bug."""
     kvm.mmu_lock.lockdep_assert_held_write()
-    kvm.WARN_ON_ONCE(is_frozen_spte(old_spte) or is_frozen_spte(new_spte),
+    kvm.WARN_ON_ONCE(is_frozen_spte(kvm.profile, old_spte)
+                     or is_frozen_spte(kvm.profile, new_spte),
                      "tdp_mmu_set_spte", "frozen SPTE under the write lock")
     old_spte = kvm_tdp_mmu_write_spte(kvm, sp, index, old_spte, new_spte, level)
     handle_changed_spte(kvm, as_id, gfn, old_spte, new_spte, level, False)
@@ -494,7 +494,7 @@ def tdp_mmu_zap_leafs(kvm: "Kvm", root: KvmMmuPage, start: int, end: int, can_yi
     for iter in for_each_tdp_pte_min_level(kvm, root, PG_LEVEL_4K, start, end):
         if not is_shadow_present_pte(iter.old_spte) or not is_last_spte(iter.old_spte, iter.level):
             continue
-        tdp_mmu_iter_set_spte(kvm, iter, SHADOW_NONPRESENT_VALUE)
+        tdp_mmu_iter_set_spte(kvm, iter, kvm.profile.SHADOW_NONPRESENT_VALUE)
         # Zaps in invalid roots need no flush: a new root load flushes locally.
         if not root.role.invalid:
             flush = True
@@ -539,9 +539,9 @@ def __tdp_mmu_zap_root(kvm: "Kvm", root: KvmMmuPage, shared: bool, zap_level: in
         if not is_shadow_present_pte(iter.old_spte) or iter.level > zap_level:
             continue
         if not shared:
-            tdp_mmu_iter_set_spte(kvm, iter, SHADOW_NONPRESENT_VALUE)
+            tdp_mmu_iter_set_spte(kvm, iter, kvm.profile.SHADOW_NONPRESENT_VALUE)
             continue
-        while tdp_mmu_set_spte_atomic(kvm, iter, SHADOW_NONPRESENT_VALUE):
+        while tdp_mmu_set_spte_atomic(kvm, iter, kvm.profile.SHADOW_NONPRESENT_VALUE):
             if not is_shadow_present_pte(iter.old_spte):
                 break  # someone else zapped it
 
@@ -705,7 +705,7 @@ def kvm_tdp_mmu_map(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
         if guarded:
             disallowed_hugepage_adjust(kvm, fault, iter.old_spte, iter.level)
         # Another thread froze it: give up rather than allocate and free a table.
-        if is_frozen_spte(iter.old_spte):
+        if is_frozen_spte(kvm.profile, iter.old_spte):
             break
         if iter.level == fault.goal_level:
             ret = _map_target_level(vcpu, fault, iter, root)
@@ -801,7 +801,7 @@ def _drop_promoted_mirror_table(kvm: "Kvm", sp: KvmMmuPage) -> None:
     tdp_mmu_unlink_sp(kvm, sp)
     for i in range(SPTE_ENT_PER_PAGE):
         old = sp.spt[i]
-        sp.spt[i] = FROZEN_SPTE
+        sp.spt[i] = kvm.profile.FROZEN_SPTE
         if is_shadow_present_pte(old):
             kvm.kvm_update_page_stats(sp.role.level, -1)
     tdp_mmu_free_sp_rcu(kvm, sp)
@@ -983,7 +983,7 @@ def kvm_tdp_mmu_zap_possible_nx_huge_page(kvm: "Kvm", sp: KvmMmuPage) -> bool:
     iter = TdpIter.at(kvm, sp.parent, sp.parent_index, sp.role.level + 1, sp.gfn)
     if spte_to_child_pt(kvm, iter.old_spte, iter.level) is not sp:
         return False
-    if tdp_mmu_set_spte_atomic(kvm, iter, SHADOW_NONPRESENT_VALUE):
+    if tdp_mmu_set_spte_atomic(kvm, iter, kvm.profile.SHADOW_NONPRESENT_VALUE):
         kvm.WARN_ON_ONCE(spte_to_child_pt(kvm, iter.old_spte, iter.level) is sp,
                          "kvm_tdp_mmu_zap_possible_nx_huge_page", "zap failed")
         return False

@@ -17,6 +17,7 @@ from .kvm_main import kvm_set_memory_region
 from .memslot import GuestMemfd, HostBacking, KvmMemorySlot
 from .mmu_fault import kvm_mmu_load
 from .policy import Policy
+from .profile import DEFAULT_PROFILE, KernelProfile
 from .sched import SchedPoints
 from .spte import PAGE_SHIFT, PG_LEVEL_2M
 
@@ -39,6 +40,7 @@ class VmConfig:
     gmem_folio_order: int = 9
     root_level: int = 4
     private: bool = True  # a TD's RAM starts private, as QEMU sets it
+    profile: KernelProfile = DEFAULT_PROFILE  # the kernel generation the VM runs under
 
 
 def create_vm(config: VmConfig, policy: Optional[Policy] = None,
@@ -50,7 +52,7 @@ def create_vm(config: VmConfig, policy: Optional[Policy] = None,
         raise ValueError("mem_bytes must be a positive multiple of 4096")
     kvm = Kvm(vm_type=KVM_X86_TDX_VM if config.tdx else KVM_X86_DEFAULT_VM, policy=policy,
               nr_vcpus=config.nr_vcpus, root_level=config.root_level, x86_ops=x86_ops,
-              sched=sched, tracer=tracer)
+              sched=sched, tracer=tracer, profile=config.profile)
     npages = config.mem_bytes >> PAGE_SHIFT
     hva = RAM_HVA_BASE + (config.base_gfn << PAGE_SHIFT) + config.hva_skew
     backing = HostBacking(hva=hva, size=config.mem_bytes, page_level=config.host_page_level)

@@ -49,11 +49,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..model.kvm import PagesByLevel
 from ..model.policy import Policy
+from ..model.profile import DEFAULT_PROFILE, KernelProfile
 from ..model.spte import (
-    FROZEN_SPTE,
     KVM_PAGES_PER_HPAGE,
     PG_LEVEL_4K,
-    SHADOW_NONPRESENT_VALUE,
     SPTE_ENT_PER_PAGE,
     SPTE_INDEX,
     SPTE_LEVEL_BITS,
@@ -143,6 +142,8 @@ class ReplayOptions:
     (``tdx_huge_page``, 2M) else 4K (UPSTREAM); mirror promotion is an anomaly unless
     ``policy.mirror_promotion == "seamcall"``; ``policy.nx_huge_pages`` decides whether split
     4K children get X back (``make_small_spte``).
+    ``profile``: the kernel generation that wrote the trace (its non-present and frozen
+    SPTE values).
     ``tdx``: None = infer from the roots, True/False = the trace is / is not of a TD.
     ``root_level``: 4 or 5 (EPT walk length); a level-5 root page switches it to 5.
     ``sample_every``: records between page-stat samples (doubled whenever ``max_samples``
@@ -150,6 +151,7 @@ class ReplayOptions:
     """
 
     policy: Policy = field(default_factory=Policy)
+    profile: KernelProfile = DEFAULT_PROFILE
     max_level_direct: int | None = None
     max_level_mirror: int | None = None
     tdx: bool | None = None
@@ -404,6 +406,8 @@ class TraceReplayer:
         self._by_pfn: dict[int, _Table] = {}
         self._tasks: dict[int, _Task] = {}
         self._tdx = opts.tdx
+        self._frozen = opts.profile.FROZEN_SPTE
+        self._nonpresent = opts.profile.SHADOW_NONPRESENT_VALUE
         self._root_level = opts.root_level
         self._learning = False
         self._max = {"mirror": opts.mirror_max, "direct": opts.direct_max}
@@ -446,7 +450,7 @@ class TraceReplayer:
         task = self._tasks.get(hdr[1])
         if task is None:
             task = self._new_task(hdr[0], hdr[1])
-        if new == FROZEN_SPTE:  # _changed, minus one call on the most frequent case
+        if new == self._frozen:  # _changed, minus one call on the most frequent case
             self.counters["spte_changes"] += 1
             self._frozen_child(task, level, gfn, old, ln)
         else:
@@ -596,7 +600,7 @@ class TraceReplayer:
             if (r.kind or "direct") == (kind or "direct"):
                 r.valid = False
         root = _Root(len(self._roots), kind, level, rec.lineno, False, role)
-        root.tables[_table_key(0, level)] = _Table(root, level, 0, None, SHADOW_NONPRESENT_VALUE)
+        root.tables[_table_key(0, level)] = _Table(root, level, 0, None, self._nonpresent)
         self._roots.append(root)
         self.counters["root_pages"] += 1
 
@@ -618,7 +622,7 @@ class TraceReplayer:
     def _changed(self, task: _Task, level: int, gfn: int, old: int, new: int, ln: int) -> None:
         """``kvm_tdp_mmu_spte_changed`` — ``handle_changed_spte``'s trace (§4.4)."""
         self.counters["spte_changes"] += 1
-        if new == FROZEN_SPTE:
+        if new == self._frozen:
             self._frozen_child(task, level, gfn, old, ln)
             return
         if task.removals:
@@ -816,7 +820,7 @@ class TraceReplayer:
         pfn = spte_to_pfn(new)
         child_level = level - 1
         if huge is None:
-            child = _Table(root, child_level, gfn, pfn, SHADOW_NONPRESENT_VALUE)
+            child = _Table(root, child_level, gfn, pfn, self._nonpresent)
         else:
             child = _Table(root, child_level, gfn, pfn, 0)
             nx = self.opts.policy.nx_huge_pages
@@ -887,7 +891,7 @@ class TraceReplayer:
                               lineno=ln, also=(t.lines[idx], r.lineno))
             else:
                 self.counters["hw_ad_updates"] += 1
-        spt[idx] = FROZEN_SPTE
+        spt[idx] = self._frozen
         t.lines[idx] = ln
         self.counters["frozen_children"] += 1
         r.frozen += 1

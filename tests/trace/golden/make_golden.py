@@ -4,11 +4,12 @@ The files are committed; each starts with comment lines stating what it shows an
 verdict the replayer must reach (``expect: kind@line``, ``expect-pages``, ``expect-counter``,
 ``options``)."""
 from tdpsim.model import spte as S
+from tdpsim.model.profile import DEFAULT_PROFILE
 from tdpsim.trace import records as R
 from tdpsim.trace.formats import format_line
 
-NP = S.SHADOW_NONPRESENT_VALUE
-FZ = S.FROZEN_SPTE
+NP = DEFAULT_PROFILE.SHADOW_NONPRESENT_VALUE
+FZ = DEFAULT_PROFILE.FROZEN_SPTE
 def leaf(pfn, level, w=True):
     return S.make_spte(level=level, ad_disabled=False, pte_access=S.ACC_ALL if w else S.ACC_ALL & ~S.ACC_WRITE_MASK,
                        pfn=pfn, old_spte=NP, prefetch=False, host_writable=True,

@@ -1,0 +1,83 @@
+"""Kernel profiles: the decisions that differ between the kernel generations the model can
+stand for.  Not a kernel file: the kernel keeps these differences in its git history, one
+commit each; a profile is the value of every such commit for one release.
+
+Each field is named after the kernel identifier or behaviour it controls, and its comment
+cites the commit that introduced the current form (subject, upstream release).  Code reads
+a field at the decision point the kernel has (``kvm.profile.FIELD``), never a version
+number.  A profile hangs off each ``Kvm``; the vendor SPTE format is chosen separately
+(``spte.SpteMasks``), as the kernel picks it at module load.
+
+Adding a field: give it the newest kernel's behaviour as the default of the dataclass,
+override it in the older profiles that lack the commit, and cite the commit here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+# Values of the special SPTEs (arch/x86/kvm/mmu/spte.h).
+_BIT63 = 1 << 63
+_FROZEN_LOW = 0x5A0  # "any value that is guaranteed not to be MMU-present nor MMIO"
+
+
+@dataclass(frozen=True)
+class KernelProfile:
+    """The version-dependent decisions of one kernel generation."""
+
+    name: str
+    description: str
+
+    # 7f01cab84928 "KVM: x86/mmu: Allow non-zero value for non-present SPTE and removed
+    # SPTE" (v6.10): every empty SPTE holds BIT(63) (EPT's suppress-#VE bit) so a TD takes
+    # an EPT violation rather than a #VE; before it, non-present SPTEs were 0.
+    SHADOW_NONPRESENT_VALUE: int = _BIT63
+
+    # Same commit (v6.10): REMOVED_SPTE became SHADOW_NONPRESENT_VALUE | 0x5a0 (before:
+    # 0x5a0); 964cea817196 "KVM: x86/tdp_mmu: Rename REMOVED_SPTE to FROZEN_SPTE" (v6.11)
+    # renamed it without changing the value.  Traces print the raw value either way.
+    FROZEN_SPTE: int = _BIT63 | _FROZEN_LOW
+
+    def with_(self, **changes: object) -> "KernelProfile":
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# The generation the model follows by default (reference §0.1: UPSTREAM + HP-v3).
+KERNEL_6_18_HP_V3 = KernelProfile(
+    name="6.18+hp-v3",
+    description="v6.18/6.19 with the TDX huge page series v3 (the model's baseline)",
+)
+
+KERNEL_6_12 = KERNEL_6_18_HP_V3.with_(
+    name="6.12",
+    description="v6.12 LTS (Debian 13): no TDX; non-present BIT(63)",
+)
+
+KERNEL_6_1 = KERNEL_6_12.with_(
+    name="6.1",
+    description="v6.1 LTS (Debian 12): no TDX; non-present SPTEs are 0",
+    SHADOW_NONPRESENT_VALUE=0,
+    FROZEN_SPTE=_FROZEN_LOW,
+)
+
+DEFAULT_PROFILE = KERNEL_6_18_HP_V3
+
+PROFILES: dict[str, KernelProfile] = {
+    p.name: p for p in (KERNEL_6_1, KERNEL_6_12, KERNEL_6_18_HP_V3)
+}
+
+
+class UnknownKernelProfile(ValueError):
+    """A profile name that is not in ``PROFILES``; the message lists the valid ones."""
+
+
+def get_profile(name: str) -> KernelProfile:
+    """The profile called ``name``; ``UnknownKernelProfile`` names the valid ones."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise UnknownKernelProfile(
+            f"unknown kernel profile {name!r}; valid: {', '.join(PROFILES)}") from None
