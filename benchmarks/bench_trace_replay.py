@@ -29,6 +29,8 @@ from tdpsim.model.profile import DEFAULT_PROFILE
 from tdpsim.trace import TraceParser
 from tdpsim.trace.replay import ReplayOptions, _replay, replay_trace
 
+EPT = S.kvm_mmu_set_ept_masks(DEFAULT_PROFILE)  # the masks kvm_intel installs
+
 NP = DEFAULT_PROFILE.SHADOW_NONPRESENT_VALUE
 FZ = DEFAULT_PROFILE.FROZEN_SPTE
 _MT = (S.MTRR_TYPE_WRBACK << S.VMX_EPT_MT_EPTE_SHIFT) | S.VMX_EPT_IPAT_BIT
@@ -36,14 +38,14 @@ _MT = (S.MTRR_TYPE_WRBACK << S.VMX_EPT_MT_EPTE_SHIFT) | S.VMX_EPT_IPAT_BIT
 
 def _leaf(level: int) -> int:
     # pfn 0: the pfn bits are disjoint from the flags, so leaf(pfn) = base | pfn << 12
-    return S.make_spte(level=level, ad_disabled=False, pte_access=S.ACC_ALL, pfn=0,
+    return S.make_spte(EPT, level=level, ad_disabled=False, pte_access=S.ACC_ALL, pfn=0,
                        old_spte=NP, prefetch=False, host_writable=True,
                        nx_huge_page_enabled=False, mt_mask=_MT)
 
 
 LEAF4K, LEAF2M = _leaf(1), _leaf(2)
-TABLE = S.make_nonleaf_spte(0, False)
-SPLIT4K = S.make_small_spte(LEAF2M, 1, 0, S.ACC_ALL, False)
+TABLE = S.make_nonleaf_spte(EPT, 0, False)
+SPLIT4K = S.make_small_spte(EPT, LEAF2M, 1, 0, S.ACC_ALL, False)
 OTHER = ("          <idle>-0     [001] 1000.000001: sched_switch: prev_comm=swapper/1 "
          "prev_pid=0 prev_prio=120 prev_state=R ==> next_comm=qemu next_pid=4100 "
          "next_prio=120\n")

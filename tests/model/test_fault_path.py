@@ -10,6 +10,8 @@ from tdpsim.model.policy import Policy
 from tdpsim.model.profile import DEFAULT_PROFILE
 from tdpsim.model.tdp_iter import spte_to_child_sp
 
+EPT = S.kvm_mmu_set_ept_masks(DEFAULT_PROFILE)  # the masks kvm_intel installs
+
 
 def force_4k(kvm, gfn):
     """Pin the 2M frame of gfn to 4K the way write tracking does: a disallow_lpage count."""
@@ -125,7 +127,7 @@ def test_nx_exec_fault_maps_4k_and_blocks_promotion(make_vm):
     # Elsewhere data faults still map 2M, without X (the workaround strips it).
     fault(kvm, 0x800)
     level, spte = leaf_at(kvm, root, 0x800)
-    assert level == 2 and not S.is_executable_pte(spte)
+    assert level == 2 and not S.is_executable_pte(EPT, spte)
     # NX recovery zaps the tracked table; the next data fault maps 2M again.
     assert kvm_recover_nx_huge_pages(kvm, ratio=1) == 1
     assert kvm.stat.nx_lpage_splits == 0 and kvm.stat.pages == [0, 1, 0]
@@ -137,7 +139,7 @@ def test_nx_off_exec_fault_maps_huge(make_vm):
     kvm = make_vm(policy=Policy(nx_huge_pages=False))
     fault(kvm, 0x600, exec=True, write=False)
     level, spte = leaf_at(kvm, kvm.vcpus[0].root, 0x600)
-    assert level == 2 and S.is_executable_pte(spte)
+    assert level == 2 and S.is_executable_pte(EPT, spte)
 
 
 def test_split_children_match_make_small_spte(make_vm):
@@ -151,6 +153,6 @@ def test_split_children_match_make_small_spte(make_vm):
     kvm.policy = kvm.policy.with_(eager_page_split=True)
     kvm_mmu_slot_apply_flags(kvm, kvm.memslots[0], KVM_MEM_LOG_DIRTY_PAGES)
     pt = table_4k_of(kvm, kvm.vcpus[0].root, 0x400)
-    expect = [S.make_small_spte(huge, 1, i, S.ACC_ALL, True) & ~S.PT_WRITABLE_MASK
+    expect = [S.make_small_spte(EPT, huge, 1, i, S.ACC_ALL, True) & ~S.PT_WRITABLE_MASK
               for i in range(512)]
     assert list(pt.spt) == expect  # wrprot after the split clears W

@@ -21,6 +21,8 @@ from tdpsim.model.memslot import (
 )
 from tdpsim.model.mmu_internal import RET_PF_FIXED
 
+EPT = S.kvm_mmu_set_ept_masks(DEFAULT_PROFILE)  # the masks kvm_intel installs
+
 
 def test_misaligned_slot_disallows_head_and_tail_only(make_vm):
     # Slot [0x100, 0x900): head frame 0x0 and tail frame 0x800 stick out of it.
@@ -68,7 +70,7 @@ def test_dirty_logging_forces_4k_eager_split_and_recovery(make_vm):
     # Eager split: the 2M leaf became 512 4K leaves, all write-protected.
     assert kvm.stat.pages == [512, 0, 0]
     level, spte = leaf_at(kvm, root, 0x3FF)
-    assert level == 1 and not S.is_writable_pte(spte) and S.is_mmu_writable_spte(spte)
+    assert level == 1 and not S.is_writable_pte(spte) and S.is_mmu_writable_spte(EPT, spte)
     assert kvm.stat.remote_tlb_flush_requests == flushes + 1
     # New faults in a logged slot map 4K and mark the page dirty.
     fault(kvm, 0x800)

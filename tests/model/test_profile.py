@@ -9,6 +9,7 @@ import pytest
 from kvm_helpers import fault, leaf_at
 
 from tdpsim.model import spte as S
+from tdpsim.model.profile import DEFAULT_PROFILE
 from tdpsim.model.profile import (
     DEFAULT_PROFILE,
     KERNEL_6_1,
@@ -22,6 +23,8 @@ from tdpsim.model.tdp_iter import spte_to_child_sp
 from tdpsim.model.vmm import VmConfig, create_vm
 from tdpsim.trace.emit import TraceEmitter
 from tdpsim.trace.replay import ReplayOptions, replay_trace
+
+EPT = S.kvm_mmu_set_ept_masks(DEFAULT_PROFILE)  # the masks kvm_intel installs
 
 
 def table_4k_of(kvm, root, gfn):
@@ -59,11 +62,11 @@ def test_named_profiles():
 def test_special_values_are_never_present_nor_mmio(profile):
     for value in (profile.SHADOW_NONPRESENT_VALUE, profile.FROZEN_SPTE):
         assert not S.is_shadow_present_pte(value)
-        assert not S.is_mmio_spte(S.VMX_EPT_MISCONFIG_WX_VALUE, value)
+        assert not S.is_mmio_spte(EPT, S.VMX_EPT_MISCONFIG_WX_VALUE, value)
     assert S.is_frozen_spte(profile, profile.FROZEN_SPTE)
     assert not S.is_frozen_spte(profile, profile.SHADOW_NONPRESENT_VALUE)
-    assert S.decode_spte(profile, profile.FROZEN_SPTE, 1) == "FROZEN_SPTE"
-    assert S.decode_spte(profile, profile.SHADOW_NONPRESENT_VALUE, 1) == \
+    assert S.decode_spte(profile, EPT, profile.FROZEN_SPTE, 1) == "FROZEN_SPTE"
+    assert S.decode_spte(profile, EPT, profile.SHADOW_NONPRESENT_VALUE, 1) == \
         "SHADOW_NONPRESENT_VALUE"
 
 
@@ -117,3 +120,16 @@ def test_pre_6_10_trace_replays_clean_only_under_its_profile():
     assert ok.anomaly_counts == {} and ok.pages == [0, 1, 0]
     bad = replay_trace(io.StringIO(text), ReplayOptions(profile=KERNEL_6_18_HP_V3))
     assert bad.anomaly_counts.get("old_spte_mismatch", 0) > 0
+
+
+@pytest.mark.parametrize("profile,sve", [(KERNEL_6_1, 0), (KERNEL_6_12, 1 << 63)])
+def test_ept_suppress_ve_in_present_mask(profile, sve):
+    """ept_suppress_ve_in_present_mask: bit 63 in every present EPT SPTE and in the MMIO
+    mask from 6.10; a 6.1 EPT leaf and table have it clear."""
+    kvm = create_vm(VmConfig(mem_bytes=16 << 20, host_page_level=1, profile=profile))
+    fault(kvm, 0x10)
+    root = kvm.vcpus[0].root
+    level, spte = leaf_at(kvm, root, 0x10)
+    assert level == 1 and spte & (1 << 63) == sve
+    assert root.spt[0] & (1 << 63) == sve  # the table entry too (make_nonleaf_spte)
+    assert kvm.masks.shadow_mmio_mask == S.VMX_EPT_RWX_MASK | sve

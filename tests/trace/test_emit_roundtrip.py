@@ -14,10 +14,14 @@ from tdpsim.model import kvm_main
 from tdpsim.model.memslot import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMORY_ATTRIBUTE_PRIVATE
 from tdpsim.model.mmu_fault import kvm_mmu_load
 from tdpsim.model.policy import Policy
+from tdpsim.model.profile import DEFAULT_PROFILE
+from tdpsim.model.spte import kvm_mmu_set_ept_masks
 from tdpsim.trace import parse_line, parse_trace
 from tdpsim.trace import records as tr
 from tdpsim.trace.emit import TraceEmitter, model_event_to_record
 from tdpsim.trace.replay import ReplayOptions, replay_trace
+
+EPT = kvm_mmu_set_ept_masks(DEFAULT_PROFILE)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from replay_helpers import Driver  # noqa: E402
@@ -56,8 +60,8 @@ def test_emitter_clock_is_deterministic_and_monotonic():
 @pytest.mark.parametrize("event", [
     ev.KvmPageFault(1, 0xfff0, 0x800000201000, 0x182),
     ev.KvmMmuSpteRequested(0x201, 0x2000201, 2),
-    ev.KvmMmuSetSpte(0x201, 0x8600002000201b77, 1, 0x100003008),
-    ev.KvmMmuSetSpte(0x201, 0x8600002000201b35, 1, 0x100003008),  # read-only, no X
+    ev.KvmMmuSetSpte.assign(EPT, 0x201, 0x8600002000201b77, 1, 0x100003008),
+    ev.KvmMmuSetSpte.assign(EPT, 0x201, 0x8600002000201b35, 1, 0x100003008),  # read-only, no X
     ev.KvmTdpMmuSpteChanged(0, 0x200, 2, 0x8000000100003907, 0x80000000000005a0),
     ev.KvmMmuSplitHugePage(0x200, 0x8600002000200bb7, 2, -16),
     ev.KvmMmuGetPage(ev.KvmMmuPage(0, 0x200, 0x83701, 0, False), True),
@@ -94,7 +98,7 @@ def test_page_roles_kernel_style_lose_is_mirror_raw_keeps_it():
 
 
 def test_set_spte_flags_follow_tp_fast_assign():
-    rec = model_event_to_record(ev.KvmMmuSetSpte(1, 0x8600002000201b35, 1, 0x1000),
+    rec = model_event_to_record(ev.KvmMmuSetSpte.assign(EPT, 1, 0x8600002000201b35, 1, 0x1000),
                                 comm="c", pid=1, cpu=0, timestamp="0.0")
     assert isinstance(rec, tr.KvmMmuSetSpte)
     assert (rec.r, rec.w, rec.x, rec.u) == (True, False, True, 1)

@@ -25,6 +25,8 @@ from tdpsim.trace.replay import (
 sys.path.insert(0, str(Path(__file__).parent))
 from replay_helpers import Driver  # noqa: E402
 
+EPT = S.kvm_mmu_set_ept_masks(DEFAULT_PROFILE)  # the masks kvm_intel installs
+
 NP = DEFAULT_PROFILE.SHADOW_NONPRESENT_VALUE
 FZ = DEFAULT_PROFILE.FROZEN_SPTE
 _MT = (6 << 3) | (1 << 6)
@@ -32,13 +34,13 @@ _MT = (6 << 3) | (1 << 6)
 
 def leaf(pfn, level=1, write=True):
     acc = S.ACC_ALL if write else S.ACC_ALL & ~S.ACC_WRITE_MASK
-    return S.make_spte(level=level, ad_disabled=False, pte_access=acc, pfn=pfn, old_spte=NP,
+    return S.make_spte(EPT, level=level, ad_disabled=False, pte_access=acc, pfn=pfn, old_spte=NP,
                        prefetch=False, host_writable=True, nx_huge_page_enabled=False,
                        mt_mask=_MT)
 
 
 def table(pfn):
-    return S.make_nonleaf_spte(pfn, False)
+    return S.make_nonleaf_spte(EPT, pfn, False)
 
 
 class T:
@@ -103,9 +105,9 @@ def test_hardware_dirty_bit_is_tolerated_but_other_bits_are_not():
     t = T()
     t.root()
     t.tables_to_l1()
-    clean = leaf(0x5001) & ~S.shadow_dirty_mask  # writable, not yet dirty
+    clean = leaf(0x5001) & ~EPT.shadow_dirty_mask  # writable, not yet dirty
     t.ch(0x201, 1, NP, clean)
-    t.ch(0x201, 1, clean | S.shadow_dirty_mask, NP)  # the CPU set D behind our back
+    t.ch(0x201, 1, clean | EPT.shadow_dirty_mask, NP)  # the CPU set D behind our back
     r = t.replay()
     assert r.ok and r.counters["hw_ad_updates"] == 1
     t.ch(0x202, 1, NP, leaf(0x5002, write=False))
@@ -190,7 +192,7 @@ def test_split_event_without_link_and_link_without_split_event():
     bad = t.add(R.KvmMmuSplitHugePage, 0x400, huge, 2, 0)  # nothing was split there
     t.ch(0x200, 2, huge, table(0x103))
     late = len(t.lines)
-    t.ch(0x201, 1, S.make_small_spte(huge, 1, 1, S.ACC_ALL, False), NP)
+    t.ch(0x201, 1, S.make_small_spte(EPT, huge, 1, 1, S.ACC_ALL, False), NP)
     r = t.replay()
     assert sorted((x.kind, x.lineno) for x in r.anomalies) == [
         ("split_mismatch", bad), ("split_mismatch", late)]

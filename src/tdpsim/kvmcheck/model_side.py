@@ -34,7 +34,7 @@ from ..model.mmu_fault import ept_violation_error_code, kvm_mmu_do_page_fault, k
 from ..model.policy import Policy
 from ..model.shadow_mmu import ShadowMmu
 from ..model.spte import (PAGE_SHIFT, PG_LEVEL_2M, PG_LEVEL_4K, PT_WRITABLE_MASK, SPTE_INDEX,
-                          VMX_EPT_READABLE_MASK, is_executable_pte, is_last_spte,
+                          PT_PRESENT_MASK, is_executable_pte, is_last_spte,
                           is_shadow_present_pte, is_writable_pte, spte_to_pfn)
 from ..model.tdp_iter import for_each_tdp_pte
 from ..model.tdp_mmu import tdp_mmu_set_spte_atomic
@@ -255,8 +255,9 @@ class _TdpEngine(_Engine):
         for _ in range(8):
             spte = self._leaf(addr >> PAGE_SHIFT)
             present = is_shadow_present_pte(spte)
-            if present and (is_writable_pte(spte) if write else is_executable_pte(spte)
-                            if fetch else bool(spte & VMX_EPT_READABLE_MASK)):
+            if present and (is_writable_pte(spte) if write
+                            else is_executable_pte(self.kvm.masks, spte) if fetch
+                            else bool(spte & PT_PRESENT_MASK)):
                 return
             kvm_mmu_do_page_fault(self.vcpu, addr, ept_violation_error_code(
                 write=write, exec=fetch, present=present))

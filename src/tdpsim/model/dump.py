@@ -57,7 +57,8 @@ def walk_root(kvm: "Kvm", root: KvmMmuPage, start: int = 0, end: int | None = No
             if spte == nonpresent or gfn + step <= start or (end is not None and gfn >= end):
                 continue
             yield DumpRow(depth, level, gfn, gfn + step, spte,
-                          decode_spte(kvm.profile, spte, level, kvm.shadow_mmio_value))
+                          decode_spte(kvm.profile, kvm.masks, spte, level,
+                                      kvm.shadow_mmio_value))
             rows += 1
             if max_rows is not None and rows >= max_rows:
                 return

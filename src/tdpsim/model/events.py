@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .spte import PT_PRESENT_MASK, SpteMasks, is_executable_pte
+
 
 @dataclass(frozen=True, slots=True)
 class KvmPageFault:
@@ -33,11 +35,25 @@ class KvmMmuSpteRequested:
 
 @dataclass(frozen=True, slots=True)
 class KvmMmuSetSpte:
-    """``kvm_mmu_set_spte``; ``sptep`` is the SPTE's physical address."""
+    """``kvm_mmu_set_spte``; ``sptep`` is the SPTE's physical address.  ``r``, ``x`` and
+    ``u`` "depend on page entry type" and are computed at trace time (:meth:`assign`)."""
     gfn: int
     spte: int
     level: int
     sptep: int
+    r: bool
+    x: bool
+    u: int
+
+    @classmethod
+    def assign(cls, m: SpteMasks, gfn: int, spte: int, level: int,
+               sptep: int) -> "KvmMmuSetSpte":
+        """``TP_fast_assign``: ``r = shadow_present_mask || (spte & PT_PRESENT_MASK)``,
+        ``x = is_executable_pte(spte)``, ``u = shadow_user_mask ? !!(spte &
+        shadow_user_mask) : -1``."""
+        r = bool(m.shadow_present_mask) or bool(spte & PT_PRESENT_MASK)
+        u = (1 if spte & m.shadow_user_mask else 0) if m.shadow_user_mask else -1
+        return cls(gfn, spte, level, sptep, r, is_executable_pte(m, spte), u)
 
 
 @dataclass(frozen=True, slots=True)

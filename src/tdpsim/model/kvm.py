@@ -29,8 +29,8 @@ from .spte import (
     PAGE_SHIFT,
     gfn_round_for_level,
     VMX_EPT_IPAT_BIT,
-    VMX_EPT_MISCONFIG_WX_VALUE,
     VMX_EPT_MT_EPTE_SHIFT,
+    vendor_spte_masks,
 )
 
 KVM_X86_DEFAULT_VM = 0
@@ -198,13 +198,18 @@ class Kvm:
                  nr_vcpus: int = 1, root_level: int = 4,
                  x86_ops: KvmX86Ops | None = None, sched: SchedPoints | None = None,
                  tracer: Callable[[object], None] | None = None,
-                 profile: KernelProfile = DEFAULT_PROFILE) -> None:
+                 profile: KernelProfile = DEFAULT_PROFILE, vendor: str = "intel") -> None:
         if root_level not in (4, 5):
-            raise ValueError("root_level must be 4 or 5 (EPT walk length)")
+            raise ValueError("root_level must be 4 or 5 (TDP walk length)")
+        if vm_type == KVM_X86_TDX_VM and vendor != "intel":
+            raise ValueError("a TD needs the intel vendor (TDX runs on VMX with EPT)")
         self.vm_type = vm_type
         self.policy = policy or Policy()
         # The kernel generation this VM runs under: every version-dependent decision.
         self.profile = profile
+        # The vendor module's SPTE format (kvm_intel: EPT, kvm_amd: NPT), set at load.
+        self.vendor = vendor
+        self.masks = vendor_spte_masks(vendor, profile)
         self.root_level = root_level
         self.sched = sched or SchedPoints()
         self.tracer = tracer
@@ -241,8 +246,10 @@ class Kvm:
             # The shared bit as a gfn bit: GPA bit 47 (4-level) or 51 (5-level).
             self.gfn_direct_bits = 1 << ((47 if root_level == 4 else 51) - PAGE_SHIFT)
         else:
-            self.shadow_mmio_value = VMX_EPT_MISCONFIG_WX_VALUE
-            self.mt_mask = (MTRR_TYPE_WRBACK << VMX_EPT_MT_EPTE_SHIFT) | VMX_EPT_IPAT_BIT
+            self.shadow_mmio_value = self.masks.shadow_mmio_value
+            # vmx_get_mt_mask: WB with IPAT for normal RAM; SVM has no get_mt_mask hook.
+            self.mt_mask = ((MTRR_TYPE_WRBACK << VMX_EPT_MT_EPTE_SHIFT) | VMX_EPT_IPAT_BIT
+                            if vendor == "intel" else 0)
             self.gfn_direct_bits = 0
 
     # --- predicates -------------------------------------------------------------------

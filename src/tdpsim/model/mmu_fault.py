@@ -45,7 +45,6 @@ from .spte import (
     is_mmu_writable_spte,
     is_shadow_present_pte,
     is_writable_pte,
-    shadow_dirty_mask,
 )
 from .events import FastPageFault
 from .tdp_iter import for_each_tdp_pte, sptep_address
@@ -149,11 +148,11 @@ def fast_page_fault(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
             continue
         sptep, spte = sptep_address(iter.sp, iter.index), iter.old_spte
         new_spte = spte
-        if is_access_allowed(fault, spte):
+        if is_access_allowed(kvm.masks, fault, spte):
             ret = RET_PF_SPURIOUS
-        elif fault.write and not is_writable_pte(spte) and is_mmu_writable_spte(spte) \
+        elif fault.write and not is_writable_pte(spte) and is_mmu_writable_spte(kvm.masks, spte) \
                 and iter.level == PG_LEVEL_4K:
-            new_spte = spte | PT_WRITABLE_MASK | shadow_dirty_mask
+            new_spte = spte | PT_WRITABLE_MASK | kvm.masks.shadow_dirty_mask
             ok, _ = try_cmpxchg64(kvm, iter.sp, iter.index, spte, new_spte)
             if ok:
                 fault.slot.mark_page_dirty_in_slot(iter.gfn)  # fast_pf_fix_direct_spte

@@ -38,6 +38,12 @@ class KernelProfile:
     # renamed it without changing the value.  Traces print the raw value either way.
     FROZEN_SPTE: int = _BIT63 | _FROZEN_LOW
 
+    # 7fa5e2929198 "KVM: x86/mmu: Add Suppress VE bit to EPT shadow_mmio_mask/
+    # shadow_present_mask" (v6.10): kvm_mmu_set_ept_masks() puts VMX_EPT_SUPPRESS_VE_BIT
+    # in every present EPT SPTE and in the MMIO mask; before it, EPT leaves and tables had
+    # bit 63 clear (shadow_present_mask was 0 with exec-only support).  NPT is unaffected.
+    ept_suppress_ve_in_present_mask: bool = True
+
     def with_(self, **changes: object) -> "KernelProfile":
         return replace(self, **changes)
 
@@ -61,6 +67,7 @@ KERNEL_6_1 = KERNEL_6_12.with_(
     description="v6.1 LTS (Debian 12): no TDX; non-present SPTEs are 0",
     SHADOW_NONPRESENT_VALUE=0,
     FROZEN_SPTE=_FROZEN_LOW,
+    ept_suppress_ve_in_present_mask=False,
 )
 
 DEFAULT_PROFILE = KERNEL_6_18_HP_V3

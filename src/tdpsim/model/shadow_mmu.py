@@ -79,7 +79,6 @@ from .spte import (
     is_writable_pte,
     make_nonleaf_spte,
     make_spte,
-    shadow_mmu_writable_mask,
     spte_to_pfn,
 )
 
@@ -338,7 +337,7 @@ class ShadowMmu:
         parent = step.sp
         if is_shadow_present_pte(parent.spt[step.index]):
             self.drop_large_spte(step)
-        parent.spt[step.index] = make_nonleaf_spte(sp.spt_pfn, False)
+        parent.spt[step.index] = make_nonleaf_spte(self.kvm.masks, sp.spt_pfn, False)
         sp.parent_ptes.append((parent, step.index))
 
     def drop_large_spte(self, step: ShadowWalkStep) -> None:
@@ -413,7 +412,7 @@ class ShadowMmu:
             if self.mmu_try_to_unsync_pages(slot, gfn, synchronizing, prefetch):
                 wrprot = True
                 pte_access &= ~ACC_WRITE_MASK
-        spte = make_spte(level=level, ad_disabled=False, pte_access=pte_access, pfn=pfn,
+        spte = make_spte(self.kvm.masks, level=level, ad_disabled=False, pte_access=pte_access, pfn=pfn,
                          old_spte=old_spte, prefetch=prefetch, host_writable=host_writable,
                          nx_huge_page_enabled=self.kvm.is_nx_huge_page_enabled(),
                          mt_mask=self.kvm.mt_mask, synchronizing=synchronizing)
@@ -671,7 +670,7 @@ class ShadowMmu:
             spte, _level = self.lookup(addr)
             present = is_shadow_present_pte(spte)
             if present and (not write or is_writable_pte(spte)) and (
-                    not fetch or is_executable_pte(spte)):
+                    not fetch or is_executable_pte(self.kvm.masks, spte)):
                 return faults
             err = (PFERR_PRESENT_MASK if present else 0) | (PFERR_WRITE_MASK if write else 0) \
                 | (PFERR_FETCH_MASK if fetch else 0)
@@ -701,13 +700,14 @@ class ShadowMmu:
         """``rmap_write_protect`` → ``spte_write_protect``: clear W (and MMU-writable for
         shadowing, so that no fast path makes it writable again)."""
         flush = False
+        mmu_writable = self.kvm.masks.shadow_mmu_writable_mask
         for sp, index in head:
             spte = sp.spt[index]
-            if not is_writable_pte(spte) and not (pt_protect and spte & shadow_mmu_writable_mask):
+            if not is_writable_pte(spte) and not (pt_protect and spte & mmu_writable):
                 continue
             spte &= ~PT_WRITABLE_MASK
             if pt_protect:
-                spte &= ~shadow_mmu_writable_mask
+                spte &= ~mmu_writable
             sp.spt[index] = spte
             flush = True
         return flush

@@ -60,7 +60,8 @@ from .spte import (
     PT64_ROOT_MAX_LEVEL,
     PT_WRITABLE_MASK,
     SPTE_ENT_PER_PAGE,
-    VMX_EPT_READABLE_MASK,
+    PT_PRESENT_MASK,
+    SpteMasks,
     check_spte_writable_invariants,
     get_mmio_spte_generation,
     is_executable_pte,
@@ -129,7 +130,7 @@ def kvm_tdp_mmu_write_spte(kvm: "Kvm", sp: KvmMmuPage, index: int, old_spte: int
                            new_spte: int, level: int) -> int:
     """``kvm_tdp_mmu_write_spte``: ``xchg`` only when the old leaf has volatile bits (the
     returned value then carries what the CPU or fast-PF set meanwhile)."""
-    if kvm_tdp_mmu_spte_need_atomic_write(old_spte, level):
+    if kvm_tdp_mmu_spte_need_atomic_write(kvm.masks, old_spte, level):
         return kvm_tdp_mmu_write_spte_atomic(kvm, sp, index, new_spte)
     __kvm_tdp_mmu_write_spte(kvm, sp, index, new_spte)
     return old_spte
@@ -348,12 +349,12 @@ def handle_changed_spte(kvm: "Kvm", as_id: int, gfn: int, old_spte: int, new_spt
         return
     if kvm.tracer is not None:
         kvm.tracer(KvmTdpMmuSpteChanged(as_id, gfn, level, old_spte, new_spte))
-    if is_leaf and not check_spte_writable_invariants(new_spte):
+    if is_leaf and not check_spte_writable_invariants(kvm.masks, new_spte):
         kvm.WARN_ON_ONCE(True, "check_spte_writable_invariants", f"spte {new_spte:#x}")
     if not was_present and not is_present:
         # Only MMIO and frozen placeholders may change between non-present values.
-        kvm.WARN_ON_ONCE(not is_mmio_spte(kvm.shadow_mmio_value, old_spte)
-                         and not is_mmio_spte(kvm.shadow_mmio_value, new_spte)
+        kvm.WARN_ON_ONCE(not is_mmio_spte(kvm.masks, kvm.shadow_mmio_value, old_spte)
+                         and not is_mmio_spte(kvm.masks, kvm.shadow_mmio_value, new_spte)
                          and not is_frozen_spte(kvm.profile, new_spte),
                          "handle_changed_spte", "unexpected non-present change")
         return
@@ -582,18 +583,18 @@ def kvm_tdp_mmu_zap_invalidated_roots(kvm: "Kvm", shared: bool) -> None:
 
 # --- the fault path --------------------------------------------------------------------------
 
-def is_access_allowed(fault: KvmPageFault, spte: int) -> bool:
-    """``is_access_allowed`` (mmu.c)."""
+def is_access_allowed(m: SpteMasks, fault: KvmPageFault, spte: int) -> bool:
+    """``is_access_allowed`` (mmu.c): a read needs PT_PRESENT_MASK (bit 0, EPT's R)."""
     if fault.exec:
-        return is_executable_pte(spte)
+        return is_executable_pte(m, spte)
     if fault.write:
         return is_writable_pte(spte)
-    return bool(spte & VMX_EPT_READABLE_MASK)  # PT_PRESENT_MASK
+    return bool(spte & PT_PRESENT_MASK)
 
 
 def tdp_mmu_link_sp(kvm: "Kvm", iter: TdpIter, sp: KvmMmuPage, shared: bool) -> int:
     """``tdp_mmu_link_sp``: install a non-leaf SPTE pointing to ``sp``."""
-    spte = make_nonleaf_spte(sp.spt_pfn, not kvm.kvm_ad_enabled())
+    spte = make_nonleaf_spte(kvm.masks, sp.spt_pfn, not kvm.kvm_ad_enabled())
     if shared:
         ret = tdp_mmu_set_spte_atomic(kvm, iter, spte)
         if ret:
@@ -613,7 +614,7 @@ def tdp_mmu_split_huge_page(kvm: "Kvm", iter: TdpIter, sp: KvmMmuPage, shared: b
     child_level = sp.role.level
     # make_small_spte() for index i differs from index 0 only by the pfn offset, which the
     # huge SPTE's aligned pfn leaves as zero bits: one call and an add per child.
-    child0 = make_small_spte(huge_spte, child_level, 0, sp.role.access, nx)
+    child0 = make_small_spte(kvm.masks, huge_spte, child_level, 0, sp.role.access, nx)
     stride = KVM_PAGES_PER_HPAGE(child_level) << PAGE_SHIFT
     sp.spt[:] = array("Q", range(child0, child0 + SPTE_ENT_PER_PAGE * stride, stride))
     ret = tdp_mmu_link_sp(kvm, iter, sp, shared)
@@ -634,15 +635,16 @@ def tdp_mmu_map_handle_target_level(vcpu: "KvmVcpu", fault: KvmPageFault, iter: 
                         "SP level != goal level"):
         return RET_PF_RETRY
     if (is_shadow_present_pte(iter.old_spte)
-            and (fault.prefetch or is_access_allowed(fault, iter.old_spte))
+            and (fault.prefetch or is_access_allowed(kvm.masks, fault, iter.old_spte))
             and is_last_spte(iter.old_spte, iter.level)):
         kvm.WARN_ON_ONCE(fault.pfn != spte_to_pfn(iter.old_spte),
                          "tdp_mmu_map_handle_target_level", "spurious fault with another pfn")
         return RET_PF_SPURIOUS
     if fault.slot is None:
-        new_spte = make_mmio_spte(kvm.memslots_generation, iter.gfn, kvm.shadow_mmio_value)
+        new_spte = make_mmio_spte(kvm.masks, kvm.memslots_generation, iter.gfn, ACC_ALL,
+                                  kvm.shadow_mmio_value)
     else:
-        new_spte = make_spte(level=iter.level, ad_disabled=sp.role.ad_disabled,
+        new_spte = make_spte(kvm.masks, level=iter.level, ad_disabled=sp.role.ad_disabled,
                              pte_access=ACC_ALL, pfn=fault.pfn, old_spte=iter.old_spte,
                              prefetch=fault.prefetch, host_writable=fault.map_writable,
                              nx_huge_page_enabled=kvm.is_nx_huge_page_enabled(),
@@ -653,7 +655,8 @@ def tdp_mmu_map_handle_target_level(vcpu: "KvmVcpu", fault: KvmPageFault, iter: 
         return RET_PF_RETRY
     elif is_shadow_present_pte(iter.old_spte) and (
             not is_last_spte(iter.old_spte, iter.level)
-            or kvm.WARN_ON_ONCE(leaf_spte_change_needs_tlb_flush(iter.old_spte, new_spte),
+            or kvm.WARN_ON_ONCE(leaf_spte_change_needs_tlb_flush(kvm.masks, iter.old_spte,
+                                                                 new_spte),
                                 "tdp_mmu_map_handle_target_level", "leaf change needs flush")):
         # A table was replaced by a huge leaf (promotion): stale 4K translations must go.
         kvm.kvm_flush_remote_tlbs_gfn(iter.gfn, iter.level)
@@ -662,15 +665,15 @@ def tdp_mmu_map_handle_target_level(vcpu: "KvmVcpu", fault: KvmPageFault, iter: 
         # make_spte(): writable SPTEs are logged dirty at creation (always 4K here).
         kvm.WARN_ON_ONCE(iter.level > PG_LEVEL_4K, "make_spte", "dirty-logged huge SPTE")
         fault.slot.mark_page_dirty_in_slot(iter.gfn)
-    if is_mmio_spte(kvm.shadow_mmio_value, new_spte):
+    if is_mmio_spte(kvm.masks, kvm.shadow_mmio_value, new_spte):
         vcpu.stat.pf_mmio_spte_created += 1
         if kvm.tracer is not None:
-            kvm.tracer(MarkMmioSpte(sptep_address(sp, iter.index), iter.gfn, 0,
-                                    get_mmio_spte_generation(new_spte)))
+            kvm.tracer(MarkMmioSpte(sptep_address(sp, iter.index), iter.gfn,
+                                    new_spte & ACC_ALL, get_mmio_spte_generation(new_spte)))
         ret = RET_PF_EMULATE
     elif kvm.tracer is not None:
-        kvm.tracer(KvmMmuSetSpte(iter.gfn, sp.spt[iter.index], iter.level,
-                                 sptep_address(sp, iter.index)))
+        kvm.tracer(KvmMmuSetSpte.assign(kvm.masks, iter.gfn, sp.spt[iter.index], iter.level,
+                                        sptep_address(sp, iter.index)))
     return ret
 
 
@@ -776,7 +779,7 @@ def kvm_tdp_mmu_promote_mirror_spte(vcpu: "KvmVcpu", fault: KvmPageFault) -> int
             continue
         if not is_shadow_present_pte(iter.old_spte) or is_last_spte(iter.old_spte, level):
             return 0  # someone else changed it meanwhile: nothing to promote
-        new_spte = make_spte(level=level, ad_disabled=iter.sp.role.ad_disabled,
+        new_spte = make_spte(kvm.masks, level=level, ad_disabled=iter.sp.role.ad_disabled,
                              pte_access=ACC_ALL, pfn=fault.pfn, old_spte=iter.old_spte,
                              prefetch=fault.prefetch, host_writable=fault.map_writable,
                              nx_huge_page_enabled=kvm.is_nx_huge_page_enabled(),
@@ -929,7 +932,8 @@ def kvm_tdp_mmu_make_huge_spte(kvm: "Kvm", iter: TdpIter) -> Optional[int]:
             if not is_shadow_present_pte(spte):
                 continue
             if is_last_spte(spte, child.role.level):
-                return make_huge_spte(spte, iter.level, kvm.is_nx_huge_page_enabled())
+                return make_huge_spte(kvm.masks, spte, iter.level,
+                                      kvm.is_nx_huge_page_enabled())
             child = spte_to_child_pt(kvm, spte, child.role.level)
             break
         else:

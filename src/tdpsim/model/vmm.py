@@ -41,6 +41,7 @@ class VmConfig:
     root_level: int = 4
     private: bool = True  # a TD's RAM starts private, as QEMU sets it
     profile: KernelProfile = DEFAULT_PROFILE  # the kernel generation the VM runs under
+    vendor: str = "intel"  # kvm_intel (EPT) or kvm_amd (NPT)
 
 
 def create_vm(config: VmConfig, policy: Optional[Policy] = None,
@@ -52,7 +53,7 @@ def create_vm(config: VmConfig, policy: Optional[Policy] = None,
         raise ValueError("mem_bytes must be a positive multiple of 4096")
     kvm = Kvm(vm_type=KVM_X86_TDX_VM if config.tdx else KVM_X86_DEFAULT_VM, policy=policy,
               nr_vcpus=config.nr_vcpus, root_level=config.root_level, x86_ops=x86_ops,
-              sched=sched, tracer=tracer, profile=config.profile)
+              sched=sched, tracer=tracer, profile=config.profile, vendor=config.vendor)
     npages = config.mem_bytes >> PAGE_SHIFT
     hva = RAM_HVA_BASE + (config.base_gfn << PAGE_SHIFT) + config.hva_skew
     backing = HostBacking(hva=hva, size=config.mem_bytes, page_level=config.host_page_level)

@@ -74,7 +74,7 @@ def mapped_level(kvm: Kvm, root, gfn: int, write: bool, exec: bool) -> int:
         if S.is_last_spte(spte, level):
             if write and not S.is_writable_pte(spte):
                 return 0
-            if exec and not S.is_executable_pte(spte):
+            if exec and not S.is_executable_pte(kvm.masks, spte):
                 return 0
             return level
         sp, level = spte_to_child_sp(kvm, spte), level - 1

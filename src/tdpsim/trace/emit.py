@@ -29,13 +29,7 @@ from typing import IO, Callable, Iterator
 
 from ..model import events as ev
 from ..model.mmu_internal import RET_PF_FIXED, RET_PF_SPURIOUS
-from ..model.spte import (
-    PT_WRITABLE_MASK,
-    VMX_EPT_READABLE_MASK,
-    is_executable_pte,
-    shadow_present_mask,
-    shadow_user_mask,
-)
+from ..model.spte import PT_WRITABLE_MASK
 from . import records as tr
 from .formats import format_line
 
@@ -44,15 +38,6 @@ __all__ = ["TraceEmitter", "model_event_to_record", "VMM_COMM", "VMM_PID", "VCPU
 VMM_COMM = "qemu-system-x86"
 VMM_PID = 4000
 VCPU_PID_BASE = 4100
-
-
-def _set_spte_flags(spte: int) -> tuple[bool, bool, bool, int]:
-    """``kvm_mmu_set_spte``'s TP_fast_assign: ``r = shadow_present_mask || (spte &
-    PT_PRESENT_MASK)``, ``x = is_executable_pte(spte)``, ``u = shadow_user_mask ?
-    !!(spte & shadow_user_mask) : -1``; ``w`` is printed from ``spte & PT_WRITABLE_MASK``."""
-    r = bool(shadow_present_mask) or bool(spte & VMX_EPT_READABLE_MASK)
-    u = (1 if spte & shadow_user_mask else 0) if shadow_user_mask else -1
-    return r, bool(spte & PT_WRITABLE_MASK), is_executable_pte(spte), u
 
 
 def model_event_to_record(event: object, *, comm: str, pid: int, cpu: int, timestamp: str,
@@ -69,9 +54,10 @@ def model_event_to_record(event: object, *, comm: str, pid: int, cpu: int, times
         e = event  # type: ignore[assignment]
         return tr.KvmTdpMmuSpteChanged(e.as_id, e.gfn, e.level, e.old_spte, e.new_spte, **h)
     if cls is ev.KvmMmuSetSpte:
-        r, w, x, u = _set_spte_flags(event.spte)  # type: ignore[attr-defined]
-        return tr.KvmMmuSetSpte(event.gfn, event.spte, event.level,  # type: ignore[attr-defined]
-                                event.sptep, r, w, x, u, **h)  # type: ignore[attr-defined]
+        e = event  # type: ignore[assignment]
+        # w is printed from spte & PT_WRITABLE_MASK; r, x, u were computed at trace time.
+        return tr.KvmMmuSetSpte(e.gfn, e.spte, e.level, e.sptep, e.r,
+                                bool(e.spte & PT_WRITABLE_MASK), e.x, e.u, **h)
     if cls is ev.KvmMmuSpteRequested:
         return tr.KvmMmuSpteRequested(event.gfn, event.pfn, event.level, **h)  # type: ignore[attr-defined]
     if cls is ev.KvmMmuSplitHugePage:

@@ -64,9 +64,8 @@ from ..model.spte import (
     is_shadow_present_pte,
     make_small_spte,
     make_spte_executable,
-    shadow_accessed_mask,
-    shadow_dirty_mask,
     spte_to_pfn,
+    vendor_spte_masks,
 )
 from .parser import TraceParseError, TraceParser, TraceStats
 from .records import (
@@ -102,7 +101,6 @@ __all__ = [
 #: EPT SPTE can hold (it would be present, MMIO-misconfigured and have every reserved bit).
 UNKNOWN_SPTE = (1 << 64) - 1
 
-_AD_MASK = shadow_accessed_mask | shadow_dirty_mask
 _TABLE_SPAN_SHIFT = SPTE_LEVEL_BITS  # a table at level L covers 512**L pages
 
 #: Anomaly kinds and what they mean.
@@ -143,7 +141,7 @@ class ReplayOptions:
     ``policy.mirror_promotion == "seamcall"``; ``policy.nx_huge_pages`` decides whether split
     4K children get X back (``make_small_spte``).
     ``profile``: the kernel generation that wrote the trace (its non-present and frozen
-    SPTE values).
+    SPTE values).  ``vendor``: "intel" (EPT SPTEs) or "amd" (NPT SPTEs).
     ``tdx``: None = infer from the roots, True/False = the trace is / is not of a TD.
     ``root_level``: 4 or 5 (EPT walk length); a level-5 root page switches it to 5.
     ``sample_every``: records between page-stat samples (doubled whenever ``max_samples``
@@ -152,6 +150,7 @@ class ReplayOptions:
 
     policy: Policy = field(default_factory=Policy)
     profile: KernelProfile = DEFAULT_PROFILE
+    vendor: str = "intel"
     max_level_direct: int | None = None
     max_level_mirror: int | None = None
     tdx: bool | None = None
@@ -334,11 +333,12 @@ class _Table:
         self.split_from = 0  # line of the split that created it (X-bit tolerance)
 
 
-def _hw_ad_update(cur: int, old: int, level: int) -> bool:
-    """``old`` is ``cur`` plus Accessed/Dirty bits the CPU sets without a trace event (the
-    reason ``kvm_tdp_mmu_write_spte`` uses xchg for leaves with volatile bits)."""
+def _hw_ad_update(ad_mask: int, cur: int, old: int, level: int) -> bool:
+    """``old`` is ``cur`` plus Accessed/Dirty bits (``ad_mask``) the CPU sets without a
+    trace event (the reason ``kvm_tdp_mmu_write_spte`` uses xchg for leaves with volatile
+    bits)."""
     return (is_shadow_present_pte(cur) and is_last_spte(cur, level)
-            and (cur | _AD_MASK) == (old | _AD_MASK) and old & cur == cur and old != cur)
+            and (cur | ad_mask) == (old | ad_mask) and old & cur == cur and old != cur)
 
 
 def _table_key(gfn: int, level: int) -> int:
@@ -407,6 +407,8 @@ class TraceReplayer:
         self._tasks: dict[int, _Task] = {}
         self._tdx = opts.tdx
         self._frozen = opts.profile.FROZEN_SPTE
+        self._masks = m = vendor_spte_masks(opts.vendor, opts.profile)
+        self._ad_mask = m.shadow_accessed_mask | m.shadow_dirty_mask
         self._nonpresent = opts.profile.SHADOW_NONPRESENT_VALUE
         self._root_level = opts.root_level
         self._learning = False
@@ -699,10 +701,11 @@ class TraceReplayer:
             if t is None:
                 continue
             cur = t.spt[idx]
-            if _hw_ad_update(cur, old, level):
+            if _hw_ad_update(self._ad_mask, cur, old, level):
                 self.counters["hw_ad_updates"] += 1
                 return t
-            if t.split_from and level == PG_LEVEL_4K and make_spte_executable(cur) == old:
+            if t.split_from and level == PG_LEVEL_4K \
+                    and make_spte_executable(self._masks, cur) == old:
                 return t
             if task.fault_kind is not None and self._kind(root) == task.fault_kind:
                 best = t
@@ -824,8 +827,8 @@ class TraceReplayer:
         else:
             child = _Table(root, child_level, gfn, pfn, 0)
             nx = self.opts.policy.nx_huge_pages
-            mk = make_small_spte
-            child.spt = array("Q", [mk(huge, child_level, i, ACC_ALL, nx)
+            mk, m = make_small_spte, self._masks
+            child.spt = array("Q", [mk(m, huge, child_level, i, ACC_ALL, nx)
                                     for i in range(SPTE_ENT_PER_PAGE)])
             child.lines = array("I", [ln]) * SPTE_ENT_PER_PAGE
             child.split_from = ln
@@ -884,7 +887,7 @@ class TraceReplayer:
         spt = t.spt
         cur = spt[idx]
         if cur != old and cur != UNKNOWN_SPTE:
-            if not _hw_ad_update(cur, old, level):
+            if not _hw_ad_update(self._ad_mask, cur, old, level):
                 self._anomaly("old_spte_mismatch",
                               f"level {level} gfn {gfn:#x} (child of a removed table): old_spte "
                               f"{old:#x} but the replayer holds {cur:#x}",

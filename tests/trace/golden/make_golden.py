@@ -8,13 +8,15 @@ from tdpsim.model.profile import DEFAULT_PROFILE
 from tdpsim.trace import records as R
 from tdpsim.trace.formats import format_line
 
+EPT = S.kvm_mmu_set_ept_masks(DEFAULT_PROFILE)  # the masks kvm_intel installs
+
 NP = DEFAULT_PROFILE.SHADOW_NONPRESENT_VALUE
 FZ = DEFAULT_PROFILE.FROZEN_SPTE
 def leaf(pfn, level, w=True):
-    return S.make_spte(level=level, ad_disabled=False, pte_access=S.ACC_ALL if w else S.ACC_ALL & ~S.ACC_WRITE_MASK,
+    return S.make_spte(EPT, level=level, ad_disabled=False, pte_access=S.ACC_ALL if w else S.ACC_ALL & ~S.ACC_WRITE_MASK,
                        pfn=pfn, old_spte=NP, prefetch=False, host_writable=True,
                        nx_huge_page_enabled=False, mt_mask=(6 << 3) | (1 << 6))
-def table(pfn): return S.make_nonleaf_spte(pfn, False)
+def table(pfn): return S.make_nonleaf_spte(EPT, pfn, False)
 
 class W:
     def __init__(self, path, header):
@@ -40,7 +42,7 @@ class W:
     def pf(self, gpa, vcpu=0):
         return self.rec(R.KvmPageFault, vcpu, 0xfff0, gpa, 0x182 if True else 0)
     def setspte(self, gfn, spte, level, at):
-        return self.rec(R.KvmMmuSetSpte, gfn, spte, level, at, True, bool(spte & 2), S.is_executable_pte(spte), 1)
+        return self.rec(R.KvmMmuSetSpte, gfn, spte, level, at, True, bool(spte & 2), S.is_executable_pte(EPT, spte), 1)
     def split(self, gfn, spte, level, errno=0):
         return self.rec(R.KvmMmuSplitHugePage, gfn, spte, level, errno)
     def save(self):
@@ -124,9 +126,9 @@ huge = leaf(0x2000200, 2)
 w.ch(0x200, 2, NP, huge); w.setspte(0x200, huge, 2, ((PT + 2) << 12) + 8)
 w.vmm()
 w.get(0x200, 1); w.ch(0x200, 2, huge, table(PT + 3)); w.split(0x200, huge, 2, 0)
-c3 = S.make_small_spte(huge, 1, 3, S.ACC_ALL, False)
+c3 = S.make_small_spte(EPT, huge, 1, 3, S.ACC_ALL, False)
 w.ch(0x203, 1, c3, c3 & ~S.PT_WRITABLE_MASK)
-c7 = S.make_small_spte(huge, 1, 7, S.ACC_ALL, False)
+c7 = S.make_small_spte(EPT, huge, 1, 7, S.ACC_ALL, False)
 w.ch(0x207, 1, c7, NP)
 w.save()
 
