@@ -76,8 +76,97 @@ def _print_report(console: Console, rows: List[CheckRow], facts: dict) -> None:
     console.print(f"{n_ok} agree, {n_bad} disagree, {sum(r.match is None for r in rows)} skipped")
 
 
+def _print_oracle(console: Console, rows: list, facts: dict, failures: list[str]) -> None:
+    console.print(f"oracle: Linux {facts.get('kernel_release', '?')} under QEMU TCG, cmdline "
+                  f"\"{facts.get('cmdline', '?')}\"; model: TDP MMU under NPT")
+    table = Table(title="kvm-check --qemu: the kernel's stats and events against the model",
+                  title_justify="left")
+    for col in ("scenario", "kernel", "model", "stats", "events", "replay anomalies"):
+        table.add_column(col)
+
+    def mark(v):
+        return "—" if v is None else f"[green]{OK}[/]" if v else f"[red]{BAD}[/]"
+    for r in rows:
+        st = r.stats
+        table.add_row(r.name, "error" if st is None else _counts(st.kernel, st.kernel_pf_fixed),
+                      "—" if st is None else _counts(st.model, st.model_pf_fixed),
+                      mark(r.stats_match), mark(r.events_match) + f" {r.events_compared}",
+                      "—" if r.replay_anomalies is None else str(r.replay_anomalies))
+    console.print(table)
+    for r in rows:
+        for m in (r.stats.mismatches if r.stats else ()):
+            console.print(f"[red]{r.name}[/] stats: {m}")
+        for m in r.event_mismatches:
+            console.print(f"[red]{r.name}[/] events: {m}")
+    for f in failures:
+        console.print(f"[red]{f}[/]")
+    ran = [r for r in rows if r.stats is not None and not r.stats.skipped]
+    console.print(f"{len(rows)} rows: {sum(r.stats_match is True for r in ran)} match on stats, "
+                  f"{sum(r.events_match is True for r in ran)} on events, "
+                  f"{sum(r.error is not None for r in rows)} errors")
+
+
+def _oracle_json(rows: list, facts: dict, failures: list[str]) -> dict:
+    return {"format": "tdpsim-kvm-check-oracle/1", "facts": facts, "failures": failures,
+            "rows": [{"name": r.name, "error": r.error, "stats_match": r.stats_match,
+                      "events_match": r.events_match, "events_compared": r.events_compared,
+                      "uncompared_events": r.uncompared, "replay_anomalies": r.replay_anomalies,
+                      "replay_anomaly_kinds": r.replay_kinds,
+                      "stats_mismatches": list(r.stats.mismatches) if r.stats else [],
+                      "event_mismatches": r.event_mismatches} for r in rows]}
+
+
+def _oracle(qemu: Optional[str], recorded: Optional[str], out: Optional[str], only, timeout,
+            kernel_image, modules, json_out: bool) -> None:
+    from ..kvmcheck.oracle import check_run          # noqa: PLC0415 - only for --qemu
+    from ..kvmcheck.qemu import OracleError, run_oracle  # noqa: PLC0415
+    failures: list[str] = []
+    if qemu:
+        out = out or f"oracle-{qemu}"
+        try:
+            run = run_oracle(qemu, out, only=only or (), timeout=timeout, image=kernel_image,
+                             modules=modules)
+        except OracleError as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(2)
+        failures = run.failures
+        if not run.rows:
+            for f in failures:
+                typer.echo(f, err=True)
+            raise typer.Exit(3)
+        recorded = out
+    try:
+        _run, rows = check_run(recorded)
+    except (OSError, ValueError) as e:
+        typer.echo(f"kvm-check: cannot read the oracle run in {recorded}: {e}", err=True)
+        raise typer.Exit(2)
+    if json_out:
+        typer.echo(json.dumps(_oracle_json(rows, _run.facts, failures), indent=1))
+    else:
+        _print_oracle(Console(), rows, _run.facts, failures)
+    if failures or any(r.stats_match is False or r.events_match is False or r.error
+                       for r in rows):
+        raise typer.Exit(1)
+
+
 def kvm_check(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON (machines)."),
+    qemu: Optional[str] = typer.Option(
+        None, "--qemu", metavar="KERNEL",
+        help="Boot this Debian kernel (6.1, 6.12 or a release) under QEMU TCG and run the "
+             "matrix on its TDP MMU (see tdpsim.kvmcheck.qemu); needs qemu-system-x86, "
+             "busybox-static and the linux-image package."),
+    recorded: Optional[str] = typer.Option(
+        None, "--recorded", metavar="DIR",
+        help="Check an oracle run (or fixture) already on disk against the model."),
+    out: Optional[str] = typer.Option(None, "--out", metavar="DIR",
+                                      help="--qemu: where the run goes (default oracle-KERNEL)."),
+    timeout: float = typer.Option(1800, "--timeout", help="--qemu: seconds before the guest "
+                                  "counts as hung."),
+    kernel_image: Optional[str] = typer.Option(None, "--kernel-image",
+                                               help="--qemu: a kernel you built (with --modules)."),
+    modules: Optional[str] = typer.Option(None, "--modules",
+                                          help="--qemu: its /lib/modules/<release> directory."),
     only: Optional[List[str]] = typer.Option(None, "--only", metavar="NAME",
                                              help="Run only this scenario (repeatable)."),
     repeats: int = typer.Option(2, "--repeats", min=1,
@@ -86,7 +175,10 @@ def kvm_check(
 ) -> None:
     """Run a matrix of tiny guests on the host's /dev/kvm, read KVM's own statistics, run
     the same scenarios through the model (shadow or TDP MMU, as the host's kvm.tdp_mmu
-    says) and show where they agree."""
+    says) and show where they agree.  With --qemu / --recorded: the QEMU TCG oracle."""
+    if qemu or recorded:
+        _oracle(qemu, recorded, out, only, timeout, kernel_image, modules, json_out)
+        return
     matrix = CHECK_MATRIX
     if only:
         names = {s.name for s in CHECK_MATRIX}

@@ -19,16 +19,18 @@ import json
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Iterable, Mapping, Optional, Sequence
 
-from .host_matrix import (DEFAULT_MATRIX, HostResult, HostScenario, NativeExecution,
+from .host_matrix import (DEFAULT_MATRIX, TDP_ROWS, Marker, HostResult, HostScenario, NativeExecution,
                           PageCounts, PhaseResult, host_facts, run_host_scenario)
 from .model_side import ModelResult, mmu_kind, run_model_scenario
 from .pt_window import PT_WINDOW_ROW, PtWindowScenario, run_pt_window_scenario
 from .vm import DEFAULT_KVM_PATH, NATIVE_EXEC_MSR
 
-__all__ = ["CHECK_MATRIX", "PhaseCheck", "CheckRow", "compare_results", "run_kvm_check",
+__all__ = ["CHECK_MATRIX", "ORACLE_MATRIX", "phase_to_dict", "PhaseCheck", "CheckRow", "compare_results", "run_kvm_check",
            "report_to_json", "load_report", "host_result_from_dict", "JSON_FORMAT"]
 
 CHECK_MATRIX: tuple[HostScenario, ...] = DEFAULT_MATRIX + (PT_WINDOW_ROW,)
+#: the rows the QEMU oracle runs on a TDP MMU (NPT) kernel
+ORACLE_MATRIX: tuple[HostScenario, ...] = CHECK_MATRIX + TDP_ROWS
 JSON_FORMAT = "tdpsim-kvm-check/1"
 #: the module parameters that choose and shape the model
 MODEL_PARAMS = ("tdp_mmu", "nx_huge_pages", "eager_page_split")
@@ -84,7 +86,7 @@ class CheckRow:
         d = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "host"}
         d["match"] = self.match
         if self.host is not None:
-            d["kernel_phases"] = [_phase_to_dict(p) for p in self.host.phases]
+            d["kernel_phases"] = [phase_to_dict(p) for p in self.host.phases]
         return d
 
 
@@ -143,11 +145,14 @@ def compare_results(host: HostResult, model: ModelResult) -> CheckRow:
 
 
 def run_host(s: HostScenario, *, repeats: int = 2, kvm_path: str = DEFAULT_KVM_PATH,
-             facts: Optional[dict] = None) -> HostResult:
+             facts: Optional[dict] = None, marker: Optional[Marker] = None) -> HostResult:
     """The host run of one check-matrix row (either kind of scenario)."""
+    kw = dict(repeats=repeats, kvm_path=kvm_path, facts=facts)
+    if marker is not None:
+        kw["marker"] = marker
     if isinstance(s, PtWindowScenario):
-        return run_pt_window_scenario(s, repeats=repeats, kvm_path=kvm_path, facts=facts)
-    return run_host_scenario(s, repeats=repeats, kvm_path=kvm_path, facts=facts)
+        return run_pt_window_scenario(s, **kw)
+    return run_host_scenario(s, **kw)
 
 
 def run_kvm_check(matrix: Iterable[HostScenario] = CHECK_MATRIX, *, repeats: int = 2,
@@ -166,7 +171,7 @@ def run_kvm_check(matrix: Iterable[HostScenario] = CHECK_MATRIX, *, repeats: int
 # --------------------------------------------------------------------------------------
 # JSON
 # --------------------------------------------------------------------------------------
-def _phase_to_dict(p: PhaseResult) -> dict:
+def phase_to_dict(p: PhaseResult) -> dict:
     return {"name": p.name, "pages": asdict(p.pages), "pf_fixed": _pf_fixed(p),
             "pf_taken": int(p.counters.get("pf_taken", 0)),
             "host_huge_frames": list(p.host_huge_frames), "dirty_pages": p.dirty_pages}

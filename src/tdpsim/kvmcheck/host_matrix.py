@@ -18,19 +18,20 @@ structures and compare with ``==``.  Nothing here prints.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from . import uapi as u
 from .guest import PAGE_1G, PAGE_2M, PAGE_4K
 from .vm import (DEFAULT_KVM_PATH, KvmSystem, HostMemory, NativeMsrProbe,
                  TouchGuest, fill_window, hugetlb_free_pages, kvm_vendor_modules,
-                 read_module_params)
+                 read_module_params, write_module_param)
 
 __all__ = [
     "PageCounts", "HostScenario", "PhaseResult", "NativeExecution", "HostResult",
-    "DEFAULT_MATRIX", "run_host_scenario", "run_host_matrix", "host_facts",
-    "DIRTY_LOG_MODES", "THP_SPLIT_METHODS", "WINDOW_SLOT", "PAGE_STATS",
+    "DEFAULT_MATRIX", "TDP_ROWS", "run_host_scenario", "run_host_matrix", "host_facts",
+    "DIRTY_LOG_MODES", "THP_SPLIT_METHODS", "WINDOW_SLOT", "PAGE_STATS", "Marker",
 ]
 
 MiB = 1 << 20
@@ -45,7 +46,14 @@ DIRTY_LOG_MODES = (
     "after_mapping",        # touch -> enable logging -> write everything
     "after_mapping_then_disable",   # ... -> disable logging -> touch everything again
 )
-THP_SPLIT_METHODS = ("dontneed", "mremap", "nohugepage")
+THP_SPLIT_METHODS = ("dontneed", "mremap", "nohugepage", "dontneed_frame")
+#: memslot operations after the first touch: delete (then create again) or move
+SLOT_OPS = ("delete", "move")
+#: what an NX-recovery row sets while it waits (restored after)
+NX_RECOVERY_PARAMS = (("nx_huge_pages_recovery_ratio", "1"),
+                      ("nx_huge_pages_recovery_period_ms", "100"))
+#: where "move" puts the window (its old GPA + this)
+SLOT_MOVE_DELTA = 1 << 30
 
 
 @dataclass(frozen=True, order=True)
@@ -97,14 +105,30 @@ class HostScenario:
     window_gpa: int = DEFAULT_WINDOW_GPA
     expected: PageCounts | None = None
     description: str = ""
+    #: KVM module parameters the row runs under (``name`` = kvm's, ``module.name``
+    #: otherwise), written to /sys/module/*/parameters by the oracle's guest runner
+    module_params: tuple[tuple[str, str], ...] = ()
+    #: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with KVM_DIRTY_LOG_INITIALLY_SET
+    initially_set: bool = False
+    #: after the first touch, touch again with this access ("touch_then" phase)
+    then_access: str | None = None
+    #: seconds to wait after the touch phases for the NX recovery worker ("nx_recovery"),
+    #: then touch again ("touch_again")
+    nx_recovery_wait: float = 0.0
+    slot_op: str | None = None
 
     def __post_init__(self) -> None:
         if self.dirty_log not in DIRTY_LOG_MODES:
             raise ValueError(f"dirty_log must be one of {DIRTY_LOG_MODES}")
         if self.thp_split is not None and self.thp_split not in THP_SPLIT_METHODS:
             raise ValueError(f"thp_split must be None or one of {THP_SPLIT_METHODS}")
-        if self.access not in ("write", "read", "exec"):
-            raise ValueError("access must be write, read or exec")
+        if self.access not in ("write", "read", "exec") or self.then_access not in (
+                None, "write", "read", "exec"):
+            raise ValueError("access and then_access must be write, read or exec")
+        if self.slot_op is not None and self.slot_op not in SLOT_OPS:
+            raise ValueError(f"slot_op must be None or one of {SLOT_OPS}")
+        if self.initially_set and not self.manual_protect:
+            raise ValueError("initially_set needs manual_protect")
         if self.guest_page_size not in (PAGE_4K, PAGE_2M, PAGE_1G):
             raise ValueError("guest_page_size must be 4 KiB, 2 MiB or 1 GiB")
         if self.window_gpa % PAGE_1G and self.guest_page_size == PAGE_1G:
@@ -252,6 +276,58 @@ DEFAULT_MATRIX: tuple[HostScenario, ...] = (
 )
 
 
+_NX = (("nx_huge_pages", "force"),)
+_NO_EAGER = (("eager_page_split", "N"),)
+#: rows only a TDP MMU host runs (the QEMU oracle): NX huge pages, dirty-log variants,
+#: memslot delete / move, a freed THP, ...; appended to the check matrix there
+TDP_ROWS: tuple[HostScenario, ...] = (
+    HostScenario("nx-force-exec", access="exec", module_params=_NX,
+                 description="kvm.nx_huge_pages=force, the loop calls every page: exec "
+                             "faults may not map huge (disallowed_hugepage_adjust)"),
+    HostScenario("nx-force-read", access="read", module_params=_NX,
+                 description="nx_huge_pages=force, reads only: 2M, not executable"),
+    HostScenario("nx-force-read-then-exec", access="read", then_access="exec",
+                 module_params=_NX,
+                 description="nx_huge_pages=force: read (2M NX leaves), then call every "
+                             "page (each 2M leaf is replaced by a table of 4K leaves)"),
+    HostScenario("nx-force-exec-recovery", access="exec", module_params=_NX,
+                 nx_recovery_wait=3.0,
+                 description="nx_huge_pages=force, exec (4K), then the recovery worker "
+                             "with ratio 1 / period 100 ms zaps the NX-split pages; reads "
+                             "map 2M again"),
+    HostScenario("dirty-log-initially-set", dirty_log="after_mapping", manual_protect=True,
+                 initially_set=True,
+                 description="MANUAL_DIRTY_LOG_PROTECT2 | INITIALLY_SET: enabling logging "
+                             "protects nothing; CLEAR splits and write-protects"),
+    HostScenario("dirty-log-no-eager-split", dirty_log="after_mapping", module_params=_NO_EAGER,
+                 description="kvm.eager_page_split=N: enabling logging write-protects the "
+                             "2M leaves; each write faults in a 4K page"),
+    HostScenario("dirty-log-no-eager-split-disable", dirty_log="after_mapping_then_disable",
+                 module_params=_NO_EAGER,
+                 description="eager_page_split=N, then disable logging and touch again"),
+    HostScenario("dirty-log-manual-no-eager-split", dirty_log="after_mapping",
+                 manual_protect=True, module_params=_NO_EAGER,
+                 description="MANUAL_DIRTY_LOG_PROTECT2 with eager_page_split=N"),
+    HostScenario("hugetlb-2m-dirty-log", hugetlb=True, dirty_log="after_mapping",
+                 description="hugetlbfs 2 MiB pages, then dirty logging (eager split)"),
+    HostScenario("memslot-delete", slot_op="delete",
+                 description="touch, delete the window's memslot (kvm_mmu_zap_all_fast), "
+                             "create it again, touch again"),
+    HostScenario("memslot-move", slot_op="move",
+                 description="touch, move the window's memslot 1 GiB up (KVM_MR_MOVE), "
+                             "touch it there"),
+    HostScenario("thp-dontneed-frame", thp_split="dontneed_frame", split_frames=(2,),
+                 description="touch, MADV_DONTNEED all of host frame 2 (THP freed, the "
+                             "mmu notifier zaps it), touch again (a new THP)"),
+    HostScenario("gpa-skew-2m", gpa_skew=PAGE_2M,
+                 description="slot GPA +2 MiB: GPA and host address still agree mod 2 MiB"),
+    HostScenario("stride-2m", stride=PAGE_2M,
+                 description="one touch per 2 MiB frame"),
+    HostScenario("read-then-write", access="read", then_access="write",
+                 description="read every page (writable 2M leaves), then write: no fault"),
+)
+
+
 # --------------------------------------------------------------------------------------
 # running
 # --------------------------------------------------------------------------------------
@@ -294,16 +370,26 @@ def _popcount(bitmap: bytes) -> int:
     return sum(bin(b).count("1") for b in bitmap)
 
 
-def _run_once(s: HostScenario, kvm_path: str, native: bool) -> tuple[tuple[PhaseResult, ...], dict, NativeExecution]:
+#: a callback told each phase boundary (``"warmup"``, then each phase's name), e.g. to
+#: write an ftrace marker so a trace can be cut into phases
+Marker = Callable[[str], None]
+
+
+def _no_marker(name: str) -> None:
+    pass
+
+
+def _run_once(s: HostScenario, kvm_path: str, native: bool,
+              marker: Marker = _no_marker) -> tuple[tuple[PhaseResult, ...], dict, NativeExecution]:
     with KvmSystem(kvm_path) as kvm, TouchGuest(kvm, s.access, native=native,
                                                 max_window_span=s.slot_size + s.gpa_skew) as g:
         mem = HostMemory(s.slot_size, hva_skew=s.hva_skew, thp=None if s.hugetlb else s.thp,
                          hugetlb=s.hugetlb)
         try:
-            if s.prefault:
-                fill_window(mem, s.access)
+            if s.prefault:       # ret bytes wherever the loop will call
+                fill_window(mem, "exec" if "exec" in (s.access, s.then_access) else s.access)
             if s.manual_protect:
-                g.vm.enable_manual_dirty_log_protect(initially_set=False)
+                g.vm.enable_manual_dirty_log_protect(initially_set=s.initially_set)
             flags = u.KVM_MEM_LOG_DIRTY_PAGES if s.dirty_log == "before_touch" else 0
             g.add_window(WINDOW_SLOT, s.gpa, mem, guest_page_size=s.guest_page_size, flags=flags)
             g.finalize()
@@ -312,6 +398,7 @@ def _run_once(s: HostScenario, kvm_path: str, native: bool) -> tuple[tuple[Phase
             pre = g.stats()
             g.touch(s.gpa, 0)
             base = g.stats()
+            marker("warmup")
             warm = _diff(base, pre)
             sptes = sum(base.get(k, 0) for k in PAGE_STATS)
             probe: NativeMsrProbe | None = g.native
@@ -331,13 +418,21 @@ def _run_once(s: HostScenario, kvm_path: str, native: bool) -> tuple[tuple[Phase
                 now = g.stats()
                 phases.append(PhaseResult(name, PageCounts.from_stats(now, base), _diff(now, last),
                                           mem.huge_frames(), dirty))
+                marker(name)
                 last = now
 
+            gpa = s.gpa
+
             def touch(access: str | None = None) -> None:
-                g.touch(s.gpa, s.touches, s.stride, access)
+                g.touch(gpa, s.touches, s.stride, access)
 
             touch()
-            phase("touch")
+            # before_touch: the dirty log is read before the phase ends (and its trace cut)
+            phase("touch", _popcount(g.vm.get_dirty_log(WINDOW_SLOT))
+                  if s.dirty_log == "before_touch" else None)
+            if s.then_access:
+                touch(s.then_access)
+                phase("touch_then")
 
             if s.dirty_log in ("after_mapping", "after_mapping_then_disable"):
                 g.vm.set_dirty_logging(WINDOW_SLOT, True)
@@ -354,14 +449,38 @@ def _run_once(s: HostScenario, kvm_path: str, native: bool) -> tuple[tuple[Phase
                     phase("dirty_log_off")
                     touch()
                     phase("touch_again")
-            elif s.dirty_log == "before_touch":
-                phases[-1] = replace(phases[-1], dirty_pages=_popcount(g.vm.get_dirty_log(WINDOW_SLOT)))
 
             if s.thp_split:
                 frames = s.split_frames or tuple(range(len(mem.huge_frames())))
                 mem.split_thp_frames(frames, s.thp_split)
                 phase(f"thp_split_{s.thp_split}")
                 touch()
+                phase("touch_again")
+            if s.slot_op == "delete":
+                ms = g.vm.delete_memslot(WINDOW_SLOT)
+                phase("slot_delete")
+                g.vm.add_memslot(WINDOW_SLOT, ms.gpa, mem, flags=ms.flags, own=False)
+                phase("slot_create")
+                touch()
+                phase("touch_again")
+            elif s.slot_op == "move":
+                gpa = s.gpa + SLOT_MOVE_DELTA
+                g.vm.move_memslot(WINDOW_SLOT, gpa)
+                g.map_window(gpa, s.slot_size, s.guest_page_size)
+                phase("slot_move")
+                touch()
+                phase("touch_again")
+            if s.nx_recovery_wait:
+                # the worker zaps DIV_ROUND_UP(nx_lpage_splits, ratio) pages each period:
+                # ratio 1 recovers every tracked page at its next run
+                old = {k: write_module_param(k, v) for k, v in NX_RECOVERY_PARAMS}
+                try:
+                    time.sleep(s.nx_recovery_wait)
+                finally:
+                    for k, v in old.items():
+                        write_module_param(k, v)
+                phase("nx_recovery")
+                touch("read")           # reads may map huge again
                 phase("touch_again")
 
             stat_deltas = _diff(g.stats(), base)
@@ -373,9 +492,11 @@ def _run_once(s: HostScenario, kvm_path: str, native: bool) -> tuple[tuple[Phase
 
 
 def run_host_scenario(s: HostScenario, *, repeats: int = 2, kvm_path: str = DEFAULT_KVM_PATH,
-                      native: bool = True, facts: dict | None = None) -> HostResult:
+                      native: bool = True, facts: dict | None = None,
+                      marker: Marker = _no_marker) -> HostResult:
     """Run *s* ``repeats`` times in fresh VMs; the first run is reported, the others
-    are compared with it (``repeatable``/``repeat_mismatches``).
+    are compared with it (``repeatable``/``repeat_mismatches``).  *marker* is told the
+    phase boundaries of the first run.
 
     Raises :class:`~tdpsim.kvmcheck.vm.KvmUnavailable` when /dev/kvm cannot be used and
     :class:`~tdpsim.kvmcheck.vm.KvmError` / ``GuestError`` on unexpected failures.
@@ -388,7 +509,7 @@ def run_host_scenario(s: HostScenario, *, repeats: int = 2, kvm_path: str = DEFA
     reason = _skip_reason(s)
     if reason:
         return HostResult(s, skipped=reason, **common)
-    phases, deltas, nat = _run_once(s, kvm_path, native)
+    phases, deltas, nat = _run_once(s, kvm_path, native, marker)
     mismatches: list[str] = []
     for i in range(1, repeats):
         p2, _, nat2 = _run_once(s, kvm_path, native)

@@ -23,29 +23,34 @@ Pure: no /dev/kvm, no printing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 from ..model.kvm import Kvm
 from ..model.kvm_main import (kvm_mmu_notifier_invalidate_range, kvm_mmu_slot_apply_flags,
+                              kvm_mmu_zap_all_fast, kvm_recover_nx_huge_pages,
                               kvm_set_memory_region)
 from ..model.memslot import KVM_MEM_LOG_DIRTY_PAGES, HostBacking, KvmMemorySlot
-from ..model.mmu_fault import ept_violation_error_code, kvm_mmu_do_page_fault, kvm_mmu_load
+from ..model.mmu_fault import kvm_mmu_load
 from ..model.policy import Policy
 from ..model.shadow_mmu import ShadowMmu
+from ..model.svm import npf_error_code, npf_interception
 from ..model.spte import (PAGE_SHIFT, PG_LEVEL_2M, PG_LEVEL_4K, PT_WRITABLE_MASK, SPTE_INDEX,
                           PT_PRESENT_MASK, is_executable_pte, is_last_spte,
                           is_shadow_present_pte, is_writable_pte, spte_to_pfn)
 from ..model.tdp_iter import for_each_tdp_pte
 from ..model.tdp_mmu import tdp_mmu_set_spte_atomic
-from .guest import ACCESS_KINDS, PAGE_2M, PAGE_4K, IdentityPageTables, page_tables_needed
-from .host_matrix import WINDOW_SLOT, HostResult, HostScenario, PageCounts, PhaseResult
+from .guest import (ACCESS_KINDS, PAGE_2M, PAGE_4K, PTE_P, PTE_PS, IdentityPageTables,
+                    page_tables_needed)
+from .host_matrix import (SLOT_MOVE_DELTA, WINDOW_SLOT, HostResult, HostScenario, PageCounts,
+                          PhaseResult)
 from .pt_window import PtWindowScenario, link_pt_in_window, pt_window_pte_bytes
 from .vm import CODE_OFFSET, PT_OFFSET, STACK_TOP_OFFSET, SYS_GPA, SYS_SLOT, TouchGuest
 
 __all__ = ["ModelResult", "mmu_kind", "model_policy", "guest_page_tables",
            "host_huge_frames_by_phase", "run_model_scenario", "SHADOW", "TDP"]
 
+_PTE_ADDR = 0x000F_FFFF_FFFF_F000
 SHADOW = "shadow"
 TDP = "tdp"
 
@@ -62,6 +67,9 @@ class ModelResult:
     mmu: str
     phases: tuple[PhaseResult, ...]
     warmup_sptes: int
+    #: the model's events (``tdpsim.model.events``) per segment: ``"warmup"`` (VM set-up
+    #: and warm-up), then each phase's name, cut where the host run marks its trace
+    events: Mapping[str, tuple] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def final(self) -> Optional[PageCounts]:
@@ -127,6 +135,25 @@ def _guest_reader(pt: IdentityPageTables, s: HostScenario):
     return read
 
 
+def guest_walk(read, cr3: int, va: int) -> list[int]:
+    """The GPAs a 4-level x86-64 walk of *va* reads (PML4E, PDPTE, PDE[, PTE]), then the
+    translated GPA; *read* returns the u64 at a GPA."""
+    out = []
+    table = cr3 & _PTE_ADDR
+    for level in (4, 3, 2, 1):
+        entry = table + ((va >> (12 + 9 * (level - 1))) & 0x1FF) * 8
+        out.append(entry)
+        pte = read(entry)
+        if not pte & PTE_P:
+            raise ValueError(f"guest VA {va:#x} is not mapped (level {level} entry {entry:#x})")
+        size = 1 << (12 + 9 * (level - 1))
+        if level == 1 or pte & PTE_PS:
+            out.append((pte & _PTE_ADDR & ~(size - 1)) | (va & (size - 1)))
+            return out
+        table = pte & _PTE_ADDR
+    raise AssertionError("unreachable")
+
+
 def _nframes(s: HostScenario) -> int:
     return _round_up(s.hva_skew + s.slot_size, PAGE_2M) // PAGE_2M
 
@@ -139,8 +166,16 @@ def _phase_names(s: HostScenario) -> list[str]:
             names += ["clear_dirty_log", "write_after_clear"]
         if s.dirty_log == "after_mapping_then_disable":
             names += ["dirty_log_off", "touch_again"]
+    if s.then_access:
+        names.insert(1, "touch_then")
     if s.thp_split:
         names += [f"thp_split_{s.thp_split}", "touch_again"]
+    if s.slot_op == "delete":
+        names += ["slot_delete", "slot_create", "touch_again"]
+    elif s.slot_op == "move":
+        names += ["slot_move", "touch_again"]
+    if s.nx_recovery_wait:
+        names += ["nx_recovery", "touch_again"]
     return names
 
 
@@ -168,7 +203,8 @@ class _Engine:
 
     def __init__(self, s: HostScenario, policy: Policy, huge: tuple[bool, ...]) -> None:
         self.s = s
-        self.kvm = Kvm(policy=policy)
+        self.events: list = []
+        self.kvm = Kvm(policy=policy, tracer=self.events.append)
         self.pt, sys_size = guest_page_tables(s)
         sys_backing = HostBacking(SYS_HVA, sys_size, PG_LEVEL_4K)     # TouchGuest: thp=False
         self.sys_slot = KvmMemorySlot(SYS_SLOT, SYS_GPA >> PAGE_SHIFT, sys_size >> PAGE_SHIFT,
@@ -234,9 +270,14 @@ class _ShadowEngine(_Engine):
 
 
 class _TdpEngine(_Engine):
+    """The TDP MMU under AMD NPT: the CPU's nested walk of the guest's own page tables
+    goes through the NPT too, so every guest page-table page is faulted in (as a write,
+    PFERR_GUEST_PAGE) before the access itself (PFERR_GUEST_FINAL)."""
+
     def __init__(self, s: HostScenario, policy: Policy, huge: tuple[bool, ...]) -> None:
         super().__init__(s, policy, huge)
         self.vcpu = self.kvm.vcpus[0]
+        self.read_guest = _guest_reader(self.pt, s)
         kvm_mmu_load(self.vcpu)
         self.manual = s.manual_protect
 
@@ -250,18 +291,23 @@ class _TdpEngine(_Engine):
             sp = self.kvm.sp_by_pfn[spte_to_pfn(spte)]
 
     def access(self, addr: int, kind: str) -> None:
-        # TDP: the guest's page tables play no part; the GPA (identity) faults directly.
+        for entry in guest_walk(self.read_guest, self.pt.cr3, addr)[:-1]:
+            self._nested(entry, "write", guest_page=True)
+        self._nested(addr, kind)          # identity-mapped: the VA is the GPA
+
+    def _nested(self, gpa: int, kind: str, guest_page: bool = False) -> None:
+        """One nested translation of *gpa*: NPF until the SPTE allows the access."""
         write, fetch = kind == "write", kind == "exec"
         for _ in range(8):
-            spte = self._leaf(addr >> PAGE_SHIFT)
+            spte = self._leaf(gpa >> PAGE_SHIFT)
             present = is_shadow_present_pte(spte)
             if present and (is_writable_pte(spte) if write
                             else is_executable_pte(self.kvm.masks, spte) if fetch
                             else bool(spte & PT_PRESENT_MASK)):
                 return
-            kvm_mmu_do_page_fault(self.vcpu, addr, ept_violation_error_code(
-                write=write, exec=fetch, present=present))
-        raise RuntimeError(f"no forward progress on {kind} at {addr:#x}")
+            npf_interception(self.vcpu, gpa, npf_error_code(
+                write=write, exec=fetch, present=present, guest_page=guest_page))
+        raise RuntimeError(f"no forward progress on {kind} at {gpa:#x}")
 
     def set_dirty_logging(self, on: bool) -> None:
         flags = self.slot.flags | KVM_MEM_LOG_DIRTY_PAGES if on else \
@@ -298,6 +344,34 @@ class _TdpEngine(_Engine):
     def unmap(self, start: int, end: int) -> None:
         kvm_mmu_notifier_invalidate_range(self.kvm, start, end)
 
+    def reload(self) -> None:
+        """``vcpu_enter_guest`` → ``kvm_mmu_reload``: a new root after a fast zap."""
+        if self.vcpu.root is None or self.vcpu.root.role.invalid:
+            kvm_mmu_load(self.vcpu)
+
+    def delete_slot(self) -> None:
+        """KVM_MR_DELETE: ``kvm_arch_flush_shadow_memslot`` → ``kvm_mmu_zap_all_fast``."""
+        self.kvm.memslots.remove(self.slot)
+        self.kvm.memslots_generation += 2
+        kvm_mmu_zap_all_fast(self.kvm)
+
+    def create_slot(self) -> None:
+        kvm_set_memory_region(self.kvm, self.slot)
+
+    def move_slot(self, gpa: int) -> None:
+        """KVM_MR_MOVE: zapped like a deletion, then the slot reappears at *gpa*."""
+        self.delete_slot()
+        old = self.slot      # kvm_arch_prepare_memory_region: new lpage_info for a MOVE
+        self.slot = KvmMemorySlot(old.id, gpa >> PAGE_SHIFT, old.npages, old.userspace_addr,
+                                  old.backing, flags=old.flags)
+        self.pt.map(gpa, gpa + self.s.slot_size, self.s.guest_page_size)
+        self.read_guest = _guest_reader(self.pt, self.s)
+        self.create_slot()
+
+    def nx_recovery(self) -> None:
+        """The recovery worker with ratio 1 (:data:`NX_RECOVERY_PARAMS`): everything."""
+        kvm_recover_nx_huge_pages(self.kvm, ratio=1)
+
 
 # --------------------------------------------------------------------------------------
 # the scenario
@@ -311,6 +385,9 @@ def run_model_scenario(s: HostScenario, kvm_params: Optional[Mapping[str, str]] 
     kind = mmu_kind(kvm_params)
     frames = host_huge_frames_by_phase(s, host)
     first = frames.get("touch") or next(iter(frames.values()))
+    if kind != TDP and (s.slot_op or s.nx_recovery_wait or s.initially_set):
+        raise ValueError(f"{s.name}: memslot operations, NX recovery and INITIALLY_SET are "
+                         f"modelled on the TDP MMU only")
     eng_cls = _TdpEngine if kind == TDP else _ShadowEngine
     eng = eng_cls(s, model_policy(kvm_params), first)
 
@@ -322,6 +399,12 @@ def run_model_scenario(s: HostScenario, kvm_params: Optional[Mapping[str, str]] 
     warmup = base_pages.pages_4k + base_pages.pages_2m + base_pages.pages_1g
     last = eng.stats()
     phases: list[PhaseResult] = []
+    segments: dict[str, tuple] = {}
+
+    def cut(name: str) -> None:
+        segments[name] = tuple(eng.events)
+        eng.events.clear()
+    cut("warmup")
 
     def phase(name: str, dirty: Optional[int] = None) -> None:
         nonlocal last
@@ -332,43 +415,89 @@ def run_model_scenario(s: HostScenario, kvm_params: Optional[Mapping[str, str]] 
         counters = {k: v - last[k] for k, v in now.items() if v != last[k]}
         huge = frames.get(name, tuple(not f for f in _split_mask(eng)))
         phases.append(PhaseResult(name, pages, counters, huge, dirty))
+        cut(name)
         last = now
+
+    gpa = s.gpa
 
     def touch(kind: Optional[str] = None) -> None:
         kind = kind or s.access
+        if kind_tdp:
+            eng.reload()
+            # a host THP the touch itself brings back (after MADV_DONTNEED of a frame)
+            eng.set_host_frames(frames.get(_next_phase_name(), eng_frames()))
+            # each KVM_RUN fetches the loop and pushes: faults again after a fast zap
+            eng.access(SYS_GPA + CODE_OFFSET + ACCESS_KINDS.index(kind) * TouchGuest.CODE_STRIDE,
+                       "exec")
+            eng.access(SYS_GPA + STACK_TOP_OFFSET - 8, "write")
         for i in range(s.touches):
-            eng.access(s.gpa + i * s.stride, kind)
+            eng.access(gpa + i * s.stride, kind)
+
+    kind_tdp = kind == TDP
+    names = iter(_phase_names(s))
+    pending = [next(names)]
+
+    def _next_phase_name() -> str:
+        return pending[0]
+
+    def eng_frames() -> tuple[bool, ...]:
+        return tuple(not f for f in _split_mask(eng))
+
+    def step(name: str, dirty: Optional[int] = None) -> None:
+        phase(name, dirty)
+        pending[0] = next(names, "")
 
     touch()
     dirty = eng.get_dirty_log() if s.dirty_log == "before_touch" else None
-    phase("touch", dirty)
+    step("touch", dirty)
+    if s.then_access:
+        touch(s.then_access)
+        step("touch_then")
     if s.dirty_log in ("after_mapping", "after_mapping_then_disable"):
         eng.set_dirty_logging(True)
-        phase("dirty_log_on")
+        step("dirty_log_on")
         touch("write")
-        phase("write_logged", eng.get_dirty_log())
+        step("write_logged", eng.get_dirty_log())
         if s.manual_protect:
             eng.clear_dirty_log()
-            phase("clear_dirty_log")
+            step("clear_dirty_log")
             touch("write")
-            phase("write_after_clear", eng.get_dirty_log())
+            step("write_after_clear", eng.get_dirty_log())
         if s.dirty_log == "after_mapping_then_disable":
             eng.set_dirty_logging(False)
-            phase("dirty_log_off")
+            step("dirty_log_off")
             touch()
-            phase("touch_again")
+            step("touch_again")
     if s.thp_split:
         name = f"thp_split_{s.thp_split}"
         split_now = frames.get(name, first)
-        # the host splits a THP: __split_huge_pmd's mmu notifier covers the whole 2 MiB
+        # the host splits (or frees) a THP: the mmu notifier covers the whole 2 MiB
         for f in eng.set_host_frames(split_now):
             lo, hi = eng.frame_gfns(f)
             if hi > lo:
                 eng.unmap(lo, hi)
-        phase(name)
+        step(name)
         touch()
-        phase("touch_again")
-    return ModelResult(s, kind, tuple(phases), warmup)
+        step("touch_again")
+    if s.slot_op == "delete":
+        eng.delete_slot()
+        step("slot_delete")
+        eng.create_slot()
+        step("slot_create")
+        touch()
+        step("touch_again")
+    elif s.slot_op == "move":
+        gpa = s.gpa + SLOT_MOVE_DELTA
+        eng.move_slot(gpa)
+        step("slot_move")
+        touch()
+        step("touch_again")
+    if s.nx_recovery_wait:
+        eng.nx_recovery()
+        step("nx_recovery")
+        touch("read")
+        step("touch_again")
+    return ModelResult(s, kind, tuple(phases), warmup, segments)
 
 
 def _split_mask(eng: _Engine) -> list[bool]:

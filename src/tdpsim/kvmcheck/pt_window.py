@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from .guest import PAGE_2M, PAGE_4K, PTE_A, PTE_D, PTE_P, PTE_RW, PTE_US, IdentityPageTables
 from .host_matrix import (_WARMUP_INSNS, PAGE_STATS, WINDOW_SLOT, HostResult, HostScenario,
-                          NativeExecution, PageCounts, PhaseResult, _diff, host_facts)
+                          Marker, NativeExecution, PageCounts, PhaseResult, _diff, _no_marker,
+                          host_facts)
 from .vm import DEFAULT_KVM_PATH, HostMemory, KvmSystem, TouchGuest, fill_window
 
 __all__ = ["PtWindowScenario", "PT_WINDOW_ROW", "pt_window_pte_bytes", "link_pt_in_window",
@@ -86,13 +87,14 @@ def link_pt_in_window(pt: IdentityPageTables, va: int, pt_gpa: int) -> None:
 
 def run_pt_window_scenario(s: PtWindowScenario, *, repeats: int = 2,
                            kvm_path: str = DEFAULT_KVM_PATH, native: bool = True,
-                           facts: dict | None = None) -> HostResult:
+                           facts: dict | None = None, marker: Marker = _no_marker) -> HostResult:
     """Run *s* on /dev/kvm (``repeats`` fresh VMs, the first reported); raises
     :class:`~tdpsim.kvmcheck.vm.KvmUnavailable` / ``KvmError`` as ``run_host_scenario``."""
     facts = facts if facts is not None else host_facts()
     common = dict(kvm_params=facts["kvm_params"], vendor_modules=facts["vendor_modules"],
                   kernel_release=facts["kernel_release"])
-    runs = [_run_once(s, kvm_path, native) for _ in range(max(1, repeats))]
+    runs = [_run_once(s, kvm_path, native, marker if i == 0 else _no_marker)
+            for i in range(max(1, repeats))]
     phases, deltas, nat = runs[0]
     mismatches = [f"run {i + 1}: {[p.signature() for p in r[0]]}"
                   for i, r in enumerate(runs[1:], 1)
@@ -102,7 +104,7 @@ def run_pt_window_scenario(s: PtWindowScenario, *, repeats: int = 2,
                       repeat_mismatches=tuple(mismatches), **common)
 
 
-def _run_once(s: PtWindowScenario, kvm_path: str, native: bool):
+def _run_once(s: PtWindowScenario, kvm_path: str, native: bool, marker: Marker):
     with KvmSystem(kvm_path) as kvm, TouchGuest(kvm, s.access, native=native,
                                                 max_window_span=s.slot_size) as g:
         mem = HostMemory(s.slot_size, thp=s.thp)
@@ -115,6 +117,7 @@ def _run_once(s: PtWindowScenario, kvm_path: str, native: bool):
             pre = g.stats()
             g.touch(s.gpa, 0)                       # warm-up, as run_host_scenario
             base = g.stats()
+            marker("warmup")
             warm = _diff(base, pre)
             sptes = sum(base.get(k, 0) for k in PAGE_STATS)
             probe = g.native
@@ -130,6 +133,7 @@ def _run_once(s: PtWindowScenario, kvm_path: str, native: bool):
             now = g.stats()
             phase = PhaseResult("touch", PageCounts.from_stats(now, base), _diff(now, base),
                                 mem.huge_frames(), None)
+            marker("touch")
             return (phase,), _diff(now, base), nat
         finally:
             g.vm.close()

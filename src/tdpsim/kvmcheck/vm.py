@@ -22,8 +22,8 @@ __all__ = [
     "KvmCheckError", "KvmError", "KvmUnavailable",
     "KvmSystem", "Vm", "Vcpu", "HostMemory", "Memslot", "ExitInfo",
     "StatDescriptor", "StatsFd", "parse_stats_buffer", "NativeMsrProbe", "TouchGuest",
-    "read_module_params", "kvm_vendor_modules", "hugetlb_free_pages", "GuestError",
-    "fill_window", "pagemap_scan", "NATIVE_EXEC_MSR", "DEFAULT_KVM_PATH",
+    "read_module_params", "write_module_param", "kvm_vendor_modules", "hugetlb_free_pages", "GuestError",
+    "fill_window", "pagemap_scan", "smaps_huge_bytes", "NATIVE_EXEC_MSR", "DEFAULT_KVM_PATH",
 ]
 
 DEFAULT_KVM_PATH = "/dev/kvm"
@@ -134,6 +134,7 @@ class HostMemory:
         self.hugetlb = hugetlb
         self.frame_len = _round_up(hva_skew + size, PAGE_2M)
         self._maps: list[tuple[int, int]] = []      # (addr, len) to munmap on close
+        self._split: set[int] = set()               # frames split_thp split (smaps fallback)
         prot = u.PROT_READ | u.PROT_WRITE
         if hugetlb:
             if hva_skew % PAGE_2M:
@@ -189,6 +190,8 @@ class HostMemory:
 
         * ``"dontneed"``: MADV_DONTNEED the first 4 KiB of each 2 MiB frame in the range
           (forces a PMD split; the page is refilled with zeros on next touch),
+        * ``"dontneed_frame"``: MADV_DONTNEED the whole of each frame (the THP is unmapped
+          and freed; the next touch may allocate a new THP),
         * ``"nohugepage"``: MADV_NOHUGEPAGE on the range (changes the VMA only, existing
           THPs are *not* split by the kernel; useful as a negative control),
         * ``"mremap"``: move the first 4 KiB of each frame away and back with mremap
@@ -203,8 +206,11 @@ class HostMemory:
             return
         while frame < end:
             page = max(frame, start - start % PAGE_4K)
+            self._split.add((frame - (self.addr - self.addr % PAGE_2M)) // PAGE_2M)
             if method == "dontneed":
                 self.madvise(u.MADV_DONTNEED, page, PAGE_4K)
+            elif method == "dontneed_frame":
+                self.madvise(u.MADV_DONTNEED, page, min(end, frame + PAGE_2M) - page)
             elif method == "mremap":
                 tmp = _libc.mmap(None, PAGE_4K, u.PROT_READ | u.PROT_WRITE,
                                  u.MAP_PRIVATE | u.MAP_ANONYMOUS, -1, 0)
@@ -234,15 +240,35 @@ class HostMemory:
                 self.split_thp(off, end - off, method)
 
     def huge_frames(self) -> tuple[bool, ...]:
-        """For each 2 MiB host frame overlapping the memory: is it mapped by a huge page?"""
+        """For each 2 MiB host frame overlapping the memory: is it mapped by a huge page?
+
+        PAGEMAP_SCAN (6.7+) answers per frame.  Older kernels (6.1) have no per-frame
+        answer in /proc, so :meth:`_huge_frames_smaps` counts the PMD-mapped bytes of the
+        VMA in smaps and attributes them to the frames this object has not split."""
         first = self.addr - self.addr % PAGE_2M
         nframes = (_round_up(self.addr + self.size, PAGE_2M) - first) // PAGE_2M
         huge = [False] * nframes
-        for start, end, cats in pagemap_scan(first, first + nframes * PAGE_2M):
+        try:
+            regions = pagemap_scan(first, first + nframes * PAGE_2M)
+        except KvmError as e:
+            if e.errno not in (_errno.ENOTTY, _errno.EINVAL):
+                raise
+            return self._huge_frames_smaps(first, nframes)
+        for start, end, cats in regions:
             if cats & u.PAGE_IS_HUGE:
                 for f in range((start - first) // PAGE_2M, (end - 1 - first) // PAGE_2M + 1):
                     huge[f] = True
         return tuple(huge)
+
+    def _huge_frames_smaps(self, first: int, nframes: int) -> tuple[bool, ...]:
+        """The smaps fallback of :meth:`huge_frames`: ``AnonHugePages`` (THP mapped by a
+        PMD) or ``Private_Hugetlb`` of the VMAs over the frames, in whole frames, given to
+        the frames not split by :meth:`split_thp` (split frames first lose hugeness)."""
+        huge_bytes = smaps_huge_bytes(first, first + nframes * PAGE_2M)
+        count = huge_bytes // PAGE_2M
+        order = [f for f in range(nframes) if f not in self._split] + sorted(self._split)
+        chosen = set(order[:count])
+        return tuple(f in chosen for f in range(nframes))
 
     def close(self) -> None:
         while self._maps:
@@ -260,6 +286,23 @@ class HostMemory:
             self.close()
         except Exception:
             pass
+
+
+def smaps_huge_bytes(start: int, end: int, smaps: str = "/proc/self/smaps") -> int:
+    """Bytes of ``AnonHugePages`` + ``Private_Hugetlb`` + ``Shared_Hugetlb`` over the VMAs
+    of this process that overlap ``[start, end)`` (whole VMAs: callers keep the range to
+    VMAs of their own)."""
+    total = 0
+    inside = False
+    with open(smaps) as f:
+        for line in f:
+            head = line.split(None, 1)[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo < end and hi > start
+            elif inside and head in ("AnonHugePages:", "Private_Hugetlb:", "Shared_Hugetlb:"):
+                total += int(line.split()[1]) * 1024
+    return total
 
 
 def pagemap_scan(start: int, end: int, *, return_mask: int = u.PAGE_IS_PRESENT | u.PAGE_IS_HUGE,
@@ -502,9 +545,16 @@ class Vm:
         f = (f | u.KVM_MEM_LOG_DIRTY_PAGES) if enabled else (f & ~u.KVM_MEM_LOG_DIRTY_PAGES)
         self.set_memslot_flags(slot, f)
 
-    def delete_memslot(self, slot: int) -> None:
+    def delete_memslot(self, slot: int) -> Memslot:
         ms = self.memslots.pop(slot)
         self.set_user_memory_region(slot, ms.gpa, 0, ms.hva, 0)
+        return ms
+
+    def move_memslot(self, slot: int, gpa: int) -> None:
+        """KVM_MR_MOVE: same slot, size, memory and flags at another GPA."""
+        ms = self.memslots[slot]
+        self.set_user_memory_region(slot, gpa, ms.size, ms.hva, ms.flags)
+        ms.gpa = gpa
 
     def get_dirty_log(self, slot: int) -> bytes:
         """KVM_GET_DIRTY_LOG: the slot's bitmap (bit n = page n of the slot)."""
@@ -845,6 +895,12 @@ class TouchGuest:
             self.sys_mem.write(PT_OFFSET, self.pt.image())
         return ms
 
+    def map_window(self, gpa: int, size: int, guest_page_size: int = PAGE_2M) -> None:
+        """Identity-map a further guest range (e.g. where a window was moved to)."""
+        self.pt.map(gpa, gpa + size, guest_page_size)
+        if self._finalized:
+            self.sys_mem.write(PT_OFFSET, self.pt.image())
+
     def finalize(self) -> None:
         self.sys_mem.write(PT_OFFSET, self.pt.image())
         self.vcpu.set_cpuid2(self.system.supported_cpuid())
@@ -911,6 +967,16 @@ def read_module_params(module: str = "kvm") -> dict[str, str]:
         except OSError:
             continue
     return out
+
+
+def write_module_param(name: str, value: str, module: str = "kvm") -> str:
+    """Write ``/sys/module/<module>/parameters/<name>`` (root); returns the old value."""
+    path = f"/sys/module/{module}/parameters/{name}"
+    with open(path) as f:
+        old = f.read().strip()
+    with open(path, "w") as f:
+        f.write(value)
+    return old
 
 
 def kvm_vendor_modules() -> list[str]:

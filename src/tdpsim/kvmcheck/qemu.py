@@ -1,0 +1,371 @@
+"""The oracle harness: boot a Debian kernel under QEMU TCG and run the check matrix on
+its KVM (kvm_amd, NPT, the TDP MMU), with kvmmmu tracing.
+
+Nothing is installed here.  The pieces come from Debian packages when present, and a
+missing one is named with its package (:class:`OracleError` with step ``packages``):
+
+=====================  =========================================================
+what                   package
+=====================  =========================================================
+qemu-system-x86_64     ``qemu-system-x86``
+/bin/busybox (static)  ``busybox-static``
+/boot/vmlinuz-<rel>    ``linux-image-6.1.0-<N>-amd64-unsigned`` / ``linux-image-6.12.<N>+deb12-amd64-unsigned``
+=====================  =========================================================
+
+(the generic ``-amd64`` images: the ``-cloud-amd64`` ones have no 9p), or a kernel you
+built (``--kernel-image`` + ``--modules``).
+
+How the guest is made (:func:`build_initramfs`): a newc cpio with busybox, the modules
+for virtio-9p and kvm_amd (dependency closure from ``modules.dep``; ``.ko.xz`` /
+``.ko.zst`` are decompressed because busybox ``insmod`` reads neither; busybox ``insmod``
+also ignores ``kvm.x=y`` on the kernel command line, so parameters go on the insmod line)
+and an ``/init`` script.  The host's ``/`` is shared read-only over 9p (so the guest runs
+this very Python and tdpsim), the output directory read-write; both need
+``multidevs=remap`` (the host tree spans several devices).  The guest chroots into the
+host tree and runs :mod:`tdpsim.kvmcheck.oracle_guest`.
+
+Every step prints ``oracle-step: <step>`` on the serial console (``console.log`` in the
+output directory); a failure is one :class:`OracleError` line naming the step and the log.
+The rows that did run are in ``rows.jsonl`` whatever happened after them.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Optional, Sequence
+
+__all__ = ["OracleError", "GuestKernel", "OracleRun", "find_kernel", "module_closure",
+           "build_initramfs", "init_script", "qemu_command", "run_oracle", "read_rows",
+           "BUSYBOX", "GUEST_MODULES", "DEFAULT_CPU", "KERNEL_PACKAGES"]
+
+BUSYBOX = "/bin/busybox"
+QEMU = "qemu-system-x86_64"
+#: modules the guest loads, in this order (each after its dependencies)
+GUEST_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "kvm", "kvm_amd")
+#: ``-cpu max`` emulates SVM with NPT; without la57 the NPT root is 4-level
+DEFAULT_CPU = "max,-la57"
+KERNEL_PACKAGES = {
+    "6.1": "linux-image-6.1.0-<N>-amd64-unsigned",
+    "6.12": "linux-image-6.12.<N>+deb12-amd64-unsigned",
+}
+#: insmod parameters (busybox insmod does not read kvm.x=y from the command line)
+DEFAULT_MODULE_PARAMS = {"kvm": "tdp_mmu=1", "kvm_amd": "npt=1"}
+HOST_TAG, OUT_TAG = "tdpsim_host", "tdpsim_out"
+
+
+class OracleError(Exception):
+    """One step of the oracle failed; ``str()`` is the one line to show."""
+
+    def __init__(self, step: str, why: str, log: Optional[str] = None):
+        self.step, self.why, self.log = step, why, log
+        super().__init__(f"oracle: step {step} failed: {why}" + (f" (log: {log})" if log else ""))
+
+
+@dataclass(frozen=True)
+class GuestKernel:
+    """A kernel image and its modules directory."""
+
+    release: str
+    image: str
+    modules: str
+
+
+def _release_key(rel: str) -> tuple:
+    return tuple(int(x) if x.isdigit() else x for x in re.split(r"[.+-]", rel))
+
+
+def find_kernel(spec: str, *, boot: str = "/boot", lib_modules: str = "/lib/modules",
+                image: Optional[str] = None, modules: Optional[str] = None) -> GuestKernel:
+    """The newest generic ``-amd64`` kernel whose release starts with *spec* (``6.1``,
+    ``6.12``, or a whole release), or the given *image* + *modules* directory."""
+    if image or modules:
+        if not (image and modules):
+            raise OracleError("packages", "--kernel-image and --modules go together")
+        for p in (image, modules):
+            if not os.path.exists(p):
+                raise OracleError("packages", f"{p} does not exist")
+        return GuestKernel(os.path.basename(os.path.normpath(modules)), image, modules)
+    found = []
+    for path in glob.glob(os.path.join(boot, "vmlinuz-*")):
+        rel = os.path.basename(path)[len("vmlinuz-"):]
+        if not rel.endswith("-amd64") or rel.endswith("-cloud-amd64") or rel.endswith("-rt-amd64"):
+            continue
+        head = re.match(r"(\d+\.\d+)", rel)
+        if rel == spec or (head and head.group(1) == spec):
+            found.append(rel)
+    if not found:
+        pkg = KERNEL_PACKAGES.get(spec, f"a linux-image-{spec}*-amd64-unsigned package")
+        raise OracleError("packages", f"no {spec} kernel in {boot}: apt-get install {pkg} "
+                          f"(apt-cache search {pkg.split('<')[0]} lists the <N>)")
+    rel = max(found, key=_release_key)
+    mods = os.path.join(lib_modules, rel)
+    if not os.path.isdir(mods):
+        raise OracleError("packages", f"{mods} is missing (reinstall the image package of {rel})")
+    return GuestKernel(rel, os.path.join(boot, f"vmlinuz-{rel}"), mods)
+
+
+def _module_index(modules: str) -> tuple[dict[str, str], dict[str, list[str]], set[str]]:
+    """(name -> path relative to *modules*, path -> dependency paths, builtin names)."""
+    def name(path: str) -> str:
+        return os.path.basename(path).split(".ko")[0].replace("-", "_")
+    by_name: dict[str, str] = {}
+    deps: dict[str, list[str]] = {}
+    with open(os.path.join(modules, "modules.dep")) as f:
+        for line in f:
+            mod, _, rest = line.partition(":")
+            mod = mod.strip()
+            deps[mod] = rest.split()
+            by_name[name(mod)] = mod
+    builtin = set()
+    try:
+        with open(os.path.join(modules, "modules.builtin")) as f:
+            builtin = {name(line.strip()) for line in f if line.strip()}
+    except OSError:
+        pass
+    return by_name, deps, builtin
+
+
+def module_closure(modules: str, names: Iterable[str] = GUEST_MODULES) -> list[str]:
+    """The module files (relative to *modules*) to insmod for *names*, dependencies
+    first; built-in modules are left out."""
+    by_name, deps, builtin = _module_index(modules)
+    out: list[str] = []
+
+    def visit(path: str) -> None:
+        if path in out:
+            return
+        # modules.dep lists the full closure, nearest first: load from the far end
+        for d in reversed(deps.get(path, [])):
+            visit(d)
+        out.append(path)
+    for n in names:
+        key = n.replace("-", "_")
+        if key in builtin:
+            continue
+        if key not in by_name:
+            raise OracleError("initramfs", f"module {n} is neither in modules.dep nor built in "
+                              f"under {modules}")
+        visit(by_name[key])
+    return out
+
+
+def _read_module(path: str) -> bytes:
+    data = Path(path).read_bytes()
+    if path.endswith(".xz"):
+        return lzma.decompress(data)
+    if path.endswith(".zst"):
+        try:
+            import zstandard  # noqa: PLC0415 - only for .ko.zst trees
+        except ImportError:
+            raise OracleError("initramfs", f"{path} is zstd-compressed: pip install zstandard") from None
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    return data
+
+
+class _Cpio:
+    """A newc ("070701") cpio archive writer (what the kernel unpacks as an initramfs)."""
+
+    def __init__(self) -> None:
+        self.buf = io.BytesIO()
+        self.ino = 1
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        nb = name.encode() + b"\0"
+        hdr = "070701" + "".join(f"{v:08x}" for v in (
+            self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(nb), 0))
+        self.ino += 1
+        self.buf.write(hdr.encode() + nb)
+        self.buf.write(b"\0" * (-(110 + len(nb)) % 4))
+        self.buf.write(data)
+        self.buf.write(b"\0" * (-len(data) % 4))
+
+    def dir(self, name: str) -> None:
+        self._entry(name, 0o040755)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        self._entry(name, 0o100000 | mode, data)
+
+    def chardev(self, name: str, major: int, minor: int) -> None:
+        self._entry(name, 0o020600, rdev=(major, minor))
+
+    def symlink(self, name: str, target: str) -> None:
+        self._entry(name, 0o120777, target.encode())
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        return self.buf.getvalue()
+
+
+def init_script(python: str, pythonpath: str, guest_args: Sequence[str],
+                module_lines: Sequence[str], hugepages: int = 32) -> str:
+    """The guest's ``/init`` (busybox sh)."""
+    insmods = "\n".join(f"insmod /modules/{line} || fail insmod \"{line}\"" for line in module_lines)
+    args = " ".join(guest_args)
+    return f"""#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s /bin
+export PATH=/bin
+step() {{ echo "oracle-step: $*"; }}
+fail() {{ echo "oracle-fail: $*"; poweroff -f; }}
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+step modules
+{insmods}
+step mount
+mkdir -p /host
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 {HOST_TAG} /host || fail mount {HOST_TAG}
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 {OUT_TAG} /host/mnt || fail mount {OUT_TAG}
+mount -t proc proc /host/proc
+mount -t sysfs sysfs /host/sys
+mount -t devtmpfs devtmpfs /host/dev
+mount -t tmpfs tmpfs /host/tmp
+mount -t tracefs tracefs /host/sys/kernel/tracing || fail mount tracefs
+echo {hugepages} > /proc/sys/vm/nr_hugepages
+step run
+chroot /host /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp PYTHONPATH={pythonpath} \\
+    PYTHONDONTWRITEBYTECODE=1 {python} -m tdpsim.kvmcheck.oracle_guest --out /mnt {args}
+echo "oracle-exit: $?"
+sync
+poweroff -f
+"""
+
+
+def build_initramfs(kernel: GuestKernel, dest: str, *, python: str, pythonpath: str,
+                    guest_args: Sequence[str] = (), module_params: Mapping[str, str] = DEFAULT_MODULE_PARAMS,
+                    busybox: str = BUSYBOX) -> list[str]:
+    """Write the initramfs (gzip'd newc cpio) to *dest*; returns the insmod lines."""
+    if not os.path.exists(busybox):
+        raise OracleError("packages", f"{busybox} is missing: apt-get install busybox-static")
+    cpio = _Cpio()
+    for d in ("bin", "dev", "proc", "sys", "modules", "host"):
+        cpio.dir(d)
+    cpio.chardev("dev/console", 5, 1)      # init's stdout before devtmpfs is mounted
+    cpio.file("bin/busybox", Path(busybox).read_bytes(), 0o755)
+    cpio.symlink("bin/sh", "busybox")
+    lines = []
+    for rel in module_closure(kernel.modules):
+        base = os.path.basename(rel).split(".ko")[0] + ".ko"
+        cpio.file(f"modules/{base}", _read_module(os.path.join(kernel.modules, rel)))
+        key = base[:-3].replace("-", "_")
+        lines.append(f"{base} {module_params.get(key, '')}".strip())
+    cpio.file("init", init_script(python, pythonpath, guest_args, lines).encode(), 0o755)
+    with open(dest, "wb") as f:
+        f.write(gzip.compress(cpio.finish(), 6))
+    return lines
+
+
+def qemu_command(kernel: GuestKernel, initramfs: str, out_dir: str, *, cpu: str = DEFAULT_CPU,
+                 memory: str = "1536M", append: str = "", qemu: str = QEMU) -> list[str]:
+    """The QEMU TCG command line (one vCPU: the guest runs one VM at a time)."""
+    share = "security_model=none,multidevs=remap"
+    return [qemu, "-accel", "tcg", "-cpu", cpu, "-smp", "1", "-m", memory,
+            "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
+            "-kernel", kernel.image, "-initrd", initramfs,
+            "-append", f"console=ttyS0 panic=-1 loglevel=4 {append}".strip(),
+            "-virtfs", f"local,path=/,mount_tag={HOST_TAG},readonly=on,{share}",
+            "-virtfs", f"local,path={out_dir},mount_tag={OUT_TAG},{share}"]
+
+
+@dataclass
+class OracleRun:
+    """What one boot brought back."""
+
+    kernel: GuestKernel
+    out_dir: str
+    console_log: str
+    facts: dict = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)    # one line each
+    seconds: float = 0.0
+    command: list[str] = field(default_factory=list)
+
+
+def read_rows(out_dir: str) -> list[dict]:
+    """The rows the guest wrote (a truncated last line, from a crash, is dropped)."""
+    rows = []
+    try:
+        with open(os.path.join(out_dir, "rows.jsonl")) as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+def _last_step(log: str) -> str:
+    steps = re.findall(r"oracle-step: (\S+)", log)
+    return steps[-1] if steps else "boot"
+
+
+def run_oracle(spec: str, out_dir: str, *, only: Sequence[str] = (), timeout: float = 1800,
+               cpu: str = DEFAULT_CPU, append: str = "", image: Optional[str] = None,
+               modules: Optional[str] = None, module_params: Optional[Mapping[str, str]] = None,
+               nice: int = 19, progress: Optional[Callable[[str], None]] = None) -> OracleRun:
+    """Boot *spec*'s kernel under TCG, run the matrix inside, collect everything in
+    *out_dir*.  Raises :class:`OracleError` only before the guest runs (packages,
+    initramfs); boot failures, hangs and bad rows are :attr:`OracleRun.failures`."""
+    if shutil.which(QEMU) is None:
+        raise OracleError("packages", f"{QEMU} not found: apt-get install qemu-system-x86")
+    kernel = find_kernel(spec, image=image, modules=modules)
+    os.makedirs(out_dir, exist_ok=True)
+    for stale in ("rows.jsonl", "facts.json"):
+        if os.path.exists(os.path.join(out_dir, stale)):
+            os.unlink(os.path.join(out_dir, stale))
+    import tdpsim  # noqa: PLC0415 - where this tdpsim lives is what the guest imports
+    src = str(Path(tdpsim.__file__).resolve().parents[1])
+    initrd = os.path.join(out_dir, "initramfs.cpio.gz")
+    params = dict(DEFAULT_MODULE_PARAMS)
+    params.update(module_params or {})
+    guest_args = [f"--only {n}" for n in only]
+    build_initramfs(kernel, initrd, python=os.path.realpath(sys.executable), pythonpath=src,
+                    guest_args=guest_args, module_params=params)
+    cmd = qemu_command(kernel, initrd, os.path.abspath(out_dir), cpu=cpu, append=append)
+    if nice:
+        cmd = ["nice", "-n", str(nice)] + cmd
+    log_path = os.path.join(out_dir, "console.log")
+    run = OracleRun(kernel, out_dir, log_path, command=cmd)
+    t0 = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            run.failures.append(f"oracle: step {_last_step(Path(log_path).read_text(errors='replace'))} "
+                                f"hung: no power-off within {timeout:.0f} s (log: {log_path})")
+    run.seconds = time.monotonic() - t0
+    text = Path(log_path).read_text(errors="replace")
+    if proc.returncode not in (0, -9) and not run.failures:
+        run.failures.append(f"oracle: step qemu failed: exit {proc.returncode} (log: {log_path})")
+    for m in re.finditer(r"oracle-fail: (.*)", text):
+        run.failures.append(f"oracle: step {_last_step(text[:m.start()])} failed: "
+                            f"{m.group(1).strip()} (log: {log_path})")
+    if "oracle-done:" not in text and not run.failures:
+        run.failures.append(f"oracle: step {_last_step(text)} failed: the guest stopped before "
+                            f"the matrix finished (log: {log_path})")
+    try:
+        run.facts = json.loads(Path(out_dir, "facts.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        pass
+    run.rows = read_rows(out_dir)
+    for r in run.rows:
+        if "error" in r:
+            run.failures.append(f"oracle: row {r['name']} failed: {r['error']} "
+                                f"(log: {os.path.join(out_dir, 'rows.jsonl')})")
+    return run

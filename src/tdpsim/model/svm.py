@@ -1,0 +1,55 @@
+"""The SVM nested-page-fault entry — mirrors ``npf_interception`` (``svm/svm.c``): the
+NPF's ``exit_info_1`` is already a page-fault error code, ``exit_info_2`` the faulting
+GPA; emit ``kvm_page_fault`` and call ``kvm_mmu_page_fault``.
+
+:func:`npf_error_code` is what the CPU puts in ``exit_info_1`` (AMD APM vol. 2, "Nested
+versus Guest Page Faults"): the nested walk treats every access as a user access, and
+every access of the guest's own page tables as a write; bit 32 says the fault hit the
+final translation, bit 33 that it hit a guest page-table access.
+
+Simplifications: the guest RIP is not modelled (0 in the tracepoint); decode assists /
+emulation after RET_PF_EMULATE are left to the caller; 6.12's dropping of synthetic
+error-code bits and SEV-SNP's PFERR_GUEST_ENC_MASK are not modelled.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .events import KvmPageFault
+from .mmu_fault import kvm_mmu_do_page_fault
+from .mmu_internal import (
+    PFERR_FETCH_MASK,
+    PFERR_GUEST_FINAL_MASK,
+    PFERR_GUEST_PAGE_MASK,
+    PFERR_PRESENT_MASK,
+    PFERR_USER_MASK,
+    PFERR_WRITE_MASK,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .kvm import KvmVcpu
+
+__all__ = ["npf_error_code", "npf_interception"]
+
+
+def npf_error_code(*, write: bool = False, exec: bool = False, present: bool = False,
+                   guest_page: bool = False) -> int:
+    """``exit_info_1`` of an NPF: U always; W for writes and for guest page-table
+    accesses; P when the nested translation exists but forbids the access."""
+    err = PFERR_USER_MASK | (PFERR_GUEST_PAGE_MASK if guest_page else PFERR_GUEST_FINAL_MASK)
+    if write or guest_page:
+        err |= PFERR_WRITE_MASK
+    if exec and not guest_page:
+        err |= PFERR_FETCH_MASK
+    if present:
+        err |= PFERR_PRESENT_MASK
+    return err
+
+
+def npf_interception(vcpu: "KvmVcpu", fault_address: int, error_code: int) -> int:
+    """``npf_interception``: trace, then the common handler (a RET_PF_* or -errno)."""
+    kvm = vcpu.kvm
+    if kvm.tracer is not None:
+        kvm.tracer(KvmPageFault(vcpu.vcpu_id, 0, fault_address, error_code))
+    return kvm_mmu_do_page_fault(vcpu, fault_address, error_code)

@@ -1,0 +1,208 @@
+"""The QEMU oracle harness without QEMU: kernel lookup, module closure, initramfs, command
+line, failure lines, the guest runner's trace cutting and the SPTE canonical form."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import os
+import subprocess
+
+import pytest
+
+from tdpsim.kvmcheck import qemu as q
+from tdpsim.kvmcheck.oracle import NPT_BITS, _model_bits, canonical, event_text, split_trace
+from tdpsim.kvmcheck.oracle_guest import PHASE_MARK
+from tdpsim.kvmcheck.vm import smaps_huge_bytes
+from tdpsim.trace.parser import parse_line
+
+
+def _fake_tree(tmp_path, rel="6.1.0-50-amd64", xz=False):
+    boot = tmp_path / "boot"
+    mods = tmp_path / "lib" / "modules" / rel
+    (mods / "kernel").mkdir(parents=True)
+    boot.mkdir(exist_ok=True)
+    (boot / f"vmlinuz-{rel}").write_bytes(b"bzImage")
+    ext = ".ko.xz" if xz else ".ko"
+    deps = {
+        "kvm-amd": ["ccp", "kvm", "irqbypass"], "kvm": ["irqbypass"], "irqbypass": [],
+        "ccp": [], "9p": ["9pnet", "netfs"], "9pnet": [], "netfs": [],
+        "9pnet_virtio": ["9pnet", "virtio_ring", "virtio"], "virtio_ring": [], "virtio": [],
+        "virtio_pci": ["virtio_ring", "virtio"],
+    }
+    lines = []
+    for m, ds in deps.items():
+        path = f"kernel/{m}{ext}"
+        data = f"ELF {m}".encode()
+        (mods / path).write_bytes(lzma.compress(data) if xz else data)
+        lines.append(f"{path}: " + " ".join(f"kernel/{d}{ext}" for d in ds))
+    (mods / "modules.dep").write_text("\n".join(lines) + "\n")
+    (mods / "modules.builtin").write_text("")
+    return boot, mods
+
+
+def test_find_kernel_picks_the_newest_generic_image(tmp_path):
+    boot, _ = _fake_tree(tmp_path, "6.1.0-47-amd64")
+    _fake_tree(tmp_path, "6.1.0-50-amd64")
+    _fake_tree(tmp_path, "6.1.0-50-cloud-amd64")
+    _fake_tree(tmp_path, "6.12.117+deb12-amd64")
+    k = q.find_kernel("6.1", boot=str(boot), lib_modules=str(tmp_path / "lib" / "modules"))
+    assert k.release == "6.1.0-50-amd64"
+    k = q.find_kernel("6.12", boot=str(boot), lib_modules=str(tmp_path / "lib" / "modules"))
+    assert k.release == "6.12.117+deb12-amd64"
+
+
+def test_a_missing_kernel_names_the_apt_package(tmp_path):
+    (tmp_path / "boot").mkdir()
+    with pytest.raises(q.OracleError) as e:
+        q.find_kernel("6.12", boot=str(tmp_path / "boot"))
+    assert str(e.value).startswith("oracle: step packages failed: no 6.12 kernel in ")
+    assert "apt-get install linux-image-6.12.<N>+deb12-amd64-unsigned" in str(e.value)
+
+
+def test_module_closure_loads_dependencies_first(tmp_path):
+    _, mods = _fake_tree(tmp_path)
+    order = [os.path.basename(p) for p in q.module_closure(str(mods))]
+    assert order == ["virtio.ko", "virtio_ring.ko", "virtio_pci.ko", "9pnet.ko",
+                     "9pnet_virtio.ko", "netfs.ko", "9p.ko", "irqbypass.ko", "kvm.ko",
+                     "ccp.ko", "kvm-amd.ko"]
+
+
+def test_an_unknown_module_is_one_line(tmp_path):
+    _, mods = _fake_tree(tmp_path)
+    with pytest.raises(q.OracleError, match=r"step initramfs failed: module kvm_intel is "):
+        q.module_closure(str(mods), ["kvm_intel"])
+
+
+def _cpio_members(data: bytes) -> dict[str, tuple[int, bytes]]:
+    """A minimal newc reader (the test's own, independent of the writer)."""
+    out, i = {}, 0
+    while True:
+        assert data[i:i + 6] == b"070701"
+        f = [int(data[i + 6 + 8 * k: i + 14 + 8 * k], 16) for k in range(13)]
+        mode, size, namesize = f[1], f[6], f[11]
+        name = data[i + 110: i + 110 + namesize - 1].decode()
+        i += 110 + namesize
+        i += -i % 4
+        body = data[i:i + size]
+        i += size + (-size % 4)
+        if name == "TRAILER!!!":
+            return out
+        out[name] = (mode, body)
+
+
+def test_initramfs_holds_busybox_console_decompressed_modules_and_init(tmp_path):
+    _, mods = _fake_tree(tmp_path, xz=True)
+    bb = tmp_path / "busybox"
+    bb.write_bytes(b"\x7fELF busybox")
+    k = q.GuestKernel("6.12.117+deb12-amd64", "vmlinuz", str(mods))
+    dest = tmp_path / "initrd.gz"
+    lines = q.build_initramfs(k, str(dest), python="/usr/bin/python3", pythonpath="/src",
+                              guest_args=["--only aligned"], busybox=str(bb))
+    assert lines[-1] == "kvm-amd.ko npt=1" and "kvm.ko tdp_mmu=1" in lines
+    m = _cpio_members(gzip.decompress(dest.read_bytes()))
+    assert m["dev/console"][0] == 0o020600
+    assert m["bin/busybox"] == (0o100755, b"\x7fELF busybox")
+    assert m["modules/kvm-amd.ko"][1] == b"ELF kvm-amd"          # .ko.xz decompressed
+    init = m["init"][1].decode()
+    assert "insmod /modules/kvm-amd.ko npt=1 || fail" in init
+    assert "PYTHONPATH=/src" in init and "oracle_guest --out /mnt --only aligned" in init
+    assert init.count("multidevs") == 0 and "mount -t tracefs" in init
+
+
+def test_missing_busybox_names_its_package(tmp_path):
+    _, mods = _fake_tree(tmp_path)
+    k = q.GuestKernel("r", "img", str(mods))
+    with pytest.raises(q.OracleError, match="apt-get install busybox-static"):
+        q.build_initramfs(k, str(tmp_path / "i"), python="p", pythonpath="s",
+                          busybox=str(tmp_path / "none"))
+
+
+def test_qemu_command_is_tcg_with_both_9p_shares_remapped():
+    k = q.GuestKernel("r", "/boot/vmlinuz-r", "/lib/modules/r")
+    cmd = q.qemu_command(k, "/tmp/i.gz", "/tmp/out")
+    assert cmd[:5] == ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max,-la57"]
+    shares = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-virtfs"]
+    assert len(shares) == 2 and all("multidevs=remap" in s for s in shares)
+    assert "readonly=on" in shares[0] and "path=/tmp/out" in shares[1]
+
+
+def test_run_oracle_without_qemu_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(q.shutil, "which", lambda name: None)
+    with pytest.raises(q.OracleError) as e:
+        q.run_oracle("6.1", str(tmp_path))
+    assert str(e.value) == ("oracle: step packages failed: qemu-system-x86_64 not found: "
+                            "apt-get install qemu-system-x86")
+
+
+def test_a_hung_guest_keeps_the_rows_it_wrote(monkeypatch, tmp_path):
+    """A guest that prints a step, writes one row and never powers off."""
+    _, mods = _fake_tree(tmp_path)
+    (tmp_path / "boot" / "vmlinuz-6.1.0-50-amd64").write_bytes(b"x")
+    out = tmp_path / "out"
+    monkeypatch.setattr(q.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(q, "find_kernel", lambda spec, **kw: q.GuestKernel(
+        "6.1.0-50-amd64", "img", str(mods)))
+    monkeypatch.setattr(q, "build_initramfs", lambda *a, **kw: [])
+    row = json.dumps({"name": "aligned", "skipped": None})
+    script = (f"echo 'oracle-step: run'; printf '%s\\n' '{row}' > {out}/rows.jsonl; "
+              f"echo 'oracle-row: aligned done'; sleep 30")
+    monkeypatch.setattr(q, "qemu_command", lambda *a, **kw: ["sh", "-c", script])
+    run = q.run_oracle("6.1", str(out), timeout=2, nice=0)
+    assert [r["name"] for r in run.rows] == ["aligned"]
+    assert run.failures == [f"oracle: step run hung: no power-off within 2 s "
+                            f"(log: {out}/console.log)"]
+
+
+def test_split_trace_cuts_at_the_phase_markers():
+    lines = ["a", f" python-1 [000] ..... 1.0: tracing_mark_write: {PHASE_MARK}warmup",
+             "b", "c", f" python-1 [000] ..... 2.0: tracing_mark_write: {PHASE_MARK}touch", "d"]
+    segs, rest = split_trace(lines)
+    assert segs == {"warmup": ["a"], "touch": ["b", "c"]} and rest == ["d"]
+
+
+def test_npt_sptes_from_a_real_6_1_capture_decode():
+    leaf = parse_line("      python3.11-105     [000] ...1.    21.177890: kvm_tdp_mmu_spte_changed: "
+                      "as id 0 gfn 3 level 1 old_spte 0 new_spte 8c5ae67")
+    table = parse_line("      python3.11-105     [000] ...1.    21.177371: kvm_tdp_mmu_spte_changed: "
+                       "as id 0 gfn 0 level 4 old_spte 0 new_spte c855827")
+    huge = parse_line("      python3.11-105     [000] ...1.    21.185709: kvm_tdp_mmu_spte_changed: "
+                      "as id 0 gfn 40000 level 2 old_spte 8000000000000000 new_spte 8000ee7")
+    assert canonical(leaf, NPT_BITS) == ("kvm_tdp_mmu_spte_changed", 3, 1, "-", "LWXADhm")
+    assert canonical(table, NPT_BITS) == ("kvm_tdp_mmu_spte_changed", 0, 4, "-", "WXA")
+    assert event_text(canonical(huge, NPT_BITS)) == "kvm_tdp_mmu_spte_changed 0x40000 0x2 - LWXADhm"
+    assert NPT_BITS.decode(0x5A0, 1) == NPT_BITS.decode((1 << 63) | 0x5A0, 2) == ("frozen",)
+    assert NPT_BITS.decode(0x8C5AE67 | (1 << 63), 1) == ("LWADhm",)       # NX
+
+
+def test_model_sptes_decode_like_the_kernel_ones():
+    from tdpsim.model import spte as m
+    bits = _model_bits()
+    leaf = (m.SPTE_MMU_PRESENT_MASK | m.PT_WRITABLE_MASK | m.shadow_x_mask | m.shadow_user_mask
+            | m.shadow_accessed_mask | m.shadow_dirty_mask | m.shadow_host_writable_mask
+            | m.shadow_mmu_writable_mask | m.shadow_present_mask)
+    assert bits.decode(leaf, 1) == ("LWXADhm",)
+    assert bits.decode(m.FROZEN_SPTE, 1) == ("frozen",)
+
+
+def test_smaps_huge_bytes_sums_the_overlapping_vmas(tmp_path):
+    smaps = tmp_path / "smaps"
+    smaps.write_text(
+        "7f0000000000-7f0000400000 rw-p 00000000 00:00 0\n"
+        "AnonHugePages:      2048 kB\nPrivate_Hugetlb:        0 kB\n"
+        "7f0000400000-7f0000800000 rw-p 00000000 00:00 0\n"
+        "AnonHugePages:      4096 kB\n")
+    assert smaps_huge_bytes(0x7F0000000000, 0x7F0000400000, str(smaps)) == 2 << 20
+    assert smaps_huge_bytes(0x7F0000000000, 0x7F0000800000, str(smaps)) == 6 << 20
+
+
+def test_cpio_is_readable_by_gnu_cpio(tmp_path):
+    if subprocess.run(["sh", "-c", "command -v cpio"], capture_output=True).returncode:
+        pytest.skip("cpio is not installed")
+    c = q._Cpio()
+    c.dir("bin")
+    c.file("bin/x", b"hello", 0o755)
+    c.symlink("bin/sh", "x")
+    r = subprocess.run(["cpio", "-t"], input=c.finish(), capture_output=True)
+    assert r.returncode == 0 and r.stdout.decode().split() == ["bin", "bin/x", "bin/sh"]
