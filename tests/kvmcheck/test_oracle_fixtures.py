@@ -28,10 +28,24 @@ _INIT_SET = ("KVM_DIRTY_LOG_INITIALLY_SET: kvm_mmu_slot_apply_flags returns earl
              "(kvm_dirty_log_manual_protect_and_init_set) and KVM_CLEAR_DIRTY_LOG splits / "
              "write-protects per mask (kvm_arch_mmu_enable_log_dirty_pt_masked); the model "
              "has no INITIALLY_SET")
-#: row -> (stats gap, events gap) per kernel series; None = matches
+_FAST_EXEC = ("page_fault_can_be_fast: a fault on a present SPTE is fast only for a write; "
+              "the model runs fast_page_fault for the exec fault on the NX 2M leaf")
+_D_BIT = ("make_spte: the exec fault's 4K leaf has no D bit (not a write), so it replaces "
+          "the split child and counts as fixed; the model's leaf equals the child (spurious)")
+#: row -> (stats gap, events gap) per kernel series: the kernel behaviour the model lacks
 KNOWN_GAPS: dict[str, dict[str, tuple]] = {
-    "6.1": {},
-    "6.12": {},
+    "6.1": {
+        "dirty-log-disable-again": (_RECOVER, _RECOVER),
+        "dirty-log-no-eager-split-disable": (_RECOVER, _RECOVER),
+        "dirty-log-initially-set": (_INIT_SET, _INIT_SET),
+        "nx-force-read-then-exec": (None, _FAST_EXEC),
+    },
+    "6.12": {
+        "dirty-log-disable-again": (_RECOVER, _RECOVER),
+        "dirty-log-no-eager-split-disable": (_RECOVER, _RECOVER),
+        "dirty-log-initially-set": (_INIT_SET, _INIT_SET),
+        "nx-force-read-then-exec": (_D_BIT, _FAST_EXEC),
+    },
 }
 
 

@@ -183,7 +183,9 @@ def test_model_sptes_decode_like_the_kernel_ones():
             | m.shadow_accessed_mask | m.shadow_dirty_mask | m.shadow_host_writable_mask
             | m.shadow_mmu_writable_mask | m.shadow_present_mask)
     assert bits.decode(leaf, 1) == ("LWXADhm",)
-    assert bits.decode(m.FROZEN_SPTE, 1) == ("frozen",)
+    from tdpsim.model.profile import KERNEL_6_1, KERNEL_6_12
+    assert bits.decode(KERNEL_6_1.FROZEN_SPTE, 1) == bits.decode(KERNEL_6_12.FROZEN_SPTE, 1) \
+        == ("frozen",)
 
 
 def test_smaps_huge_bytes_sums_the_overlapping_vmas(tmp_path):

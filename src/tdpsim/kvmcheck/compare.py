@@ -195,10 +195,11 @@ def report_to_json(rows: Sequence[CheckRow], facts: Optional[Mapping] = None) ->
 
 
 def host_result_from_dict(row: Mapping, scenario: HostScenario,
-                          kvm_params: Mapping[str, str]) -> HostResult:
+                          kvm_params: Mapping[str, str], kernel_release: str = "") -> HostResult:
     """Rebuild the kernel side of one JSON row as a :class:`HostResult`."""
     if row.get("skipped"):
-        return HostResult(scenario, skipped=row["skipped"], kvm_params=dict(kvm_params))
+        return HostResult(scenario, skipped=row["skipped"], kvm_params=dict(kvm_params),
+                          kernel_release=kernel_release)
     phases = tuple(
         PhaseResult(p["name"], PageCounts(**p["pages"]),
                     {k: p[k] for k in ("pf_fixed", "pf_taken") if p.get(k)},
@@ -206,7 +207,8 @@ def host_result_from_dict(row: Mapping, scenario: HostScenario,
         for p in row["kernel_phases"])
     nat = row.get("native")
     native = NativeExecution(**nat) if nat else None
-    return HostResult(scenario, phases=phases, native=native, kvm_params=dict(kvm_params))
+    return HostResult(scenario, phases=phases, native=native, kvm_params=dict(kvm_params),
+                      kernel_release=kernel_release)
 
 
 def load_report(data: Mapping | str, matrix: Iterable[HostScenario] = CHECK_MATRIX

@@ -33,6 +33,7 @@ from ..model.kvm_main import (kvm_mmu_notifier_invalidate_range, kvm_mmu_slot_ap
 from ..model.memslot import KVM_MEM_LOG_DIRTY_PAGES, HostBacking, KvmMemorySlot
 from ..model.mmu_fault import kvm_mmu_load
 from ..model.policy import Policy
+from ..model.profile import DEFAULT_PROFILE, PROFILES, KernelProfile
 from ..model.shadow_mmu import ShadowMmu
 from ..model.svm import npf_error_code, npf_interception
 from ..model.spte import (PAGE_SHIFT, PG_LEVEL_2M, PG_LEVEL_4K, PT_WRITABLE_MASK, SPTE_INDEX,
@@ -47,7 +48,7 @@ from .host_matrix import (SLOT_MOVE_DELTA, WINDOW_SLOT, HostResult, HostScenario
 from .pt_window import PtWindowScenario, link_pt_in_window, pt_window_pte_bytes
 from .vm import CODE_OFFSET, PT_OFFSET, STACK_TOP_OFFSET, SYS_GPA, SYS_SLOT, TouchGuest
 
-__all__ = ["ModelResult", "mmu_kind", "model_policy", "guest_page_tables",
+__all__ = ["ModelResult", "mmu_kind", "kernel_profile", "guest_walk", "model_policy", "guest_page_tables",
            "host_huge_frames_by_phase", "run_model_scenario", "SHADOW", "TDP"]
 
 _PTE_ADDR = 0x000F_FFFF_FFFF_F000
@@ -80,6 +81,13 @@ class ModelResult:
             if p.name == name:
                 return p
         raise KeyError(name)
+
+
+def kernel_profile(release: str) -> KernelProfile:
+    """The model's profile for a kernel release (``6.1.0-50-amd64`` → ``6.1``); a
+    release of no known series gets the model's default."""
+    series = ".".join(release.split(".")[:2])
+    return PROFILES.get(series, DEFAULT_PROFILE)
 
 
 def mmu_kind(kvm_params: Mapping[str, str]) -> str:
@@ -201,10 +209,11 @@ def host_huge_frames_by_phase(s: HostScenario, host: Optional[HostResult] = None
 class _Engine:
     """A VM with the system slot and the window, and the verbs the phases use."""
 
-    def __init__(self, s: HostScenario, policy: Policy, huge: tuple[bool, ...]) -> None:
+    def __init__(self, s: HostScenario, policy: Policy, huge: tuple[bool, ...],
+                 profile: KernelProfile = DEFAULT_PROFILE) -> None:
         self.s = s
         self.events: list = []
-        self.kvm = Kvm(policy=policy, tracer=self.events.append)
+        self.kvm = Kvm(policy=policy, tracer=self.events.append, profile=profile)
         self.pt, sys_size = guest_page_tables(s)
         sys_backing = HostBacking(SYS_HVA, sys_size, PG_LEVEL_4K)     # TouchGuest: thp=False
         self.sys_slot = KvmMemorySlot(SYS_SLOT, SYS_GPA >> PAGE_SHIFT, sys_size >> PAGE_SHIFT,
@@ -246,8 +255,9 @@ class _Engine:
 
 
 class _ShadowEngine(_Engine):
-    def __init__(self, s: HostScenario, policy: Policy, huge: tuple[bool, ...]) -> None:
-        super().__init__(s, policy, huge)
+    def __init__(self, s: HostScenario, policy: Policy, huge: tuple[bool, ...],
+                 profile: KernelProfile = DEFAULT_PROFILE) -> None:
+        super().__init__(s, policy, huge, profile)
         self.mmu = ShadowMmu(self.kvm, _guest_reader(self.pt, s), self.pt.cr3)
         self.mmu.manual_dirty_log_protect = s.manual_protect
 
@@ -274,8 +284,9 @@ class _TdpEngine(_Engine):
     goes through the NPT too, so every guest page-table page is faulted in (as a write,
     PFERR_GUEST_PAGE) before the access itself (PFERR_GUEST_FINAL)."""
 
-    def __init__(self, s: HostScenario, policy: Policy, huge: tuple[bool, ...]) -> None:
-        super().__init__(s, policy, huge)
+    def __init__(self, s: HostScenario, policy: Policy, huge: tuple[bool, ...],
+                 profile: KernelProfile = DEFAULT_PROFILE) -> None:
+        super().__init__(s, policy, huge, profile)
         self.vcpu = self.kvm.vcpus[0]
         self.read_guest = _guest_reader(self.pt, s)
         kvm_mmu_load(self.vcpu)
@@ -377,9 +388,13 @@ class _TdpEngine(_Engine):
 # the scenario
 # --------------------------------------------------------------------------------------
 def run_model_scenario(s: HostScenario, kvm_params: Optional[Mapping[str, str]] = None,
-                       host: Optional[HostResult] = None) -> ModelResult:
+                       host: Optional[HostResult] = None,
+                       profile: Optional[KernelProfile] = None) -> ModelResult:
     """Run *s* through the model chosen by *kvm_params* (default: ``host.kvm_params``,
-    else the shadow MMU) with the host THP state of *host* (measured) or derived."""
+    else the shadow MMU) with the host THP state of *host* (measured) or derived, under
+    *profile* (default: the one of ``host.kernel_release``, else the model's default)."""
+    if profile is None:
+        profile = kernel_profile(host.kernel_release) if host is not None else DEFAULT_PROFILE
     if kvm_params is None:
         kvm_params = host.kvm_params if host is not None and host.kvm_params else {"tdp_mmu": "N"}
     kind = mmu_kind(kvm_params)
@@ -389,7 +404,7 @@ def run_model_scenario(s: HostScenario, kvm_params: Optional[Mapping[str, str]] 
         raise ValueError(f"{s.name}: memslot operations, NX recovery and INITIALLY_SET are "
                          f"modelled on the TDP MMU only")
     eng_cls = _TdpEngine if kind == TDP else _ShadowEngine
-    eng = eng_cls(s, model_policy(kvm_params), first)
+    eng = eng_cls(s, model_policy(kvm_params), first, profile)
 
     # warm-up: the loop's first instructions (code page fetch, push/pop on the stack)
     code = SYS_GPA + CODE_OFFSET + ACCESS_KINDS.index(s.access) * TouchGuest.CODE_STRIDE

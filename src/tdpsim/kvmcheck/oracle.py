@@ -98,8 +98,7 @@ def _model_bits() -> SpteBits:
                     x=m.shadow_nx_mask if nx else m.shadow_x_mask, x_is_nx=nx,
                     accessed=m.shadow_accessed_mask, dirty=m.shadow_dirty_mask,
                     large=m.PT_PAGE_SIZE_MASK, host_writable=m.shadow_host_writable_mask,
-                    mmu_writable=m.shadow_mmu_writable_mask,
-                    frozen_low=m.FROZEN_SPTE & ~(1 << 63))
+                    mmu_writable=m.shadow_mmu_writable_mask)
 
 
 def canonical(rec: tr.TraceRecord, bits: SpteBits) -> Optional[tuple]:
@@ -240,7 +239,7 @@ def check_row(run: OracleRunData, row: Mapping, scenario: HostScenario, *,
     if "error" in row:
         return RowCheck(row["name"], None, error=row["error"])
     params = row.get("kvm_params") or run.facts.get("kvm_params", {})
-    host = host_result_from_dict(row, scenario, params)
+    host = host_result_from_dict(row, scenario, params, run.facts.get("kernel_release", ""))
     model: ModelResult = run_model_scenario(scenario, params, host)
     rc = RowCheck(row["name"], compare_results(host, model),
                   trace_overruns=int(row.get("trace_overruns", 0)))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import traceback
 from typing import Iterable, Mapping, Sequence
@@ -29,7 +30,7 @@ from .compare import ORACLE_MATRIX, phase_to_dict, run_host
 from .host_matrix import HostScenario, host_facts
 from .vm import KvmCheckError, read_module_params
 
-__all__ = ["TRACEFS", "TRACE_EVENTS", "PHASE_MARK", "main", "run_rows"]
+__all__ = ["TRACEFS", "TRACE_EVENTS", "PHASE_MARK", "main", "run_rows", "run_selftests"]
 
 TRACEFS = "/sys/kernel/tracing"
 #: the events the replayer reads; kvm_entry/kvm_exit would only fill the buffer
@@ -146,11 +147,44 @@ def run_rows(matrix: Sequence[HostScenario], out: str) -> int:
     return bad
 
 
+def run_selftests(tests: Sequence[str], out: str, timeout: float = 900) -> None:
+    """Run each ``NAME=COMMAND`` (a KVM selftest) with the kvmmmu trace on; its exit
+    code and output go to ``DIR/selftests.jsonl``, its trace to ``selftests/NAME.trace``."""
+    os.makedirs(os.path.join(out, "selftests"), exist_ok=True)
+    with open(os.path.join(out, "selftests.jsonl"), "a") as f:
+        for spec in tests:
+            name, _, cmd = spec.partition("=")
+            print(f"oracle-selftest: {name} start", flush=True)
+            _trace_on()
+            try:
+                p = subprocess.run(["/bin/sh", "-c", cmd], capture_output=True, text=True,
+                                   timeout=timeout)
+                rec = {"name": name, "command": cmd, "returncode": p.returncode,
+                       "stdout": p.stdout, "stderr": p.stderr}
+            except subprocess.TimeoutExpired as e:
+                rec = {"name": name, "command": cmd, "returncode": None,
+                       "stdout": e.stdout or "", "stderr": f"timed out after {timeout:.0f} s"}
+            finally:
+                trace = os.path.join(out, "selftests", f"{name}.trace")
+                overruns = _trace_off(trace)
+            rec["trace_overruns"] = overruns
+            rec["kvm_params"] = read_module_params("kvm")
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+            f.flush()
+            print(f"oracle-selftest: {name} exit {rec['returncode']}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="oracle_guest", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--only", action="append", default=[])
+    ap.add_argument("--selftest", action="append", default=[], metavar="NAME=COMMAND",
+                    help="run a KVM selftest (instead of the matrix)")
     a = ap.parse_args(argv)
+    if a.selftest:
+        run_selftests(a.selftest, a.out)
+        print(f"oracle-done: {len(a.selftest)} selftests", flush=True)
+        return 0
     matrix = [s for s in ORACLE_MATRIX if not a.only or s.name in a.only]
     bad = run_rows(matrix, a.out)
     print(f"oracle-done: {len(matrix)} rows, {bad} errors", flush=True)

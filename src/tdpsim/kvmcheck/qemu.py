@@ -38,13 +38,14 @@ import json
 import lzma
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 __all__ = ["OracleError", "GuestKernel", "OracleRun", "find_kernel", "module_closure",
            "build_initramfs", "init_script", "qemu_command", "run_oracle", "read_rows",
@@ -315,7 +316,7 @@ def _last_step(log: str) -> str:
 def run_oracle(spec: str, out_dir: str, *, only: Sequence[str] = (), timeout: float = 1800,
                cpu: str = DEFAULT_CPU, append: str = "", image: Optional[str] = None,
                modules: Optional[str] = None, module_params: Optional[Mapping[str, str]] = None,
-               nice: int = 19, progress: Optional[Callable[[str], None]] = None) -> OracleRun:
+               nice: int = 19, selftests: Optional[Mapping[str, str]] = None) -> OracleRun:
     """Boot *spec*'s kernel under TCG, run the matrix inside, collect everything in
     *out_dir*.  Raises :class:`OracleError` only before the guest runs (packages,
     initramfs); boot failures, hangs and bad rows are :attr:`OracleRun.failures`."""
@@ -323,7 +324,7 @@ def run_oracle(spec: str, out_dir: str, *, only: Sequence[str] = (), timeout: fl
         raise OracleError("packages", f"{QEMU} not found: apt-get install qemu-system-x86")
     kernel = find_kernel(spec, image=image, modules=modules)
     os.makedirs(out_dir, exist_ok=True)
-    for stale in ("rows.jsonl", "facts.json"):
+    for stale in ("rows.jsonl", "facts.json", "selftests.jsonl"):
         if os.path.exists(os.path.join(out_dir, stale)):
             os.unlink(os.path.join(out_dir, stale))
     import tdpsim  # noqa: PLC0415 - where this tdpsim lives is what the guest imports
@@ -331,7 +332,8 @@ def run_oracle(spec: str, out_dir: str, *, only: Sequence[str] = (), timeout: fl
     initrd = os.path.join(out_dir, "initramfs.cpio.gz")
     params = dict(DEFAULT_MODULE_PARAMS)
     params.update(module_params or {})
-    guest_args = [f"--only {n}" for n in only]
+    guest_args = [f"--only {shlex.quote(n)}" for n in only] + [
+        f"--selftest {shlex.quote(f'{n}={c}')}" for n, c in (selftests or {}).items()]
     build_initramfs(kernel, initrd, python=os.path.realpath(sys.executable), pythonpath=src,
                     guest_args=guest_args, module_params=params)
     cmd = qemu_command(kernel, initrd, os.path.abspath(out_dir), cpu=cpu, append=append)

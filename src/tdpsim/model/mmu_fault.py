@@ -161,7 +161,8 @@ def fast_page_fault(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
         break
     kvm.rcu.rcu_read_unlock()
     if kvm.tracer is not None:
-        kvm.tracer(FastPageFault(vcpu.vcpu_id, fault.addr, fault.error_code & 0xFFFFFFFF,
+        width = (1 << kvm.profile.fast_page_fault_error_code_bits) - 1
+        kvm.tracer(FastPageFault(vcpu.vcpu_id, fault.addr, fault.error_code & width,
                                  sptep, spte, new_spte, ret))
     return ret
 

@@ -44,6 +44,22 @@ class KernelProfile:
     # bit 63 clear (shadow_present_mask was 0 with exec-only support).  NPT is unaffected.
     ept_suppress_ve_in_present_mask: bool = True
 
+    # c4b33d28ea51 "KVM: x86/mmu: Split huge pages mapped by the TDP MMU on fault" (v6.2):
+    # kvm_tdp_mmu_map splits a huge leaf above the goal level in place
+    # (tdp_mmu_split_huge_page); before it, it zapped the leaf (tdp_mmu_zap_spte_atomic:
+    # freeze, flush, clear) and linked an empty table.  Measured: 6.1 traces the freeze.
+    tdp_mmu_split_huge_page_on_fault: bool = True
+
+    # 8ca983631f3c "KVM: x86/mmu: Zap invalidated TDP MMU roots at 4KiB granularity"
+    # (v6.9): tdp_mmu_zap_root zaps at 4K, 2M, 1G, then the root level; before it at 1G,
+    # then the root level (zapping a table recursing into its children).
+    tdp_mmu_zap_root_4k_first: bool = True
+
+    # "KVM: x86/mmu: Pass full 64-bit error code when handling page faults" (between v6.1
+    # and v6.12): fast_page_fault traces fault->error_code as a u64 (6.12 prints
+    # "P|W|U|0x100000000"); 6.1 traced its low 32 bits.
+    fast_page_fault_error_code_bits: int = 64
+
     def with_(self, **changes: object) -> "KernelProfile":
         return replace(self, **changes)
 
@@ -68,6 +84,9 @@ KERNEL_6_1 = KERNEL_6_12.with_(
     SHADOW_NONPRESENT_VALUE=0,
     FROZEN_SPTE=_FROZEN_LOW,
     ept_suppress_ve_in_present_mask=False,
+    tdp_mmu_split_huge_page_on_fault=False,
+    tdp_mmu_zap_root_4k_first=False,
+    fast_page_fault_error_code_bits=32,
 )
 
 DEFAULT_PROFILE = KERNEL_6_18_HP_V3

@@ -440,6 +440,18 @@ def tdp_mmu_set_spte_atomic(kvm: "Kvm", iter: TdpIter, new_spte: int) -> int:
     return 0
 
 
+def tdp_mmu_zap_spte_atomic(kvm: "Kvm", iter: TdpIter) -> int:
+    """``tdp_mmu_zap_spte_atomic`` (read lock; the kernels without in-place splits on
+    fault): freeze the SPTE (traced, with the bookkeeping of the removal), flush, then
+    write the non-present value raw: non-present to non-present needs none."""
+    ret = tdp_mmu_set_spte_atomic(kvm, iter, kvm.profile.FROZEN_SPTE)
+    if ret:
+        return ret
+    kvm.kvm_flush_remote_tlbs_gfn(iter.gfn, iter.level)
+    __kvm_tdp_mmu_write_spte(kvm, iter.sp, iter.index, kvm.profile.SHADOW_NONPRESENT_VALUE)
+    return 0
+
+
 def remove_external_spte(kvm: "Kvm", gfn: int, old_spte: int, level: int) -> None:
     """``remove_external_spte``: only leaves; tables go via ``free_external_spt``."""
     if not is_shadow_present_pte(old_spte) or not is_last_spte(old_spte, level):
@@ -552,7 +564,9 @@ def tdp_mmu_zap_root(kvm: "Kvm", root: KvmMmuPage, shared: bool) -> None:
     down a table never has to walk a huge subtree at once."""
     kvm.mmu_lock.assert_held(shared)
     kvm.rcu.rcu_read_lock()
-    for level in (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_2M + 1, root.role.level):
+    levels = ((PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_2M + 1) if kvm.profile.tdp_mmu_zap_root_4k_first
+              else (PG_LEVEL_2M + 1,))
+    for level in levels + (root.role.level,):
         __tdp_mmu_zap_root(kvm, root, shared, level)
     kvm.rcu.rcu_read_unlock()
 
@@ -742,6 +756,11 @@ def _install_child_sp(vcpu: "KvmVcpu", fault: KvmPageFault, iter: TdpIter) -> bo
     """The body of ``kvm_tdp_mmu_map`` for a non-present SPTE or a huge leaf above the
     goal: allocate a table and link it, or split the huge leaf into it."""
     kvm = vcpu.kvm
+    if is_shadow_present_pte(iter.old_spte) and not kvm.profile.tdp_mmu_split_huge_page_on_fault:
+        # before v6.2: zap the huge leaf, then link an empty table where it was
+        if tdp_mmu_zap_spte_atomic(kvm, iter):
+            return False
+        iter.old_spte = iter.sp.spt[iter.index]
     sp = tdp_mmu_alloc_sp(kvm)
     tdp_mmu_init_child_sp(kvm, sp, iter)
     if is_mirror_sp(sp):

@@ -128,6 +128,7 @@ class _FieldError(Exception):
 # ---------------------------------------------------------------------------------------
 
 _U32 = 0xFFFF_FFFF
+_U64 = 0xFFFF_FFFF_FFFF_FFFF
 
 
 def _hex(s: str) -> int:
@@ -172,7 +173,9 @@ def _pferr(s: str) -> int:
             value |= int(tok, 16)
         else:
             value |= {"P": 1, "W": 2, "U": 4, "RSVD": 8, "F": 16}[tok]
-    if value > _U32 or format_pferr_flags(value) != s:
+    # 64 bits: since fault->error_code became u64 the tracepoint prints its high bits too
+    # (6.12: "P|W|U|0x100000000", PFERR_GUEST_FINAL_MASK)
+    if value > _U64 or format_pferr_flags(value) != s:
         raise ValueError(f"{s!r} is not a canonical __print_flags() string")
     return value
 
@@ -214,7 +217,7 @@ _KINDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "reason": (r"\S+(?: \S+)*?", str),
     "sym": (r"(?: \S+)?", lambda s: s[1:] if s else None),
     "imm": (r"(?:\[immediate exit\])?", bool),
-    "pferr": (r"(?:(?:P|W|U|RSVD|F|0x[0-9a-f]{1,8})(?:\|(?:P|W|U|RSVD|F|0x[0-9a-f]{1,8}))*)?", _pferr),
+    "pferr": (r"(?:(?:P|W|U|RSVD|F|0x[0-9a-f]{1,16})(?:\|(?:P|W|U|RSVD|F|0x[0-9a-f]{1,16}))*)?", _pferr),
     "n8": (r"0x[0-9a-f]{1,16}|0|[1-9][0-9]{0,19}", _num(0xFF)),
     "n32": (r"0x[0-9a-f]{1,16}|0|[1-9][0-9]{0,19}", _num(_U32)),
     "n64": (r"0x[0-9a-f]{1,16}|0|[1-9][0-9]{0,19}", _num((1 << 64) - 1)),
