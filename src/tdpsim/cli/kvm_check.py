@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..kvmcheck.compare import CHECK_MATRIX, CheckRow, report_to_json, run_kvm_check
@@ -95,11 +96,13 @@ def _print_oracle(console: Console, rows: list, facts: dict, failures: list[str]
     console.print(table)
     for r in rows:
         for m in (r.stats.mismatches if r.stats else ()):
-            console.print(f"[red]{r.name}[/] stats: {m}")
+            console.print(f"[red]{r.name}[/] stats: {escape(m)}")
         for m in r.event_mismatches:
-            console.print(f"[red]{r.name}[/] events: {m}")
+            console.print(f"[red]{r.name}[/] events: {escape(m)}")
+        if r.error:
+            console.print(f"[red]{r.name}[/] error: {escape(r.error)}")
     for f in failures:
-        console.print(f"[red]{f}[/]")
+        console.print(f"[red]{escape(f)}[/]")
     ran = [r for r in rows if r.stats is not None and not r.stats.skipped]
     console.print(f"{len(rows)} rows: {sum(r.stats_match is True for r in ran)} match on stats, "
                   f"{sum(r.events_match is True for r in ran)} on events, "
