@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from tdpsim.kvmcheck import qemu as q
-from tdpsim.kvmcheck.oracle import NPT_BITS, _model_bits, canonical, event_text, split_trace
+from tdpsim.kvmcheck.oracle import NPT_BITS, canonical, event_text, model_bits, split_trace
 from tdpsim.kvmcheck.oracle_guest import PHASE_MARK
 from tdpsim.kvmcheck.vm import smaps_huge_bytes
 from tdpsim.trace.parser import parse_line
@@ -176,14 +176,11 @@ def test_npt_sptes_from_a_real_6_1_capture_decode():
     assert NPT_BITS.decode(0x8C5AE67 | (1 << 63), 1) == ("LWADhm",)       # NX
 
 
-def test_model_sptes_decode_like_the_kernel_ones():
-    from tdpsim.model import spte as m
-    bits = _model_bits()
-    leaf = (m.SPTE_MMU_PRESENT_MASK | m.PT_WRITABLE_MASK | m.shadow_x_mask | m.shadow_user_mask
-            | m.shadow_accessed_mask | m.shadow_dirty_mask | m.shadow_host_writable_mask
-            | m.shadow_mmu_writable_mask | m.shadow_present_mask)
-    assert bits.decode(leaf, 1) == ("LWXADhm",)
+def test_model_npt_sptes_decode_like_the_kernel_ones():
     from tdpsim.model.profile import KERNEL_6_1, KERNEL_6_12
+    from tdpsim.model.spte import kvm_mmu_reset_all_pte_masks
+    bits = model_bits(kvm_mmu_reset_all_pte_masks())
+    assert bits == NPT_BITS
     assert bits.decode(KERNEL_6_1.FROZEN_SPTE, 1) == bits.decode(KERNEL_6_12.FROZEN_SPTE, 1) \
         == ("frozen",)
 

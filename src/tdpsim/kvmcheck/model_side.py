@@ -36,7 +36,7 @@ from ..model.policy import Policy
 from ..model.profile import DEFAULT_PROFILE, PROFILES, KernelProfile
 from ..model.shadow_mmu import ShadowMmu
 from ..model.svm import npf_error_code, npf_interception
-from ..model.spte import (PAGE_SHIFT, PG_LEVEL_2M, PG_LEVEL_4K, PT_WRITABLE_MASK, SPTE_INDEX,
+from ..model.spte import (PAGE_SHIFT, SpteMasks, PG_LEVEL_2M, PG_LEVEL_4K, PT_WRITABLE_MASK, SPTE_INDEX,
                           PT_PRESENT_MASK, is_executable_pte, is_last_spte,
                           is_shadow_present_pte, is_writable_pte, spte_to_pfn)
 from ..model.tdp_iter import for_each_tdp_pte
@@ -71,6 +71,8 @@ class ModelResult:
     #: the model's events (``tdpsim.model.events``) per segment: ``"warmup"`` (VM set-up
     #: and warm-up), then each phase's name, cut where the host run marks its trace
     events: Mapping[str, tuple] = field(default_factory=dict, compare=False, repr=False)
+    #: the SPTE format of the model's VM (what the events' SPTE values mean)
+    masks: Optional[SpteMasks] = field(default=None, compare=False, repr=False)
 
     @property
     def final(self) -> Optional[PageCounts]:
@@ -209,11 +211,15 @@ def host_huge_frames_by_phase(s: HostScenario, host: Optional[HostResult] = None
 class _Engine:
     """A VM with the system slot and the window, and the verbs the phases use."""
 
+    #: the vendor module whose SPTE format the VM uses
+    VENDOR = "intel"
+
     def __init__(self, s: HostScenario, policy: Policy, huge: tuple[bool, ...],
                  profile: KernelProfile = DEFAULT_PROFILE) -> None:
         self.s = s
         self.events: list = []
-        self.kvm = Kvm(policy=policy, tracer=self.events.append, profile=profile)
+        self.kvm = Kvm(policy=policy, tracer=self.events.append, profile=profile,
+                       vendor=self.VENDOR)
         self.pt, sys_size = guest_page_tables(s)
         sys_backing = HostBacking(SYS_HVA, sys_size, PG_LEVEL_4K)     # TouchGuest: thp=False
         self.sys_slot = KvmMemorySlot(SYS_SLOT, SYS_GPA >> PAGE_SHIFT, sys_size >> PAGE_SHIFT,
@@ -283,6 +289,8 @@ class _TdpEngine(_Engine):
     """The TDP MMU under AMD NPT: the CPU's nested walk of the guest's own page tables
     goes through the NPT too, so every guest page-table page is faulted in (as a write,
     PFERR_GUEST_PAGE) before the access itself (PFERR_GUEST_FINAL)."""
+
+    VENDOR = "amd"       # kvm_amd with NPT: the only TDP MMU host measured (the oracle)
 
     def __init__(self, s: HostScenario, policy: Policy, huge: tuple[bool, ...],
                  profile: KernelProfile = DEFAULT_PROFILE) -> None:
@@ -512,7 +520,7 @@ def run_model_scenario(s: HostScenario, kvm_params: Optional[Mapping[str, str]] 
         step("nx_recovery")
         touch("read")
         step("touch_again")
-    return ModelResult(s, kind, tuple(phases), warmup, segments)
+    return ModelResult(s, kind, tuple(phases), warmup, segments, eng.kvm.masks)
 
 
 def _split_mask(eng: _Engine) -> list[bool]:

@@ -36,13 +36,13 @@ from ..model import spte as model_spte
 from ..trace import records as tr
 from ..trace.emit import model_event_to_record
 from ..trace.parser import TraceStats, parse_trace
-from ..trace.replay import replay_trace
+from ..trace.replay import ReplayOptions, replay_trace
 from .compare import ORACLE_MATRIX, CheckRow, compare_results, host_result_from_dict
 from .host_matrix import HostScenario
-from .model_side import ModelResult, run_model_scenario
+from .model_side import ModelResult, kernel_profile, run_model_scenario
 from .oracle_guest import PHASE_MARK
 
-__all__ = ["SpteBits", "NPT_BITS", "canonical", "split_trace", "RowCheck", "OracleRunData",
+__all__ = ["SpteBits", "NPT_BITS", "model_bits", "canonical", "split_trace", "RowCheck", "OracleRunData",
            "load_run", "check_row", "check_run", "write_fixture", "UNCOMPARED_EVENTS",
            "COMPARED_EVENTS", "event_text"]
 
@@ -90,15 +90,15 @@ NPT_BITS = SpteBits(mmu_present=1 << 11, writable=1 << 1, x=1 << 63, x_is_nx=Tru
                     mmu_writable=1 << 10)
 
 
-def _model_bits() -> SpteBits:
-    """The model's own SPTE layout (whatever vendor :mod:`tdpsim.model.spte` builds)."""
+def model_bits(masks: model_spte.SpteMasks) -> SpteBits:
+    """Where the model's SPTEs of one vendor format keep the bits (:class:`SpteMasks`)."""
     m = model_spte
-    nx = bool(m.shadow_nx_mask)
+    nx = bool(masks.shadow_nx_mask)
     return SpteBits(mmu_present=m.SPTE_MMU_PRESENT_MASK, writable=m.PT_WRITABLE_MASK,
-                    x=m.shadow_nx_mask if nx else m.shadow_x_mask, x_is_nx=nx,
-                    accessed=m.shadow_accessed_mask, dirty=m.shadow_dirty_mask,
-                    large=m.PT_PAGE_SIZE_MASK, host_writable=m.shadow_host_writable_mask,
-                    mmu_writable=m.shadow_mmu_writable_mask)
+                    x=masks.shadow_nx_mask if nx else masks.shadow_x_mask, x_is_nx=nx,
+                    accessed=masks.shadow_accessed_mask, dirty=masks.shadow_dirty_mask,
+                    large=m.PT_PAGE_SIZE_MASK, host_writable=masks.shadow_host_writable_mask,
+                    mmu_writable=masks.shadow_mmu_writable_mask)
 
 
 def canonical(rec: tr.TraceRecord, bits: SpteBits) -> Optional[tuple]:
@@ -249,7 +249,7 @@ def check_row(run: OracleRunData, row: Mapping, scenario: HostScenario, *,
     if rc.trace_overruns:
         rc.event_mismatches.append(f"the kernel's trace lost events ({rc.trace_overruns} overruns)")
     segments, _teardown = split_trace(lines)
-    mbits = _model_bits()
+    mbits = model_bits(model.masks)
     for seg in ["warmup"] + [p.name for p in host.phases]:
         if seg not in segments:
             rc.event_mismatches.append(f"{seg}: no trace marker in the kernel's trace")
@@ -263,7 +263,8 @@ def check_row(run: OracleRunData, row: Mapping, scenario: HostScenario, *,
         if diff:
             rc.event_mismatches.append(f"{seg}: {diff}")
     if replay:
-        res = replay_trace(io.StringIO("\n".join(lines) + "\n"), resolve_lines=False)
+        opts = ReplayOptions(profile=kernel_profile(host.kernel_release), vendor="amd")
+        res = replay_trace(io.StringIO("\n".join(lines) + "\n"), opts, resolve_lines=False)
         rc.replay_anomalies = len(res.anomalies)
         for a in res.anomalies:
             rc.replay_kinds[a.kind] = rc.replay_kinds.get(a.kind, 0) + 1
