@@ -103,11 +103,36 @@ def test_mirror_root_with_seed_patch_stays_4k(make_vm):
 
 
 def test_mirror_root_unpatched_hits_kvm_bug_on(make_vm):
+    """HP-v3 09/24 without the SEED patch: set_external_spte_present's KVM_BUG_ON fires
+    but does not return; no hook runs for table → huge leaf, the 2M SPTE is written and
+    handle_removed_pt tears the 4K table down under the *shared* lock."""
     kvm = make_vm(tdx=True, policy=Policy(mirror_promotion="unpatched"))
-    _populate_4k_then_fault_2m(kvm, kvm.vcpus[0].mirror_root)
-    assert kvm.vm_bugged
-    assert kvm.bugs[0].function == "set_external_spte_present"
-    assert "already present" in kvm.bugs[0].message
+    root = kvm.vcpus[0].mirror_root
+    force_4k(kvm, 0x200)
+    for g in (0x200, 0x201, 0x202, 0x203):
+        fault(kvm, g)
+    pt = table_4k_of(kvm, root, 0x200)
+    unforce_4k(kvm, 0x200)
+    calls_before = len(kvm.x86_ops.calls)
+    assert fault(kvm, 0x207) == RET_PF_FIXED
+    calls = kvm.x86_ops.calls[calls_before:]
+    # No set_external_spte (no AUG at 2M): the transition matched no hook.
+    assert [c[0] for c in calls] == ["remove_external_spte"] * 512 + ["free_external_spt"]
+    # remove_external_spte filters only non-leaves, so all 512 4K entries reach TDX,
+    # present or not (the shared path froze every one).
+    assert [c[1] for c in calls[:512]] == list(range(0x200, 0x400))
+    assert sum(S.is_shadow_present_pte(c[3]) for c in calls[:512]) == 4
+    level, spte = leaf_at(kvm, root, 0x207)
+    assert level == 2 and S.is_large_pte(spte)
+    assert kvm.stat.pages == [0, 1, 0]
+    assert set(pt.spt) == {DEFAULT_PROFILE.FROZEN_SPTE}
+    assert [(b.function, b.message.split(" (")[0]) for b in kvm.bugs] == [
+        ("set_external_spte_present", "invalid mirror SPTE transition"),
+        ("handle_removed_pt", "mirror page table removed under the shared mmu_lock")]
+    assert kvm.bug_counts[("handle_removed_pt",
+                           "mirror page table removed under the shared mmu_lock")] == 512
+    # remove_external_spte's lockdep_assert_held_write splats (the read lock is held).
+    assert [w.function for w in kvm.warnings] == ["lockdep"]
 
 
 def test_nx_exec_fault_maps_4k_and_blocks_promotion(make_vm):

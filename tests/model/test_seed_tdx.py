@@ -13,6 +13,8 @@ asks for 2M again — ``test_linux_guest_inhibit_means_no_2m_attempt``.)
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from tdpsim.model.invariants import check_invariants
@@ -117,17 +119,27 @@ def test_seed_disallowed_stays_4k_no_seamcall_fails():
 
 
 def test_seed_unpatched_kvm_bug():
+    """HP-v3 09/24 set_external_spte_present: table → huge leaf is no valid transition;
+    KVM_BUG_ON does not return, no hook runs (no 2M AUG), the 2M SPTE is written and the
+    old table goes through handle_removed_pt under the shared lock."""
     kvm, tdx, g = seed_prefix("unpatched")
+    n = len(tdx.log)
+    augs = len(tdx.seamcalls("TDH.MEM.PAGE.AUG"))
     g.touch(X, accept_on_ve=True)
     assert kvm.vm_bugged and kvm.vm_dead
-    assert kvm.bugs[0].function == "set_external_spte_present"
-    assert "mirror SPTE already present" in kvm.bugs[0].message
-    # The hook still ran (KVM_BUG_ON does not return): a 2M AUG over NL_MAPPED.
-    aug = tdx.seamcalls("TDH.MEM.PAGE.AUG")[-1]
-    assert (aug.level, aug.status) == (2, 0xC0000B0D00000001)
-    assert tdx.module.entry(BASE, 1)[0] == NL_MAPPED  # S-EPT unchanged
+    assert [b.function for b in kvm.bugs] == [
+        "set_external_spte_present", "handle_removed_pt", "tdx_sept_remove_private_spte",
+        "tdx_sept_free_private_spt"]
+    assert len(tdx.seamcalls("TDH.MEM.PAGE.AUG")) == augs
+    # Each of the 512 children is handed to tdx_sept_remove_private_spte: 511 removed,
+    # the converted (non-present) one's BLOCK fails on its FREE entry.
+    assert Counter(tdx.leaf_sequence(n)) == {"ENTER": 1, "BLOCK": 512, "TRACK": 511,
+                                             "REMOVE": 511, "WBINVD": 511}
+    assert tdx.module.entry(BASE, 1)[0] == NL_MAPPED  # S-EPT still has the 2M table
     inv = check_invariants(kvm, tdx)
     assert inv[0].startswith("KVM_BUG_ON in set_external_spte_present")
+    assert inv[-2:] == ["mirror L2 leaf gfn 0x200 pfn 0x2000200 but S-EPT has NL_MAPPED "
+                        "pfn 0x100007", "S-EPT L1 NL_MAPPED gfn 0x200 without a mirror table"]
     assert g.enter() is False  # KVM_RUN now fails
 
 

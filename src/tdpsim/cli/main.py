@@ -17,7 +17,7 @@ from ..model.mmu_fault import ept_violation_error_code, kvm_mmu_do_page_fault
 from ..model.mmu_internal import ERRNO_NAMES, RET_PF_NAMES
 from ..model.policy import MIRROR_PROMOTION_CHOICES, Policy
 from ..model.vmm import VmConfig, create_vm
-from ..scenarios.seed import run_seed
+from ..scenarios.seed import run_length, run_seed
 from .render import dump_table, make_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
@@ -33,6 +33,13 @@ def _register_engine_commands() -> None:
         module_name = f"{__package__}.{name}"
         if importlib.util.find_spec(module_name) is not None:
             importlib.import_module(module_name).register(app)
+
+
+def _breakable_status(failed: str) -> str:
+    """"PROMOTE → TDX_X|RCX" → "PROMOTE → TDX_X (RCX)": lets a narrow column wrap before
+    the operand instead of folding the status name."""
+    name, bar, operand = failed.partition("|")
+    return f"{name} ({operand})" if bar else name
 
 
 @app.command()
@@ -54,11 +61,16 @@ def seed(dump: bool = typer.Option(False, "--dump", help="Also print each root's
         ("pages_4k / 2m / 1g", [" / ".join(map(str, o.pages)) for o in outcomes]),
         ("tdp_mmu_pages", [str(o.tdp_mmu_pages) for o in outcomes]),
         ("TLB flush requests", [str(o.tlb_flush_requests) for o in outcomes]),
-        ("SEAMCALLs of the last fault", [" ".join(o.final_seamcalls) or "—" for o in outcomes]),
-        ("failed SEAMCALLs", ["; ".join(o.failed_seamcalls) or "none" for o in outcomes]),
+        ("last fault SEAMCALLs", [" ".join(run_length(o.final_seamcalls)) or "—"
+                                  for o in outcomes]),
+        ("failed SEAMCALLs", ["; ".join(map(_breakable_status, o.failed_seamcalls)) or "none"
+                              for o in outcomes]),
+        ("S-EPT at the page", [o.sept_entry for o in outcomes]),
         ("VM bugged", ["yes" if o.vm_bugged else "no" for o in outcomes]),
-        ("first KVM_BUG_ON", [o.bugs[0].split(":")[0].removeprefix("KVM_BUG_ON in ")
-                              if o.bugs else "—" for o in outcomes]),
+        ("KVM_BUG_ONs in order", [", ".join(b.split(":")[0].removeprefix("KVM_BUG_ON in ")
+                                            for b in o.bugs) or "—" for o in outcomes]),
+        ("WARN sites", [", ".join(w.split(":")[0].removeprefix("WARN in ") for w in o.warnings)
+                        or "—" for o in outcomes]),
     ]
     for label, values in rows:
         table.add_row(label, *values)

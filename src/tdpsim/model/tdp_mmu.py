@@ -216,20 +216,24 @@ def kvm_tdp_mmu_put_root(kvm: "Kvm", root: KvmMmuPage) -> None:
     tdp_mmu_free_sp_rcu(kvm, root)
 
 
-def tdp_mmu_root_matches(root: KvmMmuPage, types: int) -> bool:
-    """``tdp_mmu_root_match``."""
-    if root.role.invalid:
-        return bool(types & KVM_INVALID_ROOTS)
-    if root.role.is_mirror:
-        return bool(types & KVM_MIRROR_ROOTS)
-    return bool(types & KVM_DIRECT_ROOTS)
+def tdp_mmu_root_match(kvm: "Kvm", root: KvmMmuPage, types: int) -> bool:
+    """``tdp_mmu_root_match``: an invalid root matches only if invalid roots are asked
+    for *and* its type (direct or mirror) is."""
+    if kvm.WARN_ON_ONCE(not types & KVM_VALID_ROOTS, "tdp_mmu_root_match",
+                        f"no valid root type in {types:#x}"):
+        return False
+    if root.role.invalid and not types & KVM_INVALID_ROOTS:
+        return False
+    if not root.role.is_mirror:
+        return bool(types & KVM_DIRECT_ROOTS)
+    return bool(types & KVM_MIRROR_ROOTS)
 
 
 def for_each_tdp_mmu_root_yield_safe(kvm: "Kvm", types: int) -> Iterator[KvmMmuPage]:
     """``__for_each_tdp_mmu_root_yield_safe``: hold a reference to each root visited."""
     kvm.mmu_lock.lockdep_assert_held()
     for root in list(kvm.tdp_mmu_roots):
-        if not tdp_mmu_root_matches(root, types) or not kvm_tdp_mmu_get_root(root):
+        if not tdp_mmu_root_match(kvm, root, types) or not kvm_tdp_mmu_get_root(root):
             continue
         try:
             yield root
@@ -378,37 +382,51 @@ def get_external_spt(kvm: "Kvm", gfn: int, new_spte: int, level: int) -> Optiona
 
 def set_external_spte_present(kvm: "Kvm", sp: KvmMmuPage, index: int, gfn: int,
                               old_spte: int, new_spte: int, level: int) -> int:
-    """``set_external_spte_present``: freeze the mirror SPTE, call the TDX hook, then commit
-    the new value or restore the old one.
+    """HP-v3 (09/24) ``set_external_spte_present``: freeze the mirror SPTE, call the TDX
+    hook for the transition, then commit the new value or restore the old one.
 
-    UPSTREAM allows only non-present → present; HP-v3 also leaf → table (a split, which TDX
-    refuses under the shared lock).  Anything else — e.g. a table → huge leaf promotion —
-    trips ``KVM_BUG_ON(was_present)``, which does not return: the freeze and the hook call
-    still happen, as in the kernel.
+    Valid transitions: non-present → leaf (``set_external_spte``), non-present → table
+    (``link_external_spt``), leaf → table (``split_external_spte``, refused by TDX under
+    the shared lock).  Anything else — a table → huge leaf promotion — trips the
+    ``KVM_BUG_ON``, which does not return: the SPTE is frozen, *no* hook runs (``ret``
+    stays 0) and the new value is written, so the caller goes on to tear the old table
+    down under the shared lock (``handle_removed_pt``).
     """
     was_present = is_shadow_present_pte(old_spte)
     is_present = is_shadow_present_pte(new_spte)
+    was_leaf = was_present and is_last_spte(old_spte, level)
     is_leaf = is_present and is_last_spte(new_spte, level)
-    is_split = was_present and is_last_spte(old_spte, level) and is_present and not is_leaf
-    if not is_split:
-        kvm.KVM_BUG_ON(was_present, "set_external_spte_present",
-                       f"mirror SPTE already present (old {old_spte:#x} new {new_spte:#x} "
-                       f"level {level})")
+    kvm.KVM_BUG_ON(not (not was_present or (was_leaf and not is_leaf)),
+                   "set_external_spte_present",
+                   f"invalid mirror SPTE transition (old {old_spte:#x} new {new_spte:#x} "
+                   f"level {level})")
     kvm.mmu_lock.lockdep_assert_held()
     ok, _ = try_cmpxchg64(kvm, sp, index, old_spte, kvm.profile.FROZEN_SPTE)
     if not ok:
         return -EBUSY  # iter->old_spte is not refreshed: old_spte was passed by value
-    if is_split:
-        ret = kvm.x86_ops.split_external_spte(kvm, gfn, level, old_spte,
-                                              get_external_spt(kvm, gfn, new_spte, level), True)
-    elif is_leaf:
-        ret = kvm.x86_ops.set_external_spte(kvm, gfn, level, new_spte)
-    else:
-        external_spt = get_external_spt(kvm, gfn, new_spte, level)
-        kvm.KVM_BUG_ON(external_spt is None, "set_external_spte_present", "no external_spt")
-        ret = kvm.x86_ops.link_external_spt(kvm, gfn, level, external_spt)
+    ret = 0
+    if not was_present:
+        if is_leaf:
+            ret = kvm.x86_ops.set_external_spte(kvm, gfn, level, new_spte)
+        else:
+            external_spt = get_external_spt(kvm, gfn, new_spte, level)
+            kvm.KVM_BUG_ON(external_spt is None, "set_external_spte_present",
+                           "no external_spt")
+            ret = kvm.x86_ops.link_external_spt(kvm, gfn, level, external_spt)
+    elif was_leaf and not is_leaf:
+        ret = split_external_spte(kvm, gfn, old_spte, new_spte, level, True)
     __kvm_tdp_mmu_write_spte(kvm, sp, index, old_spte if ret else new_spte)
     return ret
+
+
+def split_external_spte(kvm: "Kvm", gfn: int, old_spte: int, new_spte: int, level: int,
+                        shared: bool) -> int:
+    """HP-v3 ``split_external_spte``: hand the new child's external page to the TDX hook.
+    The hook's error is returned, not checked: TDX bugs the VM itself where it must."""
+    new_external_spt = get_external_spt(kvm, gfn, new_spte, level)
+    kvm.KVM_BUG_ON(new_external_spt is None, "split_external_spte", "no new external_spt")
+    return kvm.x86_ops.split_external_spte(kvm, gfn, level, old_spte, new_external_spt,
+                                           shared)
 
 
 def __tdp_mmu_set_spte_atomic(kvm: "Kvm", iter: TdpIter, new_spte: int) -> int:
@@ -453,8 +471,10 @@ def tdp_mmu_zap_spte_atomic(kvm: "Kvm", iter: TdpIter) -> int:
 
 
 def remove_external_spte(kvm: "Kvm", gfn: int, old_spte: int, level: int) -> None:
-    """``remove_external_spte``: only leaves; tables go via ``free_external_spt``."""
-    if not is_shadow_present_pte(old_spte) or not is_last_spte(old_spte, level):
+    """``remove_external_spte``: only non-leaf values are filtered (page tables go via
+    ``free_external_spt``).  At 4K every entry is a "leaf", so a non-present child that
+    the shared teardown of a mirror table froze is passed to the TDX hook as well."""
+    if not is_last_spte(old_spte, level):
         return
     kvm.mmu_lock.lockdep_assert_held_write()
     kvm.x86_ops.remove_external_spte(kvm, gfn, level, old_spte)
@@ -464,7 +484,7 @@ def tdp_mmu_set_spte(kvm: "Kvm", as_id: int, sp: KvmMmuPage, index: int, old_spt
                      new_spte: int, gfn: int, level: int) -> int:
     """``tdp_mmu_set_spte``: the write-lock choke point; returns the old value actually
     replaced.  Mirror SPTEs: non-present → ``remove_external_spte``; HP-v3 leaf → table →
-    ``split_external_spte``; anything else is a bug."""
+    ``split_external_spte`` (its error is ignored here); anything else is a bug."""
     kvm.mmu_lock.lockdep_assert_held_write()
     kvm.WARN_ON_ONCE(is_frozen_spte(kvm.profile, old_spte)
                      or is_frozen_spte(kvm.profile, new_spte),
@@ -475,9 +495,7 @@ def tdp_mmu_set_spte(kvm: "Kvm", as_id: int, sp: KvmMmuPage, index: int, old_spt
         if not is_shadow_present_pte(new_spte):
             remove_external_spte(kvm, gfn, old_spte, level)
         elif is_last_spte(old_spte, level) and not is_last_spte(new_spte, level):
-            ret = kvm.x86_ops.split_external_spte(
-                kvm, gfn, level, old_spte, get_external_spt(kvm, gfn, new_spte, level), False)
-            kvm.KVM_BUG_ON(bool(ret), "tdp_mmu_set_spte", f"split_external_spte: {ret}")
+            split_external_spte(kvm, gfn, old_spte, new_spte, level, False)
         else:
             kvm.KVM_BUG_ON(True, "tdp_mmu_set_spte",
                            f"unsupported mirror change {old_spte:#x} -> {new_spte:#x}")
@@ -576,7 +594,7 @@ def kvm_tdp_mmu_invalidate_roots(kvm: "Kvm", root_types: int) -> None:
     for zapping; vCPUs must load new ones."""
     kvm.mmu_lock.lockdep_assert_held_write()
     for root in kvm.tdp_mmu_roots:
-        if not tdp_mmu_root_matches(root, root_types) or root.role.invalid:
+        if not tdp_mmu_root_match(kvm, root, root_types) or root.role.invalid:
             continue
         root.tdp_mmu_scheduled_root_to_zap = True
         root.role.invalid = True
@@ -640,6 +658,17 @@ def tdp_mmu_split_huge_page(kvm: "Kvm", iter: TdpIter, sp: KvmMmuPage, shared: b
     return ret
 
 
+def make_spte_mark_dirty(kvm: "Kvm", slot: "KvmMemorySlot", gfn: int, level: int,
+                         new_spte: int) -> None:
+    """The tail of ``make_spte()``: a writable SPTE in a dirty-logged slot is logged at
+    creation — before the caller's cmpxchg, so also when that loses (RET_PF_RETRY) or
+    the SPTE turns out unchanged (RET_PF_SPURIOUS).  kvm_mmu_hugepage_adjust keeps
+    dirty-logged mappings 4K."""
+    if is_writable_pte(new_spte) and slot.kvm_slot_dirty_track_enabled():
+        kvm.WARN_ON_ONCE(level > PG_LEVEL_4K, "make_spte", "dirty-logged huge SPTE")
+        slot.mark_page_dirty_in_slot(gfn)
+
+
 def tdp_mmu_map_handle_target_level(vcpu: "KvmVcpu", fault: KvmPageFault, iter: TdpIter) -> int:
     """``tdp_mmu_map_handle_target_level`` (v6.18)."""
     kvm = vcpu.kvm
@@ -663,6 +692,7 @@ def tdp_mmu_map_handle_target_level(vcpu: "KvmVcpu", fault: KvmPageFault, iter: 
                              prefetch=fault.prefetch, host_writable=fault.map_writable,
                              nx_huge_page_enabled=kvm.is_nx_huge_page_enabled(),
                              mt_mask=kvm.mt_mask)
+        make_spte_mark_dirty(kvm, fault.slot, iter.gfn, iter.level, new_spte)
     if new_spte == iter.old_spte:
         ret = RET_PF_SPURIOUS
     elif tdp_mmu_set_spte_atomic(kvm, iter, new_spte):
@@ -674,11 +704,6 @@ def tdp_mmu_map_handle_target_level(vcpu: "KvmVcpu", fault: KvmPageFault, iter: 
                                 "tdp_mmu_map_handle_target_level", "leaf change needs flush")):
         # A table was replaced by a huge leaf (promotion): stale 4K translations must go.
         kvm.kvm_flush_remote_tlbs_gfn(iter.gfn, iter.level)
-    if fault.slot is not None and is_writable_pte(new_spte) \
-            and fault.slot.kvm_slot_dirty_track_enabled():
-        # make_spte(): writable SPTEs are logged dirty at creation (always 4K here).
-        kvm.WARN_ON_ONCE(iter.level > PG_LEVEL_4K, "make_spte", "dirty-logged huge SPTE")
-        fault.slot.mark_page_dirty_in_slot(iter.gfn)
     if is_mmio_spte(kvm.masks, kvm.shadow_mmio_value, new_spte):
         vcpu.stat.pf_mmio_spte_created += 1
         if kvm.tracer is not None:
@@ -942,21 +967,18 @@ def kvm_tdp_mmu_wrprot_slot(kvm: "Kvm", slot: "KvmMemorySlot", min_level: int) -
     return spte_set
 
 
-def kvm_tdp_mmu_make_huge_spte(kvm: "Kvm", iter: TdpIter) -> Optional[int]:
-    """``kvm_tdp_mmu_make_huge_spte``: build a huge SPTE at ``iter.level`` from the first
-    present leaf below; None (-ENOENT) when the table maps nothing."""
-    child = spte_to_child_pt(kvm, iter.old_spte, iter.level)
-    while child is not None:
-        for spte in child.spt:
-            if not is_shadow_present_pte(spte):
-                continue
-            if is_last_spte(spte, child.role.level):
-                return make_huge_spte(kvm.masks, spte, iter.level,
-                                      kvm.is_nx_huge_page_enabled())
-            child = spte_to_child_pt(kvm, spte, child.role.level)
-            break
-        else:
-            return None
+def tdp_mmu_make_huge_spte(kvm: "Kvm", parent: TdpIter) -> Optional[int]:
+    """``tdp_mmu_make_huge_spte``: build a huge SPTE at ``parent.level`` from the first
+    present leaf anywhere below it (``tdp_root_for_each_leaf_pte`` over the parent's
+    range, so an empty first sub-table does not stop the search); None (-ENOENT) when
+    the table maps nothing."""
+    root = spte_to_child_sp(kvm, parent.old_spte)
+    start = parent.gfn
+    end = start + KVM_PAGES_PER_HPAGE(parent.level)
+    for iter in for_each_tdp_pte(kvm, root, start, end):
+        if is_shadow_present_pte(iter.old_spte) and is_last_spte(iter.old_spte, iter.level):
+            return make_huge_spte(kvm.masks, iter.old_spte, parent.level,
+                                  kvm.is_nx_huge_page_enabled())
     return None
 
 
@@ -990,7 +1012,7 @@ def _recover_one(kvm: "Kvm", slot: "KvmMemorySlot", iter: TdpIter) -> bool:
             return False
         if kvm_mmu_max_mapping_level(kvm, None, slot, iter.gfn) < iter.level:
             return False
-        huge_spte = kvm_tdp_mmu_make_huge_spte(kvm, iter)
+        huge_spte = tdp_mmu_make_huge_spte(kvm, iter)
         if huge_spte is None:
             return False
         if not tdp_mmu_set_spte_atomic(kvm, iter, huge_spte):

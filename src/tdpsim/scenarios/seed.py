@@ -8,7 +8,12 @@ leaf.  A direct root promotes (the table is replaced by a 2M leaf).  On a mirror
 * ``mirror-patched`` — the SEED patch: ``disallowed_hugepage_adjust`` lowers the goal to 4K
   and no SEAMCALL fails;
 * ``mirror-unpatched`` — HP-v3 without it: ``set_external_spte_present`` hits KVM_BUG_ON
-  (and the TDX module refuses the 2M AUG over the page table);
+  (table → huge leaf is no valid transition), runs no TDX hook and writes the 2M SPTE
+  anyway; ``handle_removed_pt`` then tears the 4K table down under the *shared* lock
+  (KVM_BUG_ON per child, lockdep splat), handing all 512 children — the non-present one
+  too — to ``tdx_sept_remove_private_spte`` (BLOCK/TRACK/REMOVE/WBINVD; BLOCK of the
+  converted page fails), and ``free_external_spt`` refuses while the HKID is assigned
+  (WARN, page leaked).  The mirror ends with a 2M leaf, the S-EPT with a 2M table;
 * ``mirror-seamcall`` — a KVM that would promote: RANGE.BLOCK, TRACK, PAGE.PROMOTE, which
   the module refuses because the 512 children are not uniformly PENDING or MAPPED.
 
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..model.dump import DumpRow, walk_root
+from ..model.dump import LEVEL_NAMES, DumpRow, walk_root
 from ..model.kvm import Kvm
 from ..model.kvm_main import kvm_mmu_notifier_invalidate_range
 from ..model.mmu_fault import ept_violation_error_code, kvm_mmu_do_page_fault
@@ -34,6 +39,7 @@ from ..model.mmu_internal import ERRNO_NAMES, RET_PF_NAMES
 from ..model.policy import Policy
 from ..model.spte import PAGE_SHIFT
 from ..model.tdx import TdGuest, create_td
+from ..model.tdx_module.sept import STATE_NAMES
 from ..model.vmm import VmConfig, create_vm
 
 VARIANTS = ("direct", "mirror-patched", "mirror-unpatched", "mirror-seamcall")
@@ -60,6 +66,8 @@ class SeedOutcome:
     tlb_flush_requests: int = 0
     vm_bugged: bool = False
     bugs: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    sept_entry: str = "—"
     final_seamcalls: list[str] = field(default_factory=list)
     failed_seamcalls: list[str] = field(default_factory=list)
     dump: list[DumpRow] = field(default_factory=list)
@@ -87,6 +95,7 @@ def _finish(out: SeedOutcome, kvm: Kvm, root) -> SeedOutcome:
     out.tlb_flush_requests = kvm.stat.remote_tlb_flush_requests
     out.vm_bugged = kvm.vm_bugged
     out.bugs = [f"KVM_BUG_ON in {b.function}: {b.message}" for b in kvm.bugs]
+    out.warnings = [f"WARN in {w.function}: {w.message}" for w in kvm.warnings]
     out.dump = list(walk_root(kvm, root, FRAME_GFN, X_GFN + 2, max_rows=16))
     return out
 
@@ -137,7 +146,40 @@ def run_mirror(variant: str) -> SeedOutcome:
     out.failed_seamcalls = [f"{_short(r.leaf)} → {r.name}" for r in tdx.log[n:] if r.status]
     out.steps.append((f"guest touches {X:#x} (goal 2M)",
                       "#VE, accepted" if access.ve else ("VM dead" if kvm.vm_dead else "ok")))
+    out.sept_entry = _sept_entry(tdx, X)
     return _finish(out, kvm, kvm.vcpus[0].mirror_root)
+
+
+def _sept_entry(tdx, gpa: int) -> str:
+    """The TDX module's S-EPT for ``gpa``: the 2M entry's state / the entry where the 4K
+    walk stops (compare with the mirror's leaf level)."""
+    entry_2m = tdx.module.entry(gpa, 1)
+    info = tdx.module.lookup(gpa)
+    head = f"2M {STATE_NAMES[entry_2m[0]]} / " if entry_2m is not None else ""
+    return head + f"{LEVEL_NAMES[info.level + 1]} {STATE_NAMES[info.state]}"
+
+
+def run_length(seq: list[str], max_period: int = 6) -> list[str]:
+    """Fold repeats of a short run of SEAMCALLs: ``(A B)×3`` for A B A B A B."""
+    out: list[str] = []
+    i = 0
+    while i < len(seq):
+        best_period, best_reps = 1, 1
+        for period in range(1, max_period + 1):
+            reps = 1
+            while seq[i:i + period] == seq[i + reps * period:i + (reps + 1) * period]:
+                reps += 1
+            if reps > 1 and reps * period > best_reps * best_period:
+                best_period, best_reps = period, reps
+        run = seq[i:i + best_period]
+        if best_reps > 2:
+            out.append(("(" + " ".join(run) + ")" if best_period > 1 else run[0])
+                       + f"×{best_reps}")
+            i += best_period * best_reps
+        else:
+            out.append(seq[i])
+            i += 1
+    return out
 
 
 def run_seed_variant(variant: str) -> SeedOutcome:
