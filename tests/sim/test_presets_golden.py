@@ -22,10 +22,12 @@ KEYS = ["pages_4k", "pages_2m", "mappings_2m", "ept_violations", "pf.taken", "pf
 _TD_HUGE = (2048, 10, 10, 2048, 2048, 2048, 0, 0, 0, 28, 2068, 6, 0, 0, 2032, 2032, 10, 4,
             0, 2042, 0, 0, 0)
 GOLDEN_TD = {
-    "upstream": _TD_HUGE,
-    "unpatched": _TD_HUGE,
-    "promote-seamcall": _TD_HUGE,
-    "no-huge": (7168, 0, 0, 7158, 7158, 7158, 0, 0, 0, 38, 7178, 6, 0, 0, 0, 7142, 10, 14, 0,
+    "hp3-seed": _TD_HUGE,
+    "hp3-rfc-v1": _TD_HUGE,
+    "hp3-v3-posted": _TD_HUGE,
+    "hp3-no-patch": _TD_HUGE,
+    "hp3-promoting": _TD_HUGE,
+    "upstream-4k": (7168, 0, 0, 7158, 7158, 7158, 0, 0, 0, 38, 7178, 6, 0, 0, 0, 7142, 10, 14, 0,
                 7152, 0, 0, 0),
     "nx-off": _TD_HUGE,
     "lpage-check-first": _TD_HUGE,
@@ -40,8 +42,9 @@ GOLDEN_TD = {
 }
 _VM_NX = (0, 2, 10, 45, 45, 38, 7, 0, 0, 0, 51, 3, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 GOLDEN_VM = {
-    "upstream": _VM_NX, "unpatched": _VM_NX, "promote-seamcall": _VM_NX,
-    "no-huge": (4096, 0, 0, 4126, 4126, 4126, 0, 0, 30, 0, 4101, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    "hp3-seed": _VM_NX, "hp3-rfc-v1": _VM_NX, "hp3-v3-posted": _VM_NX,
+    "hp3-no-patch": _VM_NX, "hp3-promoting": _VM_NX,
+    "upstream-4k": (4096, 0, 0, 4126, 4126, 4126, 0, 0, 30, 0, 4101, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                 0, 0),
     "nx-off": (0, 8, 16, 38, 38, 38, 0, 0, 30, 0, 21, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
     "lpage-check-first": _VM_NX, "no-lpage-check-first": _VM_NX,

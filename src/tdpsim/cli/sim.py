@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from ..cost import DEFAULT_PARAMS, CostParams, CostParamsError, load_params
 from ..report import comparison_table, presets_table, workloads_table, write_report
-from ..sim import (PRESETS, PolicyError, WorkloadError, builtin_names, builtin_workload,
+from ..sim import (PRESETS, PolicyError, is_preset, WorkloadError, builtin_names, builtin_workload,
                    resolve_workload)
 from ..sim.runner import RunResult, simulate
 
@@ -104,7 +104,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def run(workload: str = typer.Argument(..., help=WORKLOAD_HELP),
-            policy: str = typer.Option("upstream", "--policy", "-p",
+            policy: str = typer.Option("hp3-seed", "--policy", "-p",
                                        help="Policy preset (see `tdpsim policies`)."),
             seed: Optional[int] = typer.Option(None, "--seed", help="RNG seed (default: "
                                                "the workload's)."),
@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
                                           help="Progress bar on stderr (TTY only)."),
             ) -> None:
         """Run WORKLOAD under one policy preset and print its metrics."""
-        if policy not in PRESETS:
+        if not is_preset(policy):
             _fail(f"unknown policy preset {policy!r}; known: {', '.join(PRESETS)}")
         wl = _load(workload, memory_gib, vcpus)
         cp = _params(params)
@@ -149,7 +149,7 @@ def register(app: typer.Typer) -> None:
         wl = _load(workload, memory_gib, vcpus)
         presets = list(policy) if policy else list(wl.presets)
         for p in presets:
-            if p not in PRESETS:
+            if not is_preset(p):
                 _fail(f"unknown policy preset {p!r}; known: {', '.join(PRESETS)}")
         cp = _params(params)
         results = _run_all(wl, presets, seed, cp, progress)

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from .events import KvmBug, KvmFlushRemoteTlbs, KvmWarn
 from .locking import Rcu, RwLock, SpinLock
 from .memslot import KvmMemorySlot, RangeSet
-from .mmu_internal import KvmMmuPage
+from .mmu_internal import HugepageAdjustStats, KvmMmuPage
 from .policy import Policy
 from .profile import DEFAULT_PROFILE, KernelProfile
 from .sched import SchedPoints
@@ -222,6 +222,10 @@ class Kvm:
         self.tdp_mmu_pages = 0
         self.possible_nx_huge_pages: list[KvmMmuPage] = []
         self.stat = KvmVmStat()
+        # Not in the kernel: what disallowed_hugepage_adjust decided (the metrics), and an
+        # audit hook that sees each fault's decisions (``tdpsim equiv``; None: off).
+        self.hugepage_adjust = HugepageAdjustStats()
+        self.audit: Callable[[tuple], None] | None = None
         self.memslots: list[KvmMemorySlot] = []
         self.memslots_generation = 0
         self.mem_attr_private = RangeSet()

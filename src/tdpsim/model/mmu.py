@@ -99,18 +99,49 @@ def kvm_mmu_hugepage_adjust(vcpu: "KvmVcpu", fault: KvmPageFault) -> None:
 
 
 def disallowed_hugepage_adjust(kvm: "Kvm", fault: KvmPageFault, spte: int,
-                               cur_level: int) -> None:
+                               cur_level: int, is_mirror: bool = False) -> bool:
     """``disallowed_hugepage_adjust``: a table exists where the fault wants a huge leaf
-    and it must stay — its child SP is NX-disallowed or (SEED) a mirror page — so go down
-    a level, patching the next 9 gfn bits back into the pfn."""
+    and it must stay — its child SP is NX-disallowed or (the seed patch, in the form
+    ``policy.mirror_promotion`` names) a mirror page — so go down a level, patching the
+    next 9 gfn bits back into the pfn.  Returns whether it lowered the goal (the kernel's
+    is void; the model's callers count it).
+
+    The mirror test as posted:
+
+    RFC v1 (``rfc-v1``, <20250424030634.369-1-yan.y.zhao@intel.com>), with ``is_mirror``
+    passed in by ``kvm_tdp_mmu_map`` and ``false`` by ``direct_map``/``FNAME(fetch)``::
+
+        -void disallowed_hugepage_adjust(struct kvm_page_fault *fault, u64 spte, int cur_level)
+        +void disallowed_hugepage_adjust(struct kvm_page_fault *fault, u64 spte, int cur_level, bool is_mirror)
+        -	    spte_to_child_sp(spte)->nx_huge_page_disallowed) {
+        +	    (spte_to_child_sp(spte)->nx_huge_page_disallowed || is_mirror)) {
+
+    RFC v2 / v3 06/24 (``v3-posted``) and Sean's rewrite (``disallowed``, the seed), the
+    same hunk in both::
+
+        -	    spte_to_child_sp(spte)->nx_huge_page_disallowed) {
+        +	    ((spte_to_child_sp(spte)->nx_huge_page_disallowed) ||
+        +	     is_mirror_sp(spte_to_child_sp(spte)))) {
+    """
     if (cur_level > PG_LEVEL_4K and cur_level == fault.goal_level
             and is_shadow_present_pte(spte) and not is_large_pte(spte)):
         child = spte_to_child_sp(kvm, spte)
-        if child.nx_huge_page_disallowed or (
-                kvm.policy.mirror_promotion == "disallowed" and child.role.is_mirror):
+        if child.nx_huge_page_disallowed or _mirror_disallows(kvm, child, is_mirror):
             page_mask = KVM_PAGES_PER_HPAGE(cur_level) - KVM_PAGES_PER_HPAGE(cur_level - 1)
             fault.pfn |= fault.gfn & page_mask
             fault.goal_level -= 1
+            return True
+    return False
+
+
+def _mirror_disallows(kvm: "Kvm", child: "KvmMmuPage", is_mirror: bool) -> bool:
+    """The seed patch's clause inside ``disallowed_hugepage_adjust``, per variant."""
+    variant = kvm.policy.mirror_promotion
+    if variant == "rfc-v1":
+        return is_mirror
+    if variant in ("disallowed", "v3-posted"):
+        return child.role.is_mirror
+    return False
 
 
 def track_possible_nx_huge_page(kvm: "Kvm", sp: "KvmMmuPage") -> None:

@@ -223,10 +223,14 @@ def kvm_mmu_do_page_fault(vcpu: "KvmVcpu", cr2_or_gpa: int, err: int,
     fault.slot = kvm.gfn_to_memslot(fault.gfn)
     if not prefetch:
         vcpu.stat.pf_taken += 1
+    if kvm.audit is not None:
+        kvm.audit(("fault", vcpu.vcpu_id, fault.gfn, fault.is_private, err))
     r = kvm_tdp_mmu_page_fault(vcpu, fault)
     if r == RET_PF_EMULATE and fault.is_private:
         r = -EFAULT  # "unexpected emulation request on private memory"
     kvm_mmu_count_pf_result(vcpu, r, prefetch)
+    if kvm.audit is not None:
+        kvm.audit(("ret", r))
     return r
 
 
@@ -277,6 +281,17 @@ def kvm_tdp_mmu_map_private_pfn(vcpu: "KvmVcpu", gfn: int, pfn: int,
     )
     if kvm.vm_dead:
         return -EIO
+    if kvm.audit is not None:
+        kvm.audit(("fault", vcpu.vcpu_id, gfn, True, fault.error_code))
+    r = _map_private_pfn_retry(vcpu, fault, max_retries)
+    if kvm.audit is not None:
+        kvm.audit(("ret", r))
+    return r
+
+
+def _map_private_pfn_retry(vcpu: "KvmVcpu", fault: KvmPageFault, max_retries: int) -> int:
+    """The retry loop of ``kvm_tdp_mmu_map_private_pfn``."""
+    kvm = vcpu.kvm
     for _ in range(max_retries):
         if kvm.vm_dead:
             return -EIO

@@ -12,7 +12,7 @@ Simplifications (one line each):
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from .spte import ACC_ALL, PG_LEVEL_4K, SPTE_ENT_PER_PAGE
@@ -146,6 +146,24 @@ class KvmMmuPage:
 
 def is_mirror_sp(sp: KvmMmuPage) -> bool:
     return sp.role.is_mirror
+
+
+@dataclass(slots=True)
+class HugepageAdjustStats:
+    """Not in the kernel: what the seed patch's decision did in one VM, for the metrics.
+
+    ``calls_*``: walk steps at which ``kvm_tdp_mmu_map`` consulted
+    ``disallowed_hugepage_adjust``, by root; ``lowered_*``: faults whose goal it lowered;
+    ``opportunities``: faults on a mirror root whose goal met a present mirror page table
+    at the goal level (a promotion the fault path could try); ``frames``: (level, gfn) of
+    those tables."""
+
+    calls_direct: int = 0
+    calls_mirror: int = 0
+    lowered_direct: int = 0
+    lowered_mirror: int = 0
+    opportunities: int = 0
+    frames: set = field(default_factory=set)
 
 
 @dataclass(slots=True)

@@ -12,8 +12,8 @@ from typing import Literal
 
 from .spte import PG_LEVEL_1G, PG_LEVEL_2M, PG_LEVEL_4K
 
-MirrorPromotion = Literal["disallowed", "unpatched", "seamcall"]
-MIRROR_PROMOTION_CHOICES = ("disallowed", "unpatched", "seamcall")
+MirrorPromotion = Literal["disallowed", "rfc-v1", "v3-posted", "unpatched", "seamcall"]
+MIRROR_PROMOTION_CHOICES = ("disallowed", "rfc-v1", "v3-posted", "unpatched", "seamcall")
 AcceptLevelHandling = Literal["v3", "draft-2025-06"]
 ACCEPT_LEVEL_HANDLING_CHOICES = ("v3", "draft-2025-06")
 
@@ -22,11 +22,25 @@ ACCEPT_LEVEL_HANDLING_CHOICES = ("v3", "draft-2025-06")
 class Policy:
     """The switches of one run.
 
-    mirror_promotion:
-        ``disallowed`` — HP-v3 with the SEED patch: ``disallowed_hugepage_adjust`` also
-        applies on mirror roots, so the fault path never promotes there (default).
-        ``unpatched`` — HP-v3 without it: a 2M goal over a mirror page table reaches
-        ``set_external_spte_present`` with a present old SPTE and hits its KVM_BUG_ON.
+    mirror_promotion: which form of "KVM: x86/mmu: Disallow page merging (huge page
+        adjustment) for mirror root" runs (every variant posted in the thread; the code as
+        posted is quoted in ``mmu.disallowed_hugepage_adjust`` and
+        ``tdp_mmu.hugepage_adjust_disallowed``).
+        ``disallowed`` — the SEED, Sean Christopherson's rewrite
+        <aXeRf4Jw6-Sl1JCe@google.com> (2026-01-26): ``is_mirror_sp(root)`` joins the NX
+        workaround at the ``kvm_tdp_mmu_map`` call site and ``disallowed_hugepage_adjust``
+        also refuses when ``is_mirror_sp(spte_to_child_sp(spte))`` (default).
+        ``rfc-v1`` — RFC v1 10/21 <20250424030634.369-1-yan.y.zhao@intel.com> (2025-04-24):
+        ``is_mirror = is_mirror_sp(root)`` computed once and passed into
+        ``disallowed_hugepage_adjust(..., is_mirror)``.
+        ``v3-posted`` — RFC v2 07/23 <20250807094254.4537-1-yan.y.zhao@intel.com>
+        (2025-08-07) and v3 06/24 <20260106102024.25023-1-yan.y.zhao@intel.com>
+        (2026-01-06), the same code: ``kvm_has_mirrored_tdp(kvm)`` at the call site (so
+        every fault of a TD, direct root too, walks through the adjust), the child's
+        ``is_mirror_sp`` inside.
+        ``unpatched`` — HP-v3 without the patch: a 2M goal over a mirror page table
+        reaches ``set_external_spte_present`` with a present old SPTE and hits its
+        KVM_BUG_ON.
         ``seamcall`` — a hypothetical future KVM that promotes S-EPT with RANGE.BLOCK,
         TRACK and PAGE.PROMOTE under the write lock (filled in by the TDX glue).
     nx_huge_pages: the ``kvm.nx_huge_pages`` module parameter (iTLB multihit workaround).

@@ -723,10 +723,41 @@ def tdp_mmu_get_root_for_fault(vcpu: "KvmVcpu", fault: KvmPageFault) -> KvmMmuPa
     return vcpu.root
 
 
-def mirror_promotion_guarded(kvm: "Kvm", root: KvmMmuPage) -> bool:
-    """The SEED patch's call-site guard: ``is_mirror_sp(root)`` joins the NX workaround in
-    deciding whether ``disallowed_hugepage_adjust`` is consulted."""
-    return kvm.policy.mirror_promotion == "disallowed" and is_mirror_sp(root)
+def hugepage_adjust_disallowed(kvm: "Kvm", fault: KvmPageFault, root: KvmMmuPage) -> bool:
+    """Whether ``kvm_tdp_mmu_map`` consults ``disallowed_hugepage_adjust`` at each level:
+    the NX workaround, joined by the seed patch's call-site test in the posted form
+    ``policy.mirror_promotion`` names.
+
+    RFC v1 (``rfc-v1``)::
+
+        +	bool is_mirror = is_mirror_sp(root);
+        -		if (fault->nx_huge_page_workaround_enabled)
+        -			disallowed_hugepage_adjust(fault, iter.old_spte, iter.level);
+        +		if (fault->nx_huge_page_workaround_enabled || is_mirror)
+        +			disallowed_hugepage_adjust(fault, iter.old_spte, iter.level, is_mirror);
+
+    RFC v2 07/23 and v3 06/24 as posted (``v3-posted``)::
+
+        +	bool hugepage_adjust_disallowed = fault->nx_huge_page_workaround_enabled ||
+        +					  kvm_has_mirrored_tdp(kvm);
+        -		if (fault->nx_huge_page_workaround_enabled)
+        +		if (hugepage_adjust_disallowed)
+         			disallowed_hugepage_adjust(fault, iter.old_spte, iter.level);
+
+    Sean's rewrite, the seed (``disallowed``)::
+
+        -		if (fault->nx_huge_page_workaround_enabled)
+        +		if (fault->nx_huge_page_workaround_enabled || is_mirror_sp(root))
+         			disallowed_hugepage_adjust(fault, iter.old_spte, iter.level);
+    """
+    if fault.nx_huge_page_workaround_enabled:
+        return True
+    variant = kvm.policy.mirror_promotion
+    if variant in ("disallowed", "rfc-v1"):
+        return is_mirror_sp(root)
+    if variant == "v3-posted":
+        return kvm.kvm_has_mirrored_tdp()
+    return False
 
 
 def kvm_tdp_mmu_map(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
@@ -739,13 +770,20 @@ def kvm_tdp_mmu_map(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
         # The tracepoint prints the exact 4K pfn: aligned pfn | offset within the goal.
         offset = fault.gfn & (KVM_PAGES_PER_HPAGE(fault.goal_level) - 1)
         kvm.tracer(KvmMmuSpteRequested(fault.gfn, fault.pfn | offset, fault.goal_level))
-    guarded = fault.nx_huge_page_workaround_enabled or mirror_promotion_guarded(kvm, root)
+    if kvm.audit is not None:
+        kvm.audit(("goal", fault.goal_level))
+    guarded = hugepage_adjust_disallowed(kvm, fault, root)
+    is_mirror = is_mirror_sp(root)
+    goal = fault.goal_level
+    lowered = False
     ret = RET_PF_RETRY
     kvm.rcu.rcu_read_lock()
     walk = for_each_tdp_pte(kvm, root, fault.gfn, fault.gfn + 1)
     for iter in walk:
+        if iter.level == goal and is_mirror:
+            _count_promotion_opportunity(kvm, iter)
         if guarded:
-            disallowed_hugepage_adjust(kvm, fault, iter.old_spte, iter.level)
+            lowered |= _adjust(kvm, fault, iter, is_mirror)
         # Another thread froze it: give up rather than allocate and free a table.
         if is_frozen_spte(kvm.profile, iter.old_spte):
             break
@@ -761,7 +799,35 @@ def kvm_tdp_mmu_map(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
         kvm.WARN_ON_ONCE(walk.level == fault.goal_level, "kvm_tdp_mmu_map",
                          "walk ended at the goal level")
     kvm.rcu.rcu_read_unlock()
+    if lowered:
+        if is_mirror:
+            kvm.hugepage_adjust.lowered_mirror += 1
+        else:
+            kvm.hugepage_adjust.lowered_direct += 1
     return ret
+
+
+def _count_promotion_opportunity(kvm: "Kvm", iter: TdpIter) -> None:
+    """Not in the kernel: the fault's goal level meets a present mirror page table, i.e.
+    the fault path could promote it (the question the seed patch answers)."""
+    if iter.level > PG_LEVEL_4K and is_shadow_present_pte(iter.old_spte) \
+            and not is_large_pte(iter.old_spte):
+        kvm.hugepage_adjust.opportunities += 1
+        kvm.hugepage_adjust.frames.add((iter.level, iter.gfn))
+
+
+def _adjust(kvm: "Kvm", fault: KvmPageFault, iter: TdpIter, is_mirror: bool) -> bool:
+    """One ``disallowed_hugepage_adjust`` call of the walk, counted by root."""
+    st = kvm.hugepage_adjust
+    if is_mirror:
+        st.calls_mirror += 1
+    else:
+        st.calls_direct += 1
+    if not disallowed_hugepage_adjust(kvm, fault, iter.old_spte, iter.level, is_mirror):
+        return False
+    if kvm.audit is not None:
+        kvm.audit(("lowered", iter.level, fault.goal_level))
+    return True
 
 
 def _map_target_level(vcpu: "KvmVcpu", fault: KvmPageFault, iter: TdpIter,

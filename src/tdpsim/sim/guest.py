@@ -228,7 +228,9 @@ class TdDriver(Driver):
         config = VmConfig(tdx=True, nr_vcpus=vm.vcpus, mem_bytes=vm.memory_bytes,
                           host_page_level=vm.host_page_level,
                           gmem_folio_order=vm.gmem_folio_order)
-        kvm, tdx = create_td(config, policy, tracer=tracer)
+        self.touch_first = vm.guest == "touch-first"
+        kvm, tdx = create_td(config, policy, tracer=tracer,
+                             sept_ve_disable=not self.touch_first)
         super().__init__(kvm)
         self.tdx = tdx
         tdx.record = False  # the per-SEAMCALL log would grow with the run; counters suffice
@@ -326,10 +328,13 @@ class TdDriver(Driver):
                     break
             self.check()
             return
-        if not self.accepted.is_accepted(gfn):
+        first = self.touch_first and not self.accepted.is_accepted(gfn)
+        if not self.accepted.is_accepted(gfn) and not first:
             self.accept_unit(vcpu, gfn // UNIT_PAGES)
         before = self.tdx.stats.ept_violations
-        res = self.guest.touch(gpa, write, vcpu)
+        res = self.guest.touch(gpa, write, vcpu, accept_on_ve=first)
+        if first and res.pfn is not None:
+            self.accepted.add(gfn, 1)
         self.ept_violations += self.tdx.stats.ept_violations - before
         if res.pfn is None:
             self.errors += 1
@@ -349,7 +354,13 @@ class TdDriver(Driver):
         self.check()
 
     def to_private(self, vcpu: int, gfn: int, npages: int) -> None:
-        """``set_memory_encrypted``: MapGPA(private), then accept the range."""
+        """``set_memory_encrypted``: MapGPA(private), then accept the range; a touch-first
+        guest only converts and leaves the accept to its #VE handler."""
+        if self.touch_first:
+            if self.guest.map_gpa(gfn << 12, npages << 12, False, vcpu) != 0:
+                self.check()
+                raise GuestError("MapGPA to private failed")
+            return
         before = self.guest.stats.accept_exits
         ok = self.guest.set_memory_encrypted(gfn << 12, npages << 12, vcpu)
         self.ept_violations += self.guest.stats.accept_exits - before

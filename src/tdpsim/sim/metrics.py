@@ -19,6 +19,11 @@ Names (dotted, stable — reports, JSON and CSV use them):
   busy_retries                              all BUSY-driven retries (glue + guest)
   accept.4k_where_2m_possible / accept.4k_exits / accept.2m_exits
   nx.lpage_splits / nx.recovered
+  hugepage_adjust.calls.{mirror,direct}     walk steps that consulted disallowed_hugepage_adjust
+  hugepage_adjust.lowered.{mirror,direct}   faults whose goal it lowered, by root
+  promote.opportunities                     faults whose goal met a mirror page table
+  promote.tried / promote.done / promote.failed.<STATUS>   the promoting KVM's PROMOTEs
+  promote.frames_left_small / promote.lost_2m_mib   opportunity frames not mapped huge now
   bugs / warnings
 """
 
@@ -30,7 +35,7 @@ from typing import Any, Optional
 from tdpsim.model.events import KvmBug, KvmFlushRemoteTlbs, KvmTdpMmuSpteChanged, KvmWarn
 from tdpsim.model.spte import PT_PAGE_SIZE_MASK, SPTE_MMU_PRESENT_MASK
 
-from .guest import Driver
+from .guest import Driver, mapped_level
 
 _HUGE_LEAF = SPTE_MMU_PRESENT_MASK | PT_PAGE_SIZE_MASK
 
@@ -116,6 +121,7 @@ class Metrics:
             pf["fast"] += s.pf_fast
         for k, n in pf.items():
             out[f"pf.{k}"] = n
+        out.update(_hugepage_adjust_counters(d))
         busy = 0
         if d.tdx is not None:
             tdx, m, g = d.tdx, d.tdx.module, d.guest
@@ -147,6 +153,31 @@ class Metrics:
     def sample(self, time_us: float, phase: str, d: Driver) -> None:
         p = d.kvm.stat.pages
         self.samples.append(Sample(time_us, phase, p[0], p[1], p[2]))
+
+
+def _hugepage_adjust_counters(d: Driver) -> dict[str, int]:
+    """What the seed patch's decision did, and what the promotion opportunities became:
+    a frame whose table is still there at the end lost its huge mapping to the refusal (or
+    to a failed PROMOTE)."""
+    kvm = d.kvm
+    st = kvm.hugepage_adjust
+    out = {"hugepage_adjust.calls.mirror": st.calls_mirror,
+           "hugepage_adjust.calls.direct": st.calls_direct,
+           "hugepage_adjust.lowered.mirror": st.lowered_mirror,
+           "hugepage_adjust.lowered.direct": st.lowered_direct,
+           "promote.opportunities": st.opportunities}
+    root = kvm.vcpus[0].mirror_root if kvm.kvm_has_mirrored_tdp() else None
+    small = [(lvl, gfn) for lvl, gfn in sorted(st.frames)
+             if root is not None and mapped_level(kvm, root, gfn, False, False) < lvl]
+    out["promote.frames_left_small"] = len(small)
+    out["promote.lost_2m_mib"] = sum(2 * 512 ** (lvl - 2) for lvl, _ in small)
+    if d.tdx is not None:
+        ps = d.tdx.stats
+        out["promote.tried"] = ps.promote_attempts
+        out["promote.done"] = ps.promote_successes
+        for status, n in ps.promote_failures.items():
+            out[f"promote.failed.{status}"] = n
+    return out
 
 
 def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:

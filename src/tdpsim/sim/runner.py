@@ -346,7 +346,7 @@ HANDLERS = {
 
 # ------------------------------------------------------------------------------ entry points
 
-def simulate(wl: Workload, preset: str = "upstream", seed: Optional[int] = None, *,
+def simulate(wl: Workload, preset: str = "hp3-seed", seed: Optional[int] = None, *,
              tracer: Optional[Callable[[Any], None]] = None,
              progress: Optional[Progress] = None,
              params: CostParams = DEFAULT_PARAMS,

@@ -15,7 +15,7 @@ Schema (every key optional unless marked *required*)::
     name = "td-boot"            # *required*
     description = "..."
     seed = 1                    # default seed for `run`/`compare`
-    presets = ["upstream", ...] # what `compare` runs when no --policy is given
+    presets = ["hp3-seed", ...] # what `compare` runs when no --policy is given
     [vm]      kind = "td"|"vm" (*required*), vcpus, memory_gib, host_page "4K"|"2M"|"1G",
               gmem_folio "4K"|"2M"
     [policy]  any ``Policy`` switch: the base the presets are laid over
@@ -91,6 +91,10 @@ class VmSpec:
     memory_bytes: int = 4 * GIB
     host_page_level: int = 2
     gmem_folio_order: int = 9
+    # "linux": accepts private memory before touching it; "touch-first": a non-Linux guest
+    # (#VE on, no SEPT_VE_DISABLE) that touches converted-back memory first and accepts
+    # at 4K from its #VE handler — case (b) of the TDX huge-page cover letter.
+    guest: str = "linux"
 
     @property
     def tdx(self) -> bool:
@@ -119,7 +123,9 @@ class Workload:
     policy: Mapping[str, Any]
     phases: tuple[Phase, ...]
     seed: int = 1
-    presets: tuple[str, ...] = ("upstream", "no-lpage-check-first")
+    presets: tuple[str, ...] = ("hp3-seed", "no-lpage-check-first")
+    # Figures published on the list for this workload: report row id -> text.
+    published: Mapping[str, str] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def base_policy(self) -> Policy:
@@ -426,7 +432,8 @@ def _phase(c: _Ctx, i: int, v: Any, vm: VmSpec) -> Phase:
 def _vm(c: _Ctx, v: Any) -> VmSpec:
     if not isinstance(v, dict):
         c.fail("vm", "a table [vm]", v)
-    _no_extra(c, "vm", v, ("kind", "vcpus", "memory_gib", "host_page", "gmem_folio"))
+    _no_extra(c, "vm", v, ("kind", "vcpus", "memory_gib", "host_page", "gmem_folio",
+                           "guest"))
     if "kind" not in v:
         c.fail("vm.kind", '"td" or "vm"', has_got=False)
     kind = _choice(("td", "vm"))(c, "vm.kind", v["kind"])
@@ -438,14 +445,17 @@ def _vm(c: _Ctx, v: Any) -> VmSpec:
         c.fail("vm.memory_gib", "at most 4096 GiB", v.get("memory_gib"))
     host = _choice(tuple(LEVELS))(c, "vm.host_page", v.get("host_page", "2M"))
     folio = _choice(("4K", "2M"))(c, "vm.gmem_folio", v.get("gmem_folio", "2M"))
-    return VmSpec(kind, vcpus, mem, LEVELS[host], 0 if folio == "4K" else 9)
+    guest = _choice(("linux", "touch-first"))(c, "vm.guest", v.get("guest", "linux"))
+    if guest != "linux" and kind != "td":
+        c.fail("vm.guest", '"linux" on a plain VM (nothing to accept)', guest)
+    return VmSpec(kind, vcpus, mem, LEVELS[host], 0 if folio == "4K" else 9, guest)
 
 
 def parse_workload(doc: Mapping[str, Any], source: str) -> Workload:
     """Validate a parsed TOML document; raises one ``WorkloadError``."""
     c = _Ctx(source)
     _no_extra(c, "", doc, ("name", "description", "seed", "presets", "vm", "policy",
-                            "phases"))
+                            "phases", "published"))
     if "name" not in doc:
         c.fail("name", "a workload name (name = \"...\")", has_got=False)
     name = _str(c, "name", doc["name"])
@@ -465,19 +475,24 @@ def parse_workload(doc: Mapping[str, Any], source: str) -> Workload:
             policy_from_switches({k: val})
         except PolicyError as e:
             c.fail(f"policy.{k}", f"a valid value ({e})", val)
-    presets = doc.get("presets", ["upstream", "no-lpage-check-first"])
+    presets = doc.get("presets", ["hp3-seed", "no-lpage-check-first"])
     if not isinstance(presets, list) or not presets:
         c.fail("presets", "a non-empty list of policy preset names", presets)
-    from .policies import PRESETS
+    from .policies import PRESETS, is_preset
     for i, pname in enumerate(presets):
-        if pname not in PRESETS:
+        if not is_preset(pname):
             c.fail(f"presets[{i}]", "one of " + ", ".join(PRESETS), pname)
     phases = doc.get("phases")
     if not isinstance(phases, list) or not phases:
         c.fail("phases", "at least one [[phases]] table", phases, has_got=phases is not None)
     parsed = tuple(_phase(c, i, p, vm) for i, p in enumerate(phases))
+    published = doc.get("published", {})
+    if not isinstance(published, dict):
+        c.fail("published", "a table of metric = \"figure\" strings", published)
+    for k, val in published.items():
+        _str(c, f"published.{k}", val)
     return Workload(name, desc, source, vm, dict(pol), parsed, seed, tuple(presets),
-                    raw=dict(doc))
+                    dict(published), raw=dict(doc))
 
 
 def load_workload(path: str | Path) -> Workload:
