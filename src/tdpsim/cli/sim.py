@@ -8,6 +8,7 @@ one line naming the file, the key and what was expected, with exit status 2.
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,10 +19,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from ..cost import DEFAULT_PARAMS, CostParams, CostParamsError, load_params
-from ..report import comparison_table, presets_table, workloads_table, write_report
+from ..report import (compare_view, comparison_table, presets_table, workloads_table,
+                      write_report)
 from ..sim import (PRESETS, PolicyError, is_preset, WorkloadError, builtin_names, builtin_workload,
                    resolve_workload)
 from ..sim.runner import RunResult, simulate
+from ..sim.runner import compare as sim_compare
 
 WORKLOAD_HELP = "A built-in workload name (see `tdpsim workloads`) or a path to a .toml file."
 
@@ -142,20 +145,34 @@ def register(app: typer.Typer) -> None:
                 params: Optional[Path] = typer.Option(None, "--params"),
                 memory_gib: Optional[float] = typer.Option(None, "--memory-gib"),
                 vcpus: Optional[int] = typer.Option(None, "--vcpus"),
+                show_all: bool = typer.Option(False, "--all", help="Every metric, not only "
+                                              "the ones that differ."),
+                jobs: int = typer.Option(0, "--jobs", "-j", help="Worker processes (0: one "
+                                         "per CPU, at most one per preset; 1: serial with a "
+                                         "progress bar)."),
                 progress: bool = typer.Option(True, "--progress/--no-progress"),
                 ) -> None:
-        """Run WORKLOAD under several policy presets with the same seed; print the
-        numbers side by side."""
+        """Run WORKLOAD under several policy presets with the same seed; print a verdict
+        and the metrics that differ (deltas against the first preset)."""
         wl = _load(workload, memory_gib, vcpus)
         presets = list(policy) if policy else list(wl.presets)
         for p in presets:
             if not is_preset(p):
                 _fail(f"unknown policy preset {p!r}; known: {', '.join(PRESETS)}")
         cp = _params(params)
-        results = _run_all(wl, presets, seed, cp, progress)
-        Console(width=max(120, 40 + 22 * len(results))).print(comparison_table(results))
+        jobs = jobs or os.cpu_count() or 1
+        if jobs > 1 and len(presets) > 1:
+            try:
+                results = sim_compare(wl, presets, seed, params=cp, jobs=jobs)
+            except PolicyError as e:
+                _fail(str(e))
+        else:
+            results = _run_all(wl, presets, seed, cp, progress)
+        console = Console()
+        console.print(compare_view(results, console.width, show_all=show_all,
+                                   published=wl.published))
         if report is not None:
-            write_report(results, report)
+            write_report(results, report, published=wl.published)
 
     @app.command()
     def workloads() -> None:

@@ -412,8 +412,15 @@ def simulate(wl: Workload, preset: str = "hp3-seed", seed: Optional[int] = None,
 
 def compare(wl: Workload, presets: list[str], seed: Optional[int] = None, *,
             progress: Optional[Callable[[str], Optional[Progress]]] = None,
-            params: CostParams = DEFAULT_PARAMS) -> list[RunResult]:
-    """The same workload and seed under each preset, in the order given."""
+            params: CostParams = DEFAULT_PARAMS, jobs: int = 1) -> list[RunResult]:
+    """The same workload and seed under each preset, in the order given.  With ``jobs`` > 1
+    the presets run in that many worker processes (no progress callbacks then); the
+    results are the same either way, since every run is a pure function of its inputs."""
+    if jobs > 1 and len(presets) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(max_workers=min(jobs, len(presets))) as pool:
+            futures = [pool.submit(simulate, wl, p, seed, params=params) for p in presets]
+            return [f.result() for f in futures]
     out = []
     for p in presets:
         out.append(simulate(wl, p, seed, progress=progress(p) if progress else None,
