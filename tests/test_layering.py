@@ -5,7 +5,7 @@ import ast
 import pathlib
 
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "tdpsim"
-ENGINES = {"scenarios", "sim", "explore", "trace", "kvmcheck", "cost"}
+ENGINES = {"scenarios", "sim", "explore", "trace", "kvmcheck", "cost", "equiv"}
 FORBIDDEN_IN_MODEL = {"random", "time", "threading", "os", "socket", "rich", "typer",
                       "matplotlib", "greenlet"}
 

@@ -25,7 +25,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
                        "module's Secure-EPT.")
 
 # Engine commands living in their own modules; each exposes register(app).
-COMMAND_MODULES = ("sim", "explore", "replay_trace", "kvm_check")
+COMMAND_MODULES = ("sim", "explore", "replay_trace", "kvm_check", "equiv")
 
 
 def _register_engine_commands() -> None:

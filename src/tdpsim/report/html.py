@@ -122,7 +122,7 @@ def _plot_differences(rows: Sequence[Row], cols: _Columns, out: Path) -> bool:
         ax.set_title(r.label, fontsize=9)
         ax.set_xlabel("count", fontsize=8)
         ax.margins(x=0.25)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=3, integer=True))
         ax.tick_params(axis="x", labelsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)

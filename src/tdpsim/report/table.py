@@ -182,9 +182,22 @@ def verdict(results: Sequence[RunResult], rows: Sequence[Row]) -> list[str]:
         for g in identical_groups(results, rows):
             if len(g) > 1:
                 lines.append("identical on every metric: " + " = ".join(names[i] for i in g))
+        lines += _calls_only(results, rows)
     if opp == [0] and results[0].vm["kind"] == "td":
         lines.append(_why_no_opportunity(t0))
     return lines
+
+
+def _calls_only(results: Sequence[RunResult], rows: Sequence[Row]) -> list[str]:
+    """Runs that differ from the first only in how often disallowed_hugepage_adjust was
+    consulted: the same decisions, reached through more calls."""
+    out = []
+    for i in range(1, len(results)):
+        ids = {r.id for r in rows if r.cells[0] != r.cells[i]}
+        if ids and all(k.startswith("hugepage_adjust.calls.") for k in ids):
+            out.append(f"{results[i].preset} differs from {results[0].preset} only in how "
+                       "often it consults disallowed_hugepage_adjust (calls, not decisions)")
+    return out
 
 
 def _why_no_opportunity(t: Mapping[str, int]) -> str:
@@ -300,16 +313,19 @@ def comparison_table(results: Sequence[RunResult], title: str | None = None) -> 
 
 
 def presets_table() -> Table:
+    """Every preset: what it models, its switches and where it was posted (Message-IDs
+    on lines of their own, so they are never cut at any width)."""
     t = Table(title="policy presets (laid over the workload's \\[policy] table)",
-              title_justify="left")
-    t.add_column("preset")
-    t.add_column("switches")
-    t.add_column("models")
-    t.add_column("posted")
+              title_justify="left", show_lines=True)
+    t.add_column("preset", no_wrap=True)
+    t.add_column("models / switches / posted", overflow="fold")
     for p in PRESETS.values():
         name = p.name + "".join(f"\n(was {a})" for a in p.aliases)
-        t.add_row(name, ", ".join(f"{k}={v}" for k, v in p.switches.items()), p.summary,
-                  p.posted.replace(", ", "\n"))
+        text = Text(p.summary)
+        text.append("\n" + ", ".join(f"{k}={v}" for k, v in p.switches.items()), style="dim")
+        for posted in filter(None, p.posted.split(", ")):
+            text.append("\nposted " + posted, style="cyan")
+        t.add_row(name, text)
     return t
 
 

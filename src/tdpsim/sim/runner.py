@@ -351,15 +351,19 @@ def simulate(wl: Workload, preset: str = "hp3-seed", seed: Optional[int] = None,
              progress: Optional[Progress] = None,
              params: CostParams = DEFAULT_PARAMS,
              policy: Optional[Policy] = None,
-             task_hook: Optional[Callable[[int], None]] = None) -> RunResult:
+             task_hook: Optional[Callable[[int], None]] = None,
+             instrument: Optional[Callable[[Driver], None]] = None) -> RunResult:
     """Run ``wl`` under the named policy preset (or an explicit ``policy``).
 
     ``tracer`` also receives every model event (e.g. a trace emitter); ``task_hook(vcpu)``
     is called before each step of a process (vcpu -1: a host worker thread) so a tracer
-    can attribute events to the right task."""
+    can attribute events to the right task; ``instrument(driver)`` runs once the guest
+    exists, before the first phase (``tdpsim equiv`` hangs its recorder there)."""
     seed = wl.seed if seed is None else seed
     pol = policy if policy is not None else resolve_policy(preset, wl.policy)
     run = _Run(wl, pol, seed, tracer, progress)
+    if instrument is not None:
+        instrument(run.driver)
     eng, d, m = run.engine, run.driver, run.metrics
     records: list[PhaseRecord] = []
     before = m.snapshot(d)
