@@ -35,10 +35,9 @@ from ..model.mmu_fault import kvm_mmu_load
 from ..model.policy import Policy
 from ..model.profile import DEFAULT_PROFILE, PROFILES, KernelProfile
 from ..model.shadow_mmu import ShadowMmu
-from ..model.svm import npf_error_code, npf_interception
-from ..model.spte import (PAGE_SHIFT, SpteMasks, PG_LEVEL_2M, PG_LEVEL_4K, PT_WRITABLE_MASK, SPTE_INDEX,
-                          PT_PRESENT_MASK, is_executable_pte, is_last_spte,
-                          is_shadow_present_pte, is_writable_pte, spte_to_pfn)
+from ..model.svm import npt_access
+from ..model.spte import (PAGE_SHIFT, PG_LEVEL_2M, PG_LEVEL_4K, PT_WRITABLE_MASK, SpteMasks,
+                          is_shadow_present_pte, is_writable_pte)
 from ..model.tdp_iter import for_each_tdp_pte
 from ..model.tdp_mmu import tdp_mmu_set_spte_atomic
 from .guest import (ACCESS_KINDS, PAGE_2M, PAGE_4K, PTE_P, PTE_PS, IdentityPageTables,
@@ -300,33 +299,13 @@ class _TdpEngine(_Engine):
         kvm_mmu_load(self.vcpu)
         self.manual = s.manual_protect
 
-    def _leaf(self, gfn: int) -> int:
-        sp = self.vcpu.root
-        while True:
-            level = sp.role.level
-            spte = sp.spt[SPTE_INDEX(gfn, level)]
-            if not is_shadow_present_pte(spte) or is_last_spte(spte, level):
-                return spte
-            sp = self.kvm.sp_by_pfn[spte_to_pfn(spte)]
-
     def access(self, addr: int, kind: str) -> None:
         for entry in guest_walk(self.read_guest, self.pt.cr3, addr)[:-1]:
             self._nested(entry, "write", guest_page=True)
         self._nested(addr, kind)          # identity-mapped: the VA is the GPA
 
     def _nested(self, gpa: int, kind: str, guest_page: bool = False) -> None:
-        """One nested translation of *gpa*: NPF until the SPTE allows the access."""
-        write, fetch = kind == "write", kind == "exec"
-        for _ in range(8):
-            spte = self._leaf(gpa >> PAGE_SHIFT)
-            present = is_shadow_present_pte(spte)
-            if present and (is_writable_pte(spte) if write
-                            else is_executable_pte(self.kvm.masks, spte) if fetch
-                            else bool(spte & PT_PRESENT_MASK)):
-                return
-            npf_interception(self.vcpu, gpa, npf_error_code(
-                write=write, exec=fetch, present=present, guest_page=guest_page))
-        raise RuntimeError(f"no forward progress on {kind} at {gpa:#x}")
+        npt_access(self.vcpu, gpa, kind, guest_page)
 
     def set_dirty_logging(self, on: bool) -> None:
         flags = self.slot.flags | KVM_MEM_LOG_DIRTY_PAGES if on else \

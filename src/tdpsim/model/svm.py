@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 from .events import KvmPageFault
 from .mmu_fault import kvm_mmu_do_page_fault
+from .spte import (PAGE_SHIFT, PT_PRESENT_MASK, SPTE_INDEX, is_executable_pte, is_last_spte,
+                   is_shadow_present_pte, is_writable_pte, spte_to_pfn)
 from .mmu_internal import (
     PFERR_FETCH_MASK,
     PFERR_GUEST_FINAL_MASK,
@@ -30,7 +32,7 @@ from .mmu_internal import (
 if TYPE_CHECKING:  # pragma: no cover
     from .kvm import KvmVcpu
 
-__all__ = ["npf_error_code", "npf_interception"]
+__all__ = ["npf_error_code", "npf_interception", "npt_access", "leaf_spte"]
 
 
 def npf_error_code(*, write: bool = False, exec: bool = False, present: bool = False,
@@ -53,3 +55,33 @@ def npf_interception(vcpu: "KvmVcpu", fault_address: int, error_code: int) -> in
     if kvm.tracer is not None:
         kvm.tracer(KvmPageFault(vcpu.vcpu_id, 0, fault_address, error_code))
     return kvm_mmu_do_page_fault(vcpu, fault_address, error_code)
+
+
+def leaf_spte(vcpu: "KvmVcpu", gfn: int) -> int:
+    """The SPTE the CPU's nested walk of *gfn* ends on in the vCPU's root (the leaf, or
+    the first non-present entry)."""
+    sp = vcpu.root
+    while True:
+        level = sp.role.level
+        spte = sp.spt[SPTE_INDEX(gfn, level)]
+        if not is_shadow_present_pte(spte) or is_last_spte(spte, level):
+            return spte
+        sp = vcpu.kvm.sp_by_pfn[spte_to_pfn(spte)]
+
+
+def npt_access(vcpu: "KvmVcpu", gpa: int, kind: str, guest_page: bool = False,
+               max_faults: int = 8) -> int:
+    """What the CPU does for one guest access of *kind* ("read", "write", "exec") to
+    *gpa* under NPT: an NPF (:func:`npf_interception`) until the nested translation
+    allows it.  Returns the number of NPFs; raises RuntimeError without forward progress."""
+    write, fetch = kind == "write" or guest_page, kind == "exec" and not guest_page
+    for n in range(max_faults):
+        spte = leaf_spte(vcpu, gpa >> PAGE_SHIFT)
+        present = is_shadow_present_pte(spte)
+        if present and (is_writable_pte(spte) if write
+                        else is_executable_pte(vcpu.kvm.masks, spte) if fetch
+                        else bool(spte & PT_PRESENT_MASK)):
+            return n
+        npf_interception(vcpu, gpa, npf_error_code(write=write, exec=fetch, present=present,
+                                                   guest_page=guest_page))
+    raise RuntimeError(f"no forward progress on {kind} at {gpa:#x}")
