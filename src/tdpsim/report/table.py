@@ -171,21 +171,45 @@ def verdict(results: Sequence[RunResult], rows: Sequence[Row]) -> list[str]:
     opp_text = f"{opp[0]} promotion opportunit{'y' if opp == [1] else 'ies'}" \
         if len(opp) == 1 else "promotion opportunities " + "; ".join(
             f"{n} in {', '.join(ps)}" for n, ps in sorted(by_count.items(), reverse=True))
+    td = results[0].vm["kind"] == "td"
+    opp_text = f": {opp_text} in this workload" if td else ""
     lines = []
     if len(results) == 1:
-        lines.append(f"{len(rows)} metrics; {opp_text} in this workload")
+        lines.append(f"{len(rows)} metrics{opp_text}")
     elif not diff:
-        lines.append(f"identical on every metric ({len(rows)}): {opp_text} in this workload")
+        lines.append(f"identical on every metric ({len(rows)}){opp_text}")
     else:
-        lines.append(f"the variants differ in {len(diff)} of {len(rows)} metrics; "
-                     f"{opp_text} in this workload")
+        lines.append(f"the variants differ in {len(diff)} of {len(rows)} metrics{opp_text}")
         for g in identical_groups(results, rows):
             if len(g) > 1:
                 lines.append("identical on every metric: " + " = ".join(names[i] for i in g))
         lines += _calls_only(results, rows)
-    if opp == [0] and results[0].vm["kind"] == "td":
+    if opp == [0] and td:
         lines.append(_why_no_opportunity(t0))
+    elif td:
+        lines += [_what_it_did(results[i]) for i in _representatives(results, rows, False)]
     return lines
+
+
+def _what_it_did(r: RunResult) -> str:
+    """One variant's answer to the faults that met a mirror page table."""
+    t = r.totals
+    opp, low = t.get("promote.opportunities", 0), t.get("hugepage_adjust.lowered.mirror", 0)
+    tried, done = t.get("promote.tried", 0), t.get("promote.done", 0)
+    failed = {k[len("promote.failed."):]: v for k, v in t.items()
+              if k.startswith("promote.failed.") and v}
+    parts = []
+    if low:
+        parts.append(f"lowered the goal to 4K in {low} of them")
+    if tried:
+        parts.append(f"tried PAGE.PROMOTE {tried} times, {done} done" + "".join(
+            f", {n} failed with {status}" for status, n in sorted(failed.items())))
+    if not r.ok:
+        parts.append(r.status)
+    left = t.get("promote.lost_2m_mib", 0)
+    tail = f"; {left} MiB that could be 2M stay mapped small" if left else ""
+    return f"{r.preset}: {opp} faults met a mirror page table — " + \
+        ("; ".join(parts) or "nothing changed") + tail
 
 
 def _calls_only(results: Sequence[RunResult], rows: Sequence[Row]) -> list[str]:
