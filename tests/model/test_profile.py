@@ -133,3 +133,98 @@ def test_ept_suppress_ve_in_present_mask(profile, sve):
     assert level == 1 and spte & (1 << 63) == sve
     assert root.spt[0] & (1 << 63) == sve  # the table entry too (make_nonleaf_spte)
     assert kvm.masks.shadow_mmio_mask == S.VMX_EPT_RWX_MASK | sve
+
+
+def _dirty_log_cycle(profile):
+    """A 2M leaf, dirty logging on (eager split: 512 4K leaves) and off again."""
+    from tdpsim.model.kvm_main import kvm_mmu_slot_apply_flags
+    from tdpsim.model.memslot import KVM_MEM_LOG_DIRTY_PAGES
+    buf = io.StringIO()
+    kvm = create_vm(VmConfig(mem_bytes=16 << 20, profile=profile), tracer=TraceEmitter(buf.write))
+    slot = kvm.memslots[0]
+    fault(kvm, 0x200)
+    kvm_mmu_slot_apply_flags(kvm, slot, KVM_MEM_LOG_DIRTY_PAGES)
+    assert kvm.stat.pages == [512, 0, 0]
+    flushes = kvm.stat.remote_tlb_flush_requests
+    kvm_mmu_slot_apply_flags(kvm, slot, 0)
+    return kvm, kvm.stat.remote_tlb_flush_requests - flushes, buf.getvalue()
+
+
+def test_recover_huge_pages_in_place():
+    """recover_huge_pages_in_place: 6.13+ replaces the table by a 2M leaf (one batched
+    flush); up to 6.12 the table is zapped (one flush per zap) and refaulted later."""
+    kvm, flushes, _ = _dirty_log_cycle(KERNEL_6_18_HP_V3)
+    assert kvm.stat.pages == [0, 1, 0] and flushes == 1
+    assert leaf_at(kvm, kvm.vcpus[0].root, 0x200)[0] == 2
+    kvm, flushes, text = _dirty_log_cycle(KERNEL_6_12)
+    assert kvm.stat.pages == [0, 0, 0] and flushes == 1
+    assert leaf_at(kvm, kvm.vcpus[0].root, 0x200) == (2, KERNEL_6_12.SHADOW_NONPRESENT_VALUE)
+    fault(kvm, 0x234)  # the guest's next access maps the huge page again
+    assert kvm.stat.pages == [0, 1, 0]
+    assert not kvm.warnings and not kvm.bugs
+
+
+@pytest.mark.parametrize("profile,zap_line", [
+    # 6.10+: the table goes straight to non-present, after the write.
+    (KERNEL_6_12, "level 2 old_spte {table:x} new_spte 8000000000000000"),
+    # before: the freeze is what is traced; the write of 0 is silent.
+    (KERNEL_6_1, "level 2 old_spte {table:x} new_spte 5a0"),
+])
+def test_zap_spte_atomic_handles_after_write(profile, zap_line):
+    """zap_spte_atomic_handles_after_write: which value the zapped table is traced with,
+    and the replayer (same profile) accepts either as a table zap."""
+    kvm, _, text = _dirty_log_cycle(profile)
+    lines = [ln for ln in text.splitlines() if "gfn 200 level 2 old_spte" in ln]
+    table = int(lines[-1].split("old_spte ")[1].split()[0], 16)
+    assert S.is_shadow_present_pte(table) and not S.is_last_spte(table, 2)
+    assert lines[-1].endswith(zap_line.format(table=table))
+    res = replay_trace(io.StringIO(text), ReplayOptions(profile=profile))
+    assert res.anomaly_counts == {} and res.pages == kvm.stat.pages == [0, 0, 0]
+
+
+@pytest.mark.parametrize("profile,changes", [
+    (KERNEL_6_12, ["level 2 old_spte {huge:x} new_spte {table:x}"]),  # split in place
+    (KERNEL_6_1, ["level 2 old_spte {huge:x} new_spte 5a0",           # zapped...
+                  "level 2 old_spte 0 new_spte {table:x}"]),           # ...and relinked
+])
+def test_tdp_mmu_split_huge_page_on_fault(profile, changes):
+    """tdp_mmu_split_huge_page_on_fault: a 4K write fault under a 2M leaf in a dirty-logged slot
+    without eager splitting; 6.2+ splits it (512 leaves), 6.1 zaps it (one leaf)."""
+    from tdpsim.model.kvm_main import kvm_mmu_slot_apply_flags
+    from tdpsim.model.memslot import KVM_MEM_LOG_DIRTY_PAGES
+    from tdpsim.model.policy import Policy
+    buf = io.StringIO()
+    kvm = create_vm(VmConfig(mem_bytes=16 << 20, profile=profile),
+                    Policy(eager_page_split=False), tracer=TraceEmitter(buf.write))
+    fault(kvm, 0x200)
+    kvm_mmu_slot_apply_flags(kvm, kvm.memslots[0], KVM_MEM_LOG_DIRTY_PAGES)
+    huge = leaf_at(kvm, kvm.vcpus[0].root, 0x200)[1]  # write-protected for logging
+    mark = len(buf.getvalue())
+    fault(kvm, 0x201)
+    text = buf.getvalue()[mark:]
+    l2 = [ln.split("level 2 ")[1] for ln in text.splitlines()
+          if "kvm_tdp_mmu_spte_changed" in ln and " level 2 " in ln]
+    pt = kvm.sp_by_pfn[S.spte_to_pfn(_l2_entry(kvm, 0x200))]
+    want = [c.format(huge=huge, table=_l2_entry(kvm, 0x200)).split("level 2 ")[1] for c in changes]
+    assert l2 == want
+    assert kvm.stat.pages == [512 if profile.tdp_mmu_split_huge_page_on_fault else 1, 0, 0]
+    assert sum(S.is_shadow_present_pte(s) for s in pt.spt) == kvm.stat.pages[0]
+    res = replay_trace(io.StringIO(buf.getvalue()), ReplayOptions(profile=profile))
+    assert res.anomaly_counts == {} and res.pages == kvm.stat.pages
+
+
+def _l2_entry(kvm, gfn):
+    """The 2M-level SPTE above gfn in the direct root."""
+    sp = kvm.vcpus[0].root
+    for level in range(sp.role.level, 2, -1):
+        sp = kvm.sp_by_pfn[S.spte_to_pfn(sp.spt[S.SPTE_INDEX(gfn, level)])]
+    return sp.spt[S.SPTE_INDEX(gfn, 2)]
+
+
+def test_tdx_vm_type():
+    """tdx_vm_type: KVM_CREATE_VM(KVM_X86_TDX_VM) fails before v6.16."""
+    from tdpsim.model.tdx import create_td
+    create_td(VmConfig(tdx=True, mem_bytes=8 << 20, profile=KERNEL_6_18_HP_V3))
+    for profile in (KERNEL_6_1, KERNEL_6_12):
+        with pytest.raises(ValueError, match=f"kernel {profile.name} has no KVM_X86_TDX_VM"):
+            create_td(VmConfig(tdx=True, mem_bytes=8 << 20, profile=profile))

@@ -203,6 +203,10 @@ class Kvm:
             raise ValueError("root_level must be 4 or 5 (TDP walk length)")
         if vm_type == KVM_X86_TDX_VM and vendor != "intel":
             raise ValueError("a TD needs the intel vendor (TDX runs on VMX with EPT)")
+        if vm_type == KVM_X86_TDX_VM and not profile.tdx_vm_type:
+            # KVM_CREATE_VM: kvm_is_vm_type_supported() fails, -EINVAL.
+            raise ValueError(f"kernel {profile.name} has no KVM_X86_TDX_VM (TDX host "
+                             "support landed in v6.16)")
         self.vm_type = vm_type
         self.policy = policy or Policy()
         # The kernel generation this VM runs under: every version-dependent decision.

@@ -39,6 +39,7 @@ from .tdp_mmu import (
     kvm_tdp_mmu_try_split_huge_pages,
     kvm_tdp_mmu_unmap_gfn_range,
     kvm_tdp_mmu_wrprot_slot,
+    kvm_tdp_mmu_zap_collapsible_sptes,
     kvm_tdp_mmu_zap_invalidated_roots,
     kvm_tdp_mmu_zap_possible_nx_huge_page,
     KVM_DIRECT_ROOTS,
@@ -170,9 +171,10 @@ def kvm_mmu_slot_apply_flags(kvm: "Kvm", slot: KvmMemorySlot, new_flags: int) ->
     kvm.memslots_generation += 2
     if not new_flags & KVM_MEM_LOG_DIRTY_PAGES:
         if old_flags & KVM_MEM_LOG_DIRTY_PAGES:
-            kvm.mmu_lock.read_lock()
-            kvm_tdp_mmu_recover_huge_pages(kvm, slot)
-            kvm.mmu_lock.read_unlock()
+            if kvm.profile.recover_huge_pages_in_place:
+                kvm_mmu_recover_huge_pages(kvm, slot)
+            else:
+                kvm_mmu_zap_collapsible_sptes(kvm, slot)
         return
     if kvm.WARN_ON_ONCE(bool(old_flags & KVM_MEM_LOG_DIRTY_PAGES), "kvm_mmu_slot_apply_flags",
                         "dirty logging already enabled"):
@@ -185,6 +187,21 @@ def kvm_mmu_slot_apply_flags(kvm: "Kvm", slot: KvmMemorySlot, new_flags: int) ->
     kvm_tdp_mmu_wrprot_slot(kvm, slot, PG_LEVEL_4K)  # kvm_mmu_slot_remove_write_access
     kvm.mmu_lock.read_unlock()
     kvm.kvm_flush_remote_tlbs_memslot(slot)
+
+
+def kvm_mmu_recover_huge_pages(kvm: "Kvm", slot: KvmMemorySlot) -> None:
+    """``kvm_mmu_recover_huge_pages`` (mmu.c, v6.13+): in place, under the read lock."""
+    kvm.mmu_lock.read_lock()
+    kvm_tdp_mmu_recover_huge_pages(kvm, slot)
+    kvm.mmu_lock.read_unlock()
+
+
+def kvm_mmu_zap_collapsible_sptes(kvm: "Kvm", slot: KvmMemorySlot) -> None:
+    """``kvm_mmu_zap_collapsible_sptes`` (mmu.c, up to v6.12): zap, under the read lock;
+    the guest's next accesses fault the huge pages back in."""
+    kvm.mmu_lock.read_lock()
+    kvm_tdp_mmu_zap_collapsible_sptes(kvm, slot)
+    kvm.mmu_lock.read_unlock()
 
 
 def kvm_mmu_zap_all_fast(kvm: "Kvm") -> None:

@@ -60,6 +60,24 @@ class KernelProfile:
     # "P|W|U|0x100000000"); 6.1 traced its low 32 bits.
     fast_page_fault_error_code_bits: int = 64
 
+    # aca48556c592 "KVM: x86/mmu: Process atomically-zapped SPTEs after replacing
+    # REMOVED_SPTE" (v6.10): tdp_mmu_zap_spte_atomic() freezes untraced, flushes, writes
+    # SHADOW_NONPRESENT_VALUE and only then runs handle_changed_spte(old -> non-present).
+    # Before it, the freeze itself went through tdp_mmu_set_spte_atomic (traced as
+    # old -> REMOVED_SPTE, children torn down then) and the final write of 0 was silent.
+    zap_spte_atomic_handles_after_write: bool = True
+
+    # 13e2e4f62a4b "KVM: x86/mmu: Recover TDP MMU huge page mappings in-place instead of
+    # zapping" (v6.13): disabling dirty logging replaces each collapsible table by a huge
+    # leaf (kvm_mmu_recover_huge_pages).  Up to v6.12, kvm_mmu_zap_collapsible_sptes()
+    # zapped the table (tdp_mmu_zap_spte_atomic, one TLB flush per zap) and the next
+    # faults mapped the huge page again.
+    recover_huge_pages_in_place: bool = True
+
+    # "KVM: x86: Add a VM type define for TDX" (v6.14) and the TDX host support that made
+    # KVM_X86_TDX_VM creatable (v6.16).  Older kernels cannot run a TD.
+    tdx_vm_type: bool = True
+
     def with_(self, **changes: object) -> "KernelProfile":
         return replace(self, **changes)
 
@@ -75,18 +93,21 @@ KERNEL_6_18_HP_V3 = KernelProfile(
 
 KERNEL_6_12 = KERNEL_6_18_HP_V3.with_(
     name="6.12",
-    description="v6.12 LTS (Debian 13): no TDX; non-present BIT(63)",
+    description="v6.12 LTS: no TDX; non-present BIT(63); zap-collapsible recovery",
+    recover_huge_pages_in_place=False,
+    tdx_vm_type=False,
 )
 
 KERNEL_6_1 = KERNEL_6_12.with_(
     name="6.1",
-    description="v6.1 LTS (Debian 12): no TDX; non-present SPTEs are 0",
+    description="v6.1 LTS (Debian 12): no TDX; non-present SPTEs are 0; faults zap huge pages",
     SHADOW_NONPRESENT_VALUE=0,
     FROZEN_SPTE=_FROZEN_LOW,
     ept_suppress_ve_in_present_mask=False,
     tdp_mmu_split_huge_page_on_fault=False,
     tdp_mmu_zap_root_4k_first=False,
     fast_page_fault_error_code_bits=32,
+    zap_spte_atomic_handles_after_write=False,
 )
 
 DEFAULT_PROFILE = KERNEL_6_18_HP_V3

@@ -459,14 +459,24 @@ def tdp_mmu_set_spte_atomic(kvm: "Kvm", iter: TdpIter, new_spte: int) -> int:
 
 
 def tdp_mmu_zap_spte_atomic(kvm: "Kvm", iter: TdpIter) -> int:
-    """``tdp_mmu_zap_spte_atomic`` (read lock; the kernels without in-place splits on
-    fault): freeze the SPTE (traced, with the bookkeeping of the removal), flush, then
-    write the non-present value raw: non-present to non-present needs none."""
-    ret = tdp_mmu_set_spte_atomic(kvm, iter, kvm.profile.FROZEN_SPTE)
+    """``tdp_mmu_zap_spte_atomic`` (up to v6.12; 6.13 zaps without freezing): freeze the
+    SPTE so no thread installs a present entry before the TLB flush, flush, then write
+    SHADOW_NONPRESENT_VALUE.  Where the bookkeeping happens depends on the kernel
+    (``KernelProfile.zap_spte_atomic_handles_after_write``)."""
+    kvm.mmu_lock.lockdep_assert_held_read()
+    frozen, nonpresent = kvm.profile.FROZEN_SPTE, kvm.profile.SHADOW_NONPRESENT_VALUE
+    after_write = kvm.profile.zap_spte_atomic_handles_after_write
+    # Before v6.10 the freeze is an ordinary traced change (old -> REMOVED_SPTE).
+    ret = (__tdp_mmu_set_spte_atomic if after_write else tdp_mmu_set_spte_atomic)(
+        kvm, iter, frozen)
     if ret:
         return ret
     kvm.kvm_flush_remote_tlbs_gfn(iter.gfn, iter.level)
-    __kvm_tdp_mmu_write_spte(kvm, iter.sp, iter.index, kvm.profile.SHADOW_NONPRESENT_VALUE)
+    # Nobody overwrites a frozen SPTE: the raw write skips the volatile-bits check.
+    __kvm_tdp_mmu_write_spte(kvm, iter.sp, iter.index, nonpresent)
+    if after_write:
+        handle_changed_spte(kvm, iter.as_id, iter.gfn, iter.old_spte, nonpresent, iter.level,
+                            True)
     return 0
 
 
@@ -848,10 +858,13 @@ def _install_child_sp(vcpu: "KvmVcpu", fault: KvmPageFault, iter: TdpIter) -> bo
     goal: allocate a table and link it, or split the huge leaf into it."""
     kvm = vcpu.kvm
     if is_shadow_present_pte(iter.old_spte) and not kvm.profile.tdp_mmu_split_huge_page_on_fault:
-        # before v6.2: zap the huge leaf, then link an empty table where it was
+        # Before v6.2 the huge leaf is zapped and an empty table linked in its place.
         if tdp_mmu_zap_spte_atomic(kvm, iter):
             return False
-        iter.old_spte = iter.sp.spt[iter.index]
+        # The new value informs the !present path below.
+        iter.old_spte = kvm_tdp_mmu_read_spte(kvm, iter.sp, iter.index)
+        if is_frozen_spte(kvm.profile, iter.old_spte):
+            return False
     sp = tdp_mmu_alloc_sp(kvm)
     tdp_mmu_init_child_sp(kvm, sp, iter)
     if is_mirror_sp(sp):
@@ -1083,6 +1096,26 @@ def _recover_one(kvm: "Kvm", slot: "KvmMemorySlot", iter: TdpIter) -> bool:
             return False
         if not tdp_mmu_set_spte_atomic(kvm, iter, huge_spte):
             return True
+
+
+def kvm_tdp_mmu_zap_collapsible_sptes(kvm: "Kvm", slot: "KvmMemorySlot") -> None:
+    """``kvm_tdp_mmu_zap_collapsible_sptes`` / ``zap_collapsible_spte_range`` (read lock,
+    up to v6.12): zap every table that a huge leaf could replace; the next faults map the
+    huge page.  Leaves are never zapped: had a leaf been collapsible, its parent would
+    have been zapped instead of stepping down."""
+    kvm.mmu_lock.lockdep_assert_held_read()
+    for root in for_each_tdp_mmu_root_yield_safe(kvm, KVM_DIRECT_ROOTS):
+        kvm.rcu.rcu_read_lock()
+        for iter in for_each_tdp_pte_min_level(kvm, root, PG_LEVEL_2M, slot.base_gfn,
+                                               slot.end_gfn):
+            while (iter.level <= KVM_MAX_HUGEPAGE_LEVEL
+                   and is_shadow_present_pte(iter.old_spte)
+                   and not is_last_spte(iter.old_spte, iter.level)
+                   and slot.base_gfn <= iter.gfn < slot.end_gfn
+                   and kvm_mmu_max_mapping_level(kvm, None, slot, iter.gfn) >= iter.level):
+                if not tdp_mmu_zap_spte_atomic(kvm, iter):  # it flushed the TLB itself
+                    break
+        kvm.rcu.rcu_read_unlock()
 
 
 def kvm_tdp_mmu_zap_possible_nx_huge_page(kvm: "Kvm", sp: KvmMmuPage) -> bool:

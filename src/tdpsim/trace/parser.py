@@ -167,6 +167,10 @@ def _num(limit: int) -> Callable[[str], int]:
 
 
 def _pferr(s: str) -> int:
+    """``__print_flags`` of fast_page_fault's error_code: a u32 up to 2024, then the full
+    u64 ("KVM: x86/mmu: Pass full 64-bit error code when handling page faults"), whose
+    high bits (PFERR_GUEST_FINAL/PAGE, PFERR_PRIVATE_ACCESS) print as one hex leftover,
+    e.g. ``P|W|U|0x100000000``."""
     value = 0
     for tok in s.split("|") if s else ():
         if tok.startswith("0x"):

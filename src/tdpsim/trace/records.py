@@ -437,8 +437,10 @@ class KvmMmuUnsyncPage(KvmMmuPageRecord):
 @dataclass(frozen=True, slots=True)
 class FastPageFault(TraceRecord):
     """``kvmmmu:fast_page_fault``: ``vcpu %d gva %llx error_code %s sptep %p old %#llx
-    new %llx spurious %d fixed %d``.  ``error_code`` is the u32 struct field (printed with
-    ``__print_flags`` over P/W/U/RSVD/F); ``ret`` is only visible as ``spurious``/``fixed``.
+    new %llx spurious %d fixed %d``.  ``error_code`` is the struct field (u32 up to 2024,
+    u64 since; printed with ``__print_flags`` over P/W/U/RSVD/F, the rest as one hex
+    leftover); ``ret`` is only visible as ``spurious``/``fixed``.  ``sptep`` is a ``%p``:
+    hashed unless the host boots with ``no_hash_pointers``.
     """
 
     EVENT: ClassVar[str] = "fast_page_fault"

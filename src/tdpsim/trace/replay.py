@@ -44,7 +44,8 @@ from __future__ import annotations
 import os
 import re
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import chain, islice
 from typing import Any, Callable, Iterable, Iterator
 
 from ..model.kvm import PagesByLevel
@@ -67,6 +68,7 @@ from ..model.spte import (
     spte_to_pfn,
     vendor_spte_masks,
 )
+from .infer import MAX_SCAN_LINES, KernelInference, infer_kernel
 from .parser import TraceParseError, TraceParser, TraceStats
 from .records import (
     EVENT_CLASSES,
@@ -122,6 +124,7 @@ ANOMALY_KINDS: dict[str, str] = {
     "set_spte_mismatch": "kvm_mmu_set_spte disagrees with the replayed SPTE at 'at'",
     "misaligned": "gfn not aligned to the level (WARN in handle_changed_spte)",
     "bad_level": "level outside 1..5",
+    "negative_pages": "a page count went below zero (more leaves removed than installed)",
     "parse_error": "a line of a supported event did not parse",
 }
 
@@ -141,7 +144,9 @@ class ReplayOptions:
     ``policy.mirror_promotion == "seamcall"``; ``policy.nx_huge_pages`` decides whether split
     4K children get X back (``make_small_spte``).
     ``profile``: the kernel generation that wrote the trace (its non-present and frozen
-    SPTE values).  ``vendor``: "intel" (EPT SPTEs) or "amd" (NPT SPTEs).
+    SPTE values); ``vendor``: "intel" (EPT SPTEs) or "amd" (NPT SPTEs).  None = inferred
+    from the trace by :func:`replay_trace` (:mod:`tdpsim.trace.infer`), falling back to
+    the default profile and intel when the trace does not say.
     ``tdx``: None = infer from the roots, True/False = the trace is / is not of a TD.
     ``root_level``: 4 or 5 (EPT walk length); a level-5 root page switches it to 5.
     ``sample_every``: records between page-stat samples (doubled whenever ``max_samples``
@@ -149,8 +154,8 @@ class ReplayOptions:
     """
 
     policy: Policy = field(default_factory=Policy)
-    profile: KernelProfile = DEFAULT_PROFILE
-    vendor: str = "intel"
+    profile: KernelProfile | None = None
+    vendor: str | None = None
     max_level_direct: int | None = None
     max_level_mirror: int | None = None
     tdx: bool | None = None
@@ -255,6 +260,9 @@ class ReplayResult(PagesByLevel):
     records: int
     learning: bool
     parse_error: TraceParseError | None = None
+    kernel: str = DEFAULT_PROFILE.name  # the profile replayed under
+    vendor: str = "intel"
+    inference: KernelInference | None = None  # how replay_trace chose them
 
     @property
     def anomaly_total(self) -> int:
@@ -270,6 +278,9 @@ class ReplayResult(PagesByLevel):
             "file": self.filename,
             "records": self.records,
             "learning_mode": self.learning,
+            "kernel": self.kernel,
+            "vendor": self.vendor,
+            "inference": None if self.inference is None else self.inference.to_dict(),
             "pages": {"4k": self.pages[0], "2m": self.pages[1], "1g": self.pages[2]},
             "counters": dict(self.counters),
             "actors": {k: {f: getattr(v, f) for f in ActorStats.__slots__}
@@ -394,7 +405,8 @@ class TraceReplayer:
             "spte_changes", "installs", "links", "splits", "split_failures", "promotions",
             "mirror_promotions", "leaf_zaps", "table_zaps", "tables_removed",
             "frozen_children", "leaf_updates", "mmio_changes", "hw_ad_updates",
-            "reattributed", "faults", "fast_fixed", "root_pages", "child_pages"), 0)
+            "reattributed", "faults", "fast_fixed", "root_pages", "child_pages",
+            "atomic_zaps"), 0)
         self.anomalies: list[Anomaly] = []
         self.anomaly_counts: dict[str, int] = {}
         self.actors: dict[str, ActorStats] = {}
@@ -406,12 +418,18 @@ class TraceReplayer:
         self._by_pfn: dict[int, _Table] = {}
         self._tasks: dict[int, _Task] = {}
         self._tdx = opts.tdx
-        self._frozen = opts.profile.FROZEN_SPTE
-        self._masks = m = vendor_spte_masks(opts.vendor, opts.profile)
+        self.profile = profile = opts.profile or DEFAULT_PROFILE
+        self.vendor = opts.vendor or "intel"
+        self.inference: KernelInference | None = None  # set by replay_trace
+        self._frozen = profile.FROZEN_SPTE
+        # Before v6.10 tdp_mmu_zap_spte_atomic traces its freeze and writes 0 silently.
+        self._traced_freeze_zaps = not profile.zap_spte_atomic_handles_after_write
+        self._masks = m = vendor_spte_masks(self.vendor, profile)
         self._ad_mask = m.shadow_accessed_mask | m.shadow_dirty_mask
-        self._nonpresent = opts.profile.SHADOW_NONPRESENT_VALUE
+        self._nonpresent = profile.SHADOW_NONPRESENT_VALUE
         self._root_level = opts.root_level
         self._learning = False
+        self._negative_levels: set[int] = set()
         self._max = {"mirror": opts.mirror_max, "direct": opts.direct_max}
         self._last_ts = 0
         self._handlers: dict[type, Callable[[Any, _Task], None]] = {
@@ -506,7 +524,8 @@ class TraceReplayer:
         return ReplayResult(self.filename, list(self.pages), list(self.samples),
                             dict(self.actors), dict(self.counters), list(self.anomalies),
                             dict(self.anomaly_counts), roots, parse_stats, self.records,
-                            self._learning, parse_error)
+                            self._learning, parse_error, self.profile.name, self.vendor,
+                            self.inference)
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -562,6 +581,16 @@ class TraceReplayer:
             if ln and all(r.lineno != ln for r in lines):
                 lines.append(TraceLineRef(self.filename, ln, None))
         self.anomalies.append(Anomaly(kind, message, lines))
+
+    def _negative(self, level: int, ln: int) -> None:
+        """A page count below zero: more leaves left than the trace installed.  Only a
+        delta in learning mode (the trace started after the VM was built)."""
+        if self._learning or level in self._negative_levels:
+            return
+        self._negative_levels.add(level)
+        name = ("pages_4k", "pages_2m", "pages_1g")[level - 1]
+        self._anomaly("negative_pages", f"{name} went below zero ({self.pages[level - 1]})",
+                      lineno=ln)
 
     def _kind(self, root: _Root) -> str:
         return root.kind or "direct"
@@ -627,6 +656,10 @@ class TraceReplayer:
         if new == self._frozen:
             self._frozen_child(task, level, gfn, old, ln)
             return
+        self._change(task, level, gfn, old, new, ln)
+
+    def _change(self, task: _Task, level: int, gfn: int, old: int, new: int, ln: int) -> None:
+        """One SPTE change that is not the freeze of a removed table's child."""
         if task.removals:
             self._close_removals(task)
         if task.pending_split is not None:
@@ -734,6 +767,8 @@ class TraceReplayer:
         if is_leaf != was_leaf:
             # kvm_update_page_stats(kvm, level, is_leaf ? 1 : -1)
             self.pages[level - 1] += 1 if is_leaf else -1
+            if self.pages[level - 1] < 0:
+                self._negative(level, ln)
         if is_leaf:
             kind = self._kind(root)
             if level > self._max[kind]:
@@ -879,6 +914,12 @@ class TraceReplayer:
                 break
             self._close_removal(removals.pop())
         else:
+            if self._traced_freeze_zaps:
+                # tdp_mmu_zap_spte_atomic before v6.10: the traced freeze is the zap, and
+                # the SHADOW_NONPRESENT_VALUE written after the TLB flush is not traced.
+                self.counters["atomic_zaps"] += 1
+                self._change(task, level, gfn, old, self._nonpresent, ln)
+                return
             self._anomaly("frozen_outside_removal",
                           f"level {level} gfn {gfn:#x} set to FROZEN_SPTE but no table removal "
                           "by this task is in progress", lineno=ln)
@@ -902,6 +943,8 @@ class TraceReplayer:
         if old & SPTE_MMU_PRESENT_MASK and old != UNKNOWN_SPTE:
             if level == PG_LEVEL_4K or old & PT_PAGE_SIZE_MASK:
                 self.pages[level - 1] -= 1
+                if self.pages[level - 1] < 0:
+                    self._negative(level, ln)
             else:
                 self._detach(t.root, old, level, gfn, ln, task)
 
@@ -1060,11 +1103,28 @@ class TraceReplayer:
         self.counters["fast_fixed"] += 1
         task.stats.fast_fixed += 1
         t = self._by_pfn.get(rec.sptep >> PAGE_SHIFT)
-        if t is None:
-            return
         idx = (rec.sptep & 0xFFF) >> 3
+        if t is None or t.spt[idx] != rec.old_spte:
+            found = self._fast_pf_leaf(rec.cr2_or_gpa >> PAGE_SHIFT, rec.old_spte)
+            if found is None:
+                return
+            t, idx = found
         t.spt[idx] = rec.new_spte
         t.lines[idx] = rec.lineno
+
+    def _fast_pf_leaf(self, gfn: int, old: int) -> tuple[_Table, int] | None:
+        """The leaf a fast_page_fault fixed, found by its gfn and old value: ``sptep`` is
+        printed with ``%p``, hashed on hosts without ``no_hash_pointers``.  The gpa of a
+        TD's shared access carries the shared bit, which table gfns do not."""
+        shared = 1 << ((47 if self._root_level == 4 else 51) - PAGE_SHIFT)
+        for g in (gfn, gfn & ~shared):
+            for level in (PG_LEVEL_4K, PG_LEVEL_4K + 1, PG_LEVEL_4K + 2):
+                key, idx = _table_key(g, level), SPTE_INDEX(g, level)
+                for root in self._roots:
+                    t = root.tables.get(key)
+                    if t is not None and t.spt[idx] == old and is_last_spte(old, level):
+                        return t, idx
+        return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -1105,6 +1165,12 @@ def _replay(source: str | os.PathLike[str] | Iterable[str], options: ReplayOptio
         filename = os.fspath(source) if isinstance(source, (str, os.PathLike)) \
             else str(getattr(source, "name", "<stream>"))
     is_path = isinstance(source, (str, os.PathLike))
+    options = options or ReplayOptions()
+    inference = None
+    if options.profile is None or options.vendor is None:
+        source, inference = _infer(source, is_path, filename)
+        options = replace(options, profile=options.profile or inference.profile,
+                          vendor=options.vendor or inference.vendor)
     f = open(source, encoding="utf-8", errors="replace") if is_path else None
     try:
         if fast:
@@ -1147,10 +1213,22 @@ def _replay(source: str | os.PathLike[str] | Iterable[str], options: ReplayOptio
     extra = parser.stats.bad_lines - len(parser.stats.bad_examples)
     if extra > 0:
         rp.anomaly_counts["parse_error"] = rp.anomaly_counts.get("parse_error", 0) + extra
+    rp.inference = inference
     result = rp.finish(parser.stats)
     if is_path and resolve_lines:
         _resolve_texts(source, result)  # type: ignore[arg-type]
     return result
+
+
+def _infer(source: Any, is_path: bool, filename: str) -> tuple[Any, KernelInference]:
+    """Infer the kernel from the head of the trace; a stream's head is kept and chained
+    back in front of the rest, so nothing is read twice from it."""
+    if is_path:
+        with open(source, encoding="utf-8", errors="replace") as f:
+            return source, infer_kernel(f, filename=filename)
+    it = iter(source)
+    head = list(islice(it, MAX_SCAN_LINES))
+    return chain(head, it), infer_kernel(head, filename=filename)
 
 
 def _resolve_texts(path: str | os.PathLike[str], result: ReplayResult) -> None:
