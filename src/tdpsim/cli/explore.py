@@ -24,6 +24,7 @@ from ..explore.shrink import shrink
 from ..explore.strategies import pct_bound
 from ..explore.strategies.replay import ReplayScheduler
 from ..explore.runner import run_one
+from .kernel_opts import KERNEL_HELP, kernel_option, resolve_kernel
 
 _ENV = "TDPSIM_EXPLORE_"
 
@@ -69,6 +70,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("schedule.json"), "--out", "-o",
                                  envvar=_ENV + "OUT", help="Where a failing schedule goes."),
         do_shrink: bool = typer.Option(True, "--shrink/--no-shrink", envvar=_ENV + "SHRINK"),
+        kernel: Optional[str] = kernel_option(KERNEL_HELP + " Same as --param vm.kernel=NAME."),
         progress: bool = typer.Option(True, "--progress/--no-progress",
                                       envvar=_ENV + "PROGRESS"),
     ) -> None:
@@ -77,6 +79,8 @@ def register(app: typer.Typer) -> None:
         console = Console()
         try:
             params = _params(param)
+            if kernel is not None:
+                params["vm.kernel"] = resolve_kernel(kernel).name  # kept in saved schedules
             sc = load_scenario(scenario, params)
             spec = CampaignSpec(sc.source if scenario.endswith(".toml") else scenario, params,
                                 strategy, executions, seed, depth,

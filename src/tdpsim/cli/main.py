@@ -18,6 +18,8 @@ from ..model.mmu_internal import ERRNO_NAMES, RET_PF_NAMES
 from ..model.policy import MIRROR_PROMOTION_CHOICES, Policy
 from ..model.vmm import VmConfig, create_vm
 from ..scenarios.seed import run_length, run_seed
+from .kernel_opts import (kernel_option, resolve_kernel, resolve_vendor, root_level_option,
+                          vendor_option)
 from .render import dump_table, make_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
@@ -44,11 +46,17 @@ def _breakable_status(failed: str) -> str:
 
 @app.command()
 def seed(dump: bool = typer.Option(False, "--dump", help="Also print each root's SPTEs "
-                                   "around the converted page.")) -> None:
+                                   "around the converted page."),
+         kernel: Optional[str] = kernel_option()) -> None:
     """Run the seed patch review's scenario on a direct root and on a TD's mirror root
-    with the patch, without it, and with a promoting KVM; print the outcomes side by side."""
+    with the patch, without it, and with a promoting KVM; print the outcomes side by side.
+    Kernels without TDX run the direct-root variant only."""
     console = make_console()
-    outcomes = run_seed()
+    profile = resolve_kernel(kernel)
+    outcomes = run_seed(profile)
+    if kernel is not None:
+        console.print(f"kernel {profile.name}"
+                      + ("" if profile.tdx_vm_type else ": no TDX, direct root only"), markup=False)
     table = Table(title="Seed scenario: a fault that may map 2M over an existing page table",
                   title_justify="left")
     table.add_column("")
@@ -106,6 +114,9 @@ def fault(accesses: List[str] = typer.Argument(..., help="GFN[:FLAGS] per fault;
           mem_mib: int = typer.Option(64, help="Guest RAM in MiB."),
           start: Optional[str] = typer.Option(None, help="Dump only from this gfn."),
           end: Optional[str] = typer.Option(None, help="Dump only up to this gfn."),
+          kernel: Optional[str] = kernel_option(),
+          vendor: Optional[str] = vendor_option(),
+          root_level: int = root_level_option(),
           ) -> None:
     """Fault the given gfns into a fresh VM, then print every root's page tables and the
     stats — the quickest way to see what the fault path decides."""
@@ -114,7 +125,13 @@ def fault(accesses: List[str] = typer.Argument(..., help="GFN[:FLAGS] per fault;
     parsed = [_parse_access(a) for a in accesses]
     policy = Policy(mirror_promotion=mirror_promotion, nx_huge_pages=nx_huge_pages)
     ops = RecordingExternalOps(private_max_level=private_max_level) if tdx else None
-    kvm = create_vm(VmConfig(tdx=tdx, mem_bytes=mem_mib << 20), policy, x86_ops=ops)
+    config = VmConfig(tdx=tdx, mem_bytes=mem_mib << 20, root_level=root_level,
+                      profile=resolve_kernel(kernel), vendor=resolve_vendor(vendor) or "intel")
+    try:
+        kvm = create_vm(config, policy, x86_ops=ops)
+    except ValueError as e:  # e.g. a TD on a kernel without KVM_X86_TDX_VM, or on amd
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
     console = make_console()
     for gfn, flags in parsed:
         private = tdx and "s" not in flags

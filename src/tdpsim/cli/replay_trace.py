@@ -23,6 +23,7 @@ from ..model.policy import MIRROR_PROMOTION_CHOICES, Policy
 from ..trace.parser import TraceParseError, TraceParser
 from ..trace.records import RECORD_CLASSES, TraceRecord
 from ..trace.replay import ReplayOptions, ReplayResult, replay_trace
+from .kernel_opts import KERNEL_HELP, kernel_option, resolve_kernel, resolve_vendor, vendor_option
 
 __all__ = ["register", "export_events", "write_report", "EXPORT_COLUMNS"]
 
@@ -220,6 +221,20 @@ def _print_summary(console: Console, result: ReplayResult, max_shown: int) -> No
             console.print(f"... {result.anomaly_total - max_shown} more (see --report)")
 
 
+def _kernel_line(result: ReplayResult, kernel: Optional[str], vendor: Optional[str]) -> str:
+    """Which kernel and vendor the replay assumed, and why."""
+    given = [f"--{k}" for k, v in (("kernel", kernel), ("vendor", vendor)) if v is not None]
+    line = f"replayed as kernel {result.kernel}, vendor {result.vendor}"
+    if given:
+        line += f" ({' and '.join(given)} given)"
+    inf = result.inference
+    if inf is not None:
+        line += f"; {inf.describe()}"
+        if inf.profile is None and kernel is None:
+            line += f"; falling back to {result.kernel}"
+    return line
+
+
 def register(app: typer.Typer) -> None:
     """Add ``replay-trace`` to ``app``."""
 
@@ -250,6 +265,10 @@ def register(app: typer.Typer) -> None:
                                            help="The trace is (not) of a TD; default: infer."),
         sample_every: int = typer.Option(10_000, min=1, help="Records per pages sample."),
         show: int = typer.Option(20, min=0, help="Anomalies printed in full."),
+        kernel: Optional[str] = kernel_option(KERNEL_HELP + " Default: inferred from the "
+                                              "trace's SPTE values."),
+        vendor: Optional[str] = vendor_option("Host vendor: intel (EPT SPTEs) or amd (NPT "
+                                              "SPTEs). Default: inferred from the trace."),
     ) -> None:
         """Replay a KVM ftrace capture: rebuild each root's page tables from
         kvm_tdp_mmu_spte_changed, check every change, derive pages_4k/2m/1g over time and
@@ -268,6 +287,8 @@ def register(app: typer.Typer) -> None:
         opts = ReplayOptions(
             policy=Policy(mirror_promotion=mirror_promotion,  # type: ignore[arg-type]
                           tdx_huge_page=tdx_huge_page, nx_huge_pages=nx_huge_pages),
+            profile=None if kernel is None else resolve_kernel(kernel),
+            vendor=resolve_vendor(vendor),
             max_level_direct=max_level_direct, max_level_mirror=max_level_mirror, tdx=tdx,
             sample_every=sample_every)
         try:
@@ -281,6 +302,7 @@ def register(app: typer.Typer) -> None:
         except (OSError, UnicodeError) as exc:
             err.print(f"error: {path}: {exc}", markup=False)
             raise typer.Exit(2)
+        console.print(_kernel_line(result, kernel, vendor), markup=False)
         _print_summary(console, result, show)
         if result.parse_stats is not None and result.parse_stats.bad_lines:
             console.print(f"{result.parse_stats.bad_lines} bad lines skipped, e.g.:")

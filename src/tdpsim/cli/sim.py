@@ -19,12 +19,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from ..cost import DEFAULT_PARAMS, CostParams, CostParamsError, load_params
+from ..model.profile import DEFAULT_PROFILE, KernelProfile
 from ..report import (compare_view, comparison_table, presets_table, workloads_table,
                       write_report)
 from ..sim import (PRESETS, PolicyError, is_preset, WorkloadError, builtin_names, builtin_workload,
                    resolve_workload)
 from ..sim.runner import RunResult, simulate
 from ..sim.runner import compare as sim_compare
+from .kernel_opts import kernel_option, resolve_kernel
 
 WORKLOAD_HELP = "A built-in workload name (see `tdpsim workloads`) or a path to a .toml file."
 
@@ -75,8 +77,18 @@ def _callback(prog: Optional[Progress], label: str):
     return cb
 
 
+def _profile(wl, kernel: Optional[str]) -> KernelProfile:
+    """``--kernel``, checked against the workload: a TD needs a kernel with TDX."""
+    profile = resolve_kernel(kernel)
+    if wl.vm.tdx and not profile.tdx_vm_type:
+        _fail(f"workload {wl.name!r} is a TD, but kernel {profile.name} has no "
+              "KVM_X86_TDX_VM (TDX host support landed in v6.16)")
+    return profile
+
+
 def _run_all(wl, presets: List[str], seed: Optional[int], params: CostParams,
-             progress: bool, trace: Optional[Path] = None) -> List[RunResult]:
+             progress: bool, trace: Optional[Path] = None,
+             profile: KernelProfile = DEFAULT_PROFILE) -> List[RunResult]:
     results = []
     with _progress(progress) as prog:
         for p in presets:
@@ -93,7 +105,8 @@ def _run_all(wl, presets: List[str], seed: Optional[int], params: CostParams,
                         em.set_task(comm="kvm-nx-lpage-re", pid=3999, cpu=0)
             try:
                 results.append(simulate(wl, p, seed, tracer=emitter, task_hook=hook,
-                                        progress=_callback(prog, p), params=params))
+                                        progress=_callback(prog, p), params=params,
+                                        profile=profile))
             except PolicyError as e:
                 _fail(str(e))
             finally:
@@ -122,13 +135,15 @@ def register(app: typer.Typer) -> None:
             vcpus: Optional[int] = typer.Option(None, "--vcpus", help="Override vm.vcpus."),
             progress: bool = typer.Option(True, "--progress/--no-progress",
                                           help="Progress bar on stderr (TTY only)."),
+            kernel: Optional[str] = kernel_option(),
             ) -> None:
         """Run WORKLOAD under one policy preset and print its metrics."""
         if not is_preset(policy):
             _fail(f"unknown policy preset {policy!r}; known: {', '.join(PRESETS)}")
         wl = _load(workload, memory_gib, vcpus)
+        profile = _profile(wl, kernel)
         cp = _params(params)
-        results = _run_all(wl, [policy], seed, cp, progress, trace)
+        results = _run_all(wl, [policy], seed, cp, progress, trace, profile)
         Console(width=120).print(comparison_table(results))
         if report is not None:
             write_report(results, report)
@@ -151,10 +166,12 @@ def register(app: typer.Typer) -> None:
                                          "per CPU, at most one per preset; 1: serial with a "
                                          "progress bar)."),
                 progress: bool = typer.Option(True, "--progress/--no-progress"),
+                kernel: Optional[str] = kernel_option(),
                 ) -> None:
         """Run WORKLOAD under several policy presets with the same seed; print a verdict
         and the metrics that differ (deltas against the first preset)."""
         wl = _load(workload, memory_gib, vcpus)
+        profile = _profile(wl, kernel)
         presets = list(policy) if policy else list(wl.presets)
         for p in presets:
             if not is_preset(p):
@@ -163,11 +180,11 @@ def register(app: typer.Typer) -> None:
         jobs = jobs or os.cpu_count() or 1
         if jobs > 1 and len(presets) > 1:
             try:
-                results = sim_compare(wl, presets, seed, params=cp, jobs=jobs)
+                results = sim_compare(wl, presets, seed, params=cp, jobs=jobs, profile=profile)
             except PolicyError as e:
                 _fail(str(e))
         else:
-            results = _run_all(wl, presets, seed, cp, progress)
+            results = _run_all(wl, presets, seed, cp, progress, profile=profile)
         console = Console()
         console.print(compare_view(results, console.width, show_all=show_all,
                                    published=wl.published))

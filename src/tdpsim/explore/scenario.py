@@ -29,6 +29,7 @@ import numpy as np
 from tdpsim.model.tdx_module import MAPPED
 from tdpsim.model.tdx_module.sept import FREE, iter_pages
 from tdpsim.model.policy import Policy
+from tdpsim.model.profile import UnknownKernelProfile, get_profile
 from tdpsim.model.vmm import VmConfig, create_vm
 
 from .engine import ExplorerError, World, table_digests
@@ -298,7 +299,7 @@ def parse_scenario(raw: dict[str, Any], source: str, params: dict[str, Any]) -> 
         raise ScenarioError(f"{source}: unknown top-level key(s) {sorted(unknown)}; "
                             f"expected {sorted(_TOP_KEYS)}")
     name = _req(raw, "name", str, source, "name")
-    vm = _dataclass_from(VmConfig, raw.get("vm", {}), source, "vm")
+    vm = _vm_config(raw.get("vm", {}), source)
     policy = _dataclass_from(Policy, raw.get("policy", {}), source, "policy")
     explore = raw.get("explore", {})
     _check_table(explore, _EXPLORE_KEYS, source, "explore")
@@ -387,6 +388,19 @@ def _check_table(table: Any, schema: dict[str, type], source: str, where: str) -
         if not isinstance(v, schema[k]) or (schema[k] is int and isinstance(v, bool)):
             raise ScenarioError(f"{source}: {where}.{k}: expected {schema[k].__name__}, "
                                 f"got {v!r}")
+
+
+def _vm_config(table: Any, source: str) -> VmConfig:
+    """The ``[vm]`` table; ``kernel = "6.1"`` names the KernelProfile the VM runs under."""
+    if not isinstance(table, dict) or "kernel" not in table:
+        return _dataclass_from(VmConfig, table, source, "vm")
+    table = dict(table)
+    name = table.pop("kernel")
+    try:
+        profile = get_profile(str(name))
+    except UnknownKernelProfile as e:
+        raise ScenarioError(f"{source}: vm.kernel: {e}") from None
+    return dataclasses.replace(_dataclass_from(VmConfig, table, source, "vm"), profile=profile)
 
 
 def _dataclass_from(cls: type, table: Any, source: str, where: str) -> Any:

@@ -37,6 +37,7 @@ from ..model.kvm_main import kvm_mmu_notifier_invalidate_range
 from ..model.mmu_fault import ept_violation_error_code, kvm_mmu_do_page_fault
 from ..model.mmu_internal import ERRNO_NAMES, RET_PF_NAMES
 from ..model.policy import Policy
+from ..model.profile import DEFAULT_PROFILE, KernelProfile
 from ..model.spte import PAGE_SHIFT
 from ..model.tdx import TdGuest, create_td
 from ..model.tdx_module.sept import STATE_NAMES
@@ -100,10 +101,10 @@ def _finish(out: SeedOutcome, kvm: Kvm, root) -> SeedOutcome:
     return out
 
 
-def run_direct() -> SeedOutcome:
+def run_direct(profile: KernelProfile = DEFAULT_PROFILE) -> SeedOutcome:
     """The plain-VM analogue: host THP split → 4K faults → collapse → a fault promotes."""
     out = SeedOutcome("direct", "direct", "—")
-    kvm = create_vm(VmConfig(tdx=False, mem_bytes=16 << 20))
+    kvm = create_vm(VmConfig(tdx=False, mem_bytes=16 << 20, profile=profile))
     slot = kvm.memslots[0]
     frame = slot.gfn_to_hva(FRAME_GFN) >> 21
     end = FRAME_GFN + 512
@@ -122,11 +123,11 @@ def run_direct() -> SeedOutcome:
     return _finish(out, kvm, kvm.vcpus[0].root)
 
 
-def run_mirror(variant: str) -> SeedOutcome:
+def run_mirror(variant: str, profile: KernelProfile = DEFAULT_PROFILE) -> SeedOutcome:
     """The TD: accept 2M at 2M, convert 4K to shared and back, then touch it (goal 2M)."""
     policy = POLICY_OF[variant]
     out = SeedOutcome(variant, "mirror", policy)
-    kvm, tdx = create_td(VmConfig(tdx=True, mem_bytes=16 << 20, nr_vcpus=2),
+    kvm, tdx = create_td(VmConfig(tdx=True, mem_bytes=16 << 20, nr_vcpus=2, profile=profile),
                          Policy(mirror_promotion=policy), sept_ve_disable=False)
     tdx.tdx_td_finalize(kvm)
     guest = TdGuest(kvm, tdx)
@@ -182,12 +183,13 @@ def run_length(seq: list[str], max_period: int = 6) -> list[str]:
     return out
 
 
-def run_seed_variant(variant: str) -> SeedOutcome:
+def run_seed_variant(variant: str, profile: KernelProfile = DEFAULT_PROFILE) -> SeedOutcome:
     if variant not in VARIANTS:
         raise ValueError(f"unknown seed variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    return run_direct() if variant == "direct" else run_mirror(variant)
+    return run_direct(profile) if variant == "direct" else run_mirror(variant, profile)
 
 
-def run_seed() -> list[SeedOutcome]:
-    """All variants, in a fixed order."""
-    return [run_seed_variant(v) for v in VARIANTS]
+def run_seed(profile: KernelProfile = DEFAULT_PROFILE) -> list[SeedOutcome]:
+    """All variants, in a fixed order; a kernel without TDX has only the direct one."""
+    variants = VARIANTS if profile.tdx_vm_type else ("direct",)
+    return [run_seed_variant(v, profile) for v in variants]

@@ -50,6 +50,7 @@ from tdpsim.model.tdx import (
     TdGuest,
     create_td,
 )
+from tdpsim.model.profile import DEFAULT_PROFILE, KernelProfile
 from tdpsim.model.vmm import VmConfig, create_vm
 
 from .workload import PAGE, VmSpec
@@ -224,10 +225,11 @@ class Driver:
 class TdDriver(Driver):
     """A TD: TDX glue + module + the guest kernel's TDCALLs/TDVMCALLs."""
 
-    def __init__(self, vm: VmSpec, policy: Policy, tracer: Optional[Callable] = None) -> None:
+    def __init__(self, vm: VmSpec, policy: Policy, tracer: Optional[Callable] = None,
+                 profile: KernelProfile = DEFAULT_PROFILE) -> None:
         config = VmConfig(tdx=True, nr_vcpus=vm.vcpus, mem_bytes=vm.memory_bytes,
                           host_page_level=vm.host_page_level,
-                          gmem_folio_order=vm.gmem_folio_order)
+                          gmem_folio_order=vm.gmem_folio_order, profile=profile)
         self.touch_first = vm.guest == "touch-first"
         kvm, tdx = create_td(config, policy, tracer=tracer,
                              sept_ve_disable=not self.touch_first)
@@ -382,9 +384,10 @@ class VmDriver(Driver):
     """A plain VM: every access that the EPT does not allow is one EPT violation →
     ``handle_ept_violation`` (which traces ``kvm_page_fault``)."""
 
-    def __init__(self, vm: VmSpec, policy: Policy, tracer: Optional[Callable] = None) -> None:
+    def __init__(self, vm: VmSpec, policy: Policy, tracer: Optional[Callable] = None,
+                 profile: KernelProfile = DEFAULT_PROFILE) -> None:
         config = VmConfig(tdx=False, nr_vcpus=vm.vcpus, mem_bytes=vm.memory_bytes,
-                          host_page_level=vm.host_page_level)
+                          host_page_level=vm.host_page_level, profile=profile)
         super().__init__(create_vm(config, policy, tracer=tracer))
 
     def fault(self, vcpu: int, gfn: int, write: bool, exec: bool) -> bool:
@@ -449,5 +452,6 @@ class VmDriver(Driver):
         self.check()
 
 
-def make_driver(vm: VmSpec, policy: Policy, tracer: Optional[Callable] = None) -> Driver:
-    return TdDriver(vm, policy, tracer) if vm.tdx else VmDriver(vm, policy, tracer)
+def make_driver(vm: VmSpec, policy: Policy, tracer: Optional[Callable] = None,
+                profile: KernelProfile = DEFAULT_PROFILE) -> Driver:
+    return (TdDriver if vm.tdx else VmDriver)(vm, policy, tracer, profile)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from tdpsim.cost import DEFAULT_PARAMS, CostParams, estimate, translation
 from tdpsim.model.policy import Policy
+from tdpsim.model.profile import DEFAULT_PROFILE, KernelProfile
 
 from .engine import Engine
 from .guest import UNIT_PAGES, Driver, GuestError, TdDriver, VmDriver, make_driver
@@ -46,6 +47,7 @@ class RunResult:
     cost_params: str = "default"
     steps: int = 0
     virtual_us: float = 0.0
+    kernel: str = DEFAULT_PROFILE.name  # the KernelProfile the model ran as
 
     @property
     def ok(self) -> bool:
@@ -69,11 +71,13 @@ class RunResult:
 class _Run:
     """State of one simulation: engine, driver, metrics, the current phase."""
 
-    def __init__(self, wl: Workload, policy: Policy, seed: int, tracer, progress) -> None:
+    def __init__(self, wl: Workload, policy: Policy, seed: int, tracer, progress,
+                 profile: KernelProfile) -> None:
         self.wl = wl
         self.engine = Engine(seed)
         self.metrics = Metrics()
-        self.driver: Driver = make_driver(wl.vm, policy, compose(self.metrics.observe, tracer))
+        self.driver: Driver = make_driver(wl.vm, policy, compose(self.metrics.observe, tracer),
+                                          profile)
         self.progress = progress
         self.phase_name = ""
         self.phase_index = 0
@@ -352,7 +356,8 @@ def simulate(wl: Workload, preset: str = "hp3-seed", seed: Optional[int] = None,
              params: CostParams = DEFAULT_PARAMS,
              policy: Optional[Policy] = None,
              task_hook: Optional[Callable[[int], None]] = None,
-             instrument: Optional[Callable[[Driver], None]] = None) -> RunResult:
+             instrument: Optional[Callable[[Driver], None]] = None,
+             profile: KernelProfile = DEFAULT_PROFILE) -> RunResult:
     """Run ``wl`` under the named policy preset (or an explicit ``policy``).
 
     ``tracer`` also receives every model event (e.g. a trace emitter); ``task_hook(vcpu)``
@@ -361,7 +366,7 @@ def simulate(wl: Workload, preset: str = "hp3-seed", seed: Optional[int] = None,
     exists, before the first phase (``tdpsim equiv`` hangs its recorder there)."""
     seed = wl.seed if seed is None else seed
     pol = policy if policy is not None else resolve_policy(preset, wl.policy)
-    run = _Run(wl, pol, seed, tracer, progress)
+    run = _Run(wl, pol, seed, tracer, progress, profile)
     if instrument is not None:
         instrument(run.driver)
     eng, d, m = run.engine, run.driver, run.metrics
@@ -411,22 +416,24 @@ def simulate(wl: Workload, preset: str = "hp3-seed", seed: Optional[int] = None,
             "memory_gib": wl.vm.memory_bytes / (1 << 30)},
         phases=records, totals=totals, samples=m.samples, status=status, cost=cost,
         coverage=cov, translation=translation(cov["huge_share_of_mapped"], params),
-        cost_params=params.name, steps=eng.steps, virtual_us=eng.now)
+        cost_params=params.name, steps=eng.steps, virtual_us=eng.now, kernel=profile.name)
 
 
 def compare(wl: Workload, presets: list[str], seed: Optional[int] = None, *,
             progress: Optional[Callable[[str], Optional[Progress]]] = None,
-            params: CostParams = DEFAULT_PARAMS, jobs: int = 1) -> list[RunResult]:
+            params: CostParams = DEFAULT_PARAMS, jobs: int = 1,
+            profile: KernelProfile = DEFAULT_PROFILE) -> list[RunResult]:
     """The same workload and seed under each preset, in the order given.  With ``jobs`` > 1
     the presets run in that many worker processes (no progress callbacks then); the
     results are the same either way, since every run is a pure function of its inputs."""
     if jobs > 1 and len(presets) > 1:
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(max_workers=min(jobs, len(presets))) as pool:
-            futures = [pool.submit(simulate, wl, p, seed, params=params) for p in presets]
+            futures = [pool.submit(simulate, wl, p, seed, params=params, profile=profile)
+                       for p in presets]
             return [f.result() for f in futures]
     out = []
     for p in presets:
         out.append(simulate(wl, p, seed, progress=progress(p) if progress else None,
-                            params=params))
+                            params=params, profile=profile))
     return out
