@@ -181,8 +181,9 @@ class _Scan:
 
 
 def infer_kernel(lines: Iterable[str], *, max_lines: int = MAX_SCAN_LINES,
-                 filename: str = "<trace>") -> KernelInference:
-    """Scan up to ``max_lines`` lines (stopping once everything is decided)."""
+                 filename: str = "<trace>", stop_when_decided: bool = True) -> KernelInference:
+    """Scan up to ``max_lines`` lines, by default stopping once the generation, the
+    vendor and the root level are known (later contradictions then go unseen)."""
     scan = _Scan()
     handlers = {KvmTdpMmuSpteChanged: scan.changed, KvmMmuGetPage: scan.get_page,
                 FastPageFault: scan.fast_pf}
@@ -199,7 +200,7 @@ def infer_kernel(lines: Iterable[str], *, max_lines: int = MAX_SCAN_LINES,
         h = handlers.get(rec.__class__)
         if h is not None:
             h(rec)  # type: ignore[operator]
-            if scan.decided():
+            if stop_when_decided and scan.decided():
                 break
     scan.out.lines = count[0]
     return scan.finish()
