@@ -20,6 +20,7 @@ VALID = "valid: 6.1, 6.12, 6.18+hp-v3"
     ["compare", "plain-vm-boot", "--no-progress"],
     ["explore", "seed-promotion-race", "-n", "1"],
     ["replay-trace", __file__],
+    ["kvm-check", "--recorded", "."],
 ])
 def test_unknown_kernel_is_one_line_and_exit_2(argv):
     result = runner.invoke(app, argv + ["--kernel", "5.4"])
@@ -59,3 +60,23 @@ def test_seed_under_a_kernel_without_tdx_runs_the_direct_root_only():
     assert result.exit_code == 0, result.stderr
     assert "kernel 6.12: no TDX, direct root only" in result.stdout
     assert "mirror-patched" not in result.stdout and "direct" in result.stdout
+
+
+def test_kvm_check_recorded_under_another_kernel(tmp_path):
+    """--kernel runs the model of a recorded oracle row as another generation: the 6.1
+    capture of a zap-collapsible row no longer matches under 6.18's in-place recovery."""
+    import json
+    import shutil
+    from pathlib import Path
+    src = Path(__file__).parents[1] / "kvmcheck" / "data" / "oracle" / "6.1.0-50-amd64"
+    shutil.copy(src / "facts.json", tmp_path / "facts.json")
+    rows = [r for r in (src / "rows.jsonl").read_text().splitlines()
+            if json.loads(r)["name"] == "dirty-log-disable-again"]
+    (tmp_path / "rows.jsonl").write_text(rows[0] + "\n")
+    (tmp_path / "traces").mkdir()
+    shutil.copy(src / "traces" / "dirty-log-disable-again.trace.xz", tmp_path / "traces")
+    same = runner.invoke(app, ["kvm-check", "--recorded", str(tmp_path), "--json"])
+    other = runner.invoke(app, ["kvm-check", "--recorded", str(tmp_path), "--json",
+                                "--kernel", "6.18+hp-v3"])
+    assert same.exit_code == 0, same.stdout + same.stderr
+    assert other.exit_code == 1, other.stdout + other.stderr

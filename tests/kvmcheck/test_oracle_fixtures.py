@@ -21,9 +21,6 @@ from tdpsim.kvmcheck.oracle import check_run
 DATA = Path(__file__).parent / "data" / "oracle"
 KERNELS = sorted(p.name for p in DATA.iterdir() if (p / "rows.jsonl").exists()) if DATA.exists() else []
 
-_RECOVER = ("disabling dirty logging: 6.1/6.12 zap the collapsible SPTEs "
-            "(kvm_tdp_mmu_zap_collapsible_sptes) and refault them huge; the model recovers "
-            "in place (kvm_tdp_mmu_recover_huge_pages, 6.14+)")
 _INIT_SET = ("KVM_DIRTY_LOG_INITIALLY_SET: kvm_mmu_slot_apply_flags returns early "
              "(kvm_dirty_log_manual_protect_and_init_set) and KVM_CLEAR_DIRTY_LOG splits / "
              "write-protects per mask (kvm_arch_mmu_enable_log_dirty_pt_masked); the model "
@@ -32,17 +29,15 @@ _FAST_EXEC = ("page_fault_can_be_fast: a fault on a present SPTE is fast only fo
               "the model runs fast_page_fault for the exec fault on the NX 2M leaf")
 _D_BIT = ("make_spte: the exec fault's 4K leaf has no D bit (not a write), so it replaces "
           "the split child and counts as fixed; the model's leaf equals the child (spurious)")
-#: row -> (stats gap, events gap) per kernel series: the kernel behaviour the model lacks
+#: row -> (stats gap, events gap) per kernel series: the kernel behaviour the model lacks.
+#: (dirty-log-disable-again and dirty-log-no-eager-split-disable match since the 6.1/6.12
+#: profiles zap collapsible SPTEs and refault, KernelProfile.recover_huge_pages_in_place.)
 KNOWN_GAPS: dict[str, dict[str, tuple]] = {
     "6.1": {
-        "dirty-log-disable-again": (_RECOVER, _RECOVER),
-        "dirty-log-no-eager-split-disable": (_RECOVER, _RECOVER),
         "dirty-log-initially-set": (_INIT_SET, _INIT_SET),
         "nx-force-read-then-exec": (None, _FAST_EXEC),
     },
     "6.12": {
-        "dirty-log-disable-again": (_RECOVER, _RECOVER),
-        "dirty-log-no-eager-split-disable": (_RECOVER, _RECOVER),
         "dirty-log-initially-set": (_INIT_SET, _INIT_SET),
         "nx-force-read-then-exec": (_D_BIT, _FAST_EXEC),
     },

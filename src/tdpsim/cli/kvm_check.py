@@ -18,6 +18,8 @@ from ..kvmcheck.compare import CHECK_MATRIX, CheckRow, report_to_json, run_kvm_c
 from ..kvmcheck.host_matrix import host_facts
 from ..kvmcheck.model_side import SHADOW, mmu_kind
 from ..kvmcheck.vm import DEFAULT_KVM_PATH, NATIVE_EXEC_MSR, KvmCheckError, KvmUnavailable
+from ..model.profile import KernelProfile
+from .kernel_opts import kernel_option, resolve_kernel
 
 __all__ = ["register", "kvm_check"]
 
@@ -120,7 +122,8 @@ def _oracle_json(rows: list, facts: dict, failures: list[str]) -> dict:
 
 
 def _oracle(qemu: Optional[str], recorded: Optional[str], out: Optional[str], only, timeout,
-            kernel_image, modules, json_out: bool) -> None:
+            kernel_image, modules, json_out: bool,
+            profile: Optional[KernelProfile] = None) -> None:
     from ..kvmcheck.oracle import check_run          # noqa: PLC0415 - only for --qemu
     from ..kvmcheck.qemu import OracleError, run_oracle  # noqa: PLC0415
     failures: list[str] = []
@@ -139,7 +142,7 @@ def _oracle(qemu: Optional[str], recorded: Optional[str], out: Optional[str], on
             raise typer.Exit(3)
         recorded = out
     try:
-        _run, rows = check_run(recorded)
+        _run, rows = check_run(recorded, profile=profile)
     except (OSError, ValueError) as e:
         typer.echo(f"kvm-check: cannot read the oracle run in {recorded}: {e}", err=True)
         raise typer.Exit(2)
@@ -175,12 +178,16 @@ def kvm_check(
     repeats: int = typer.Option(2, "--repeats", min=1,
                                 help="Fresh VMs per scenario on the host (repeatability check)."),
     kvm_path: str = typer.Option(DEFAULT_KVM_PATH, "--kvm-path", hidden=True),
+    kernel: Optional[str] = kernel_option("Kernel generation the model runs as (6.1, 6.12, "
+                                          "6.18+hp-v3); default: the host's (or the "
+                                          "recorded run's) kernel release."),
 ) -> None:
     """Run a matrix of tiny guests on the host's /dev/kvm, read KVM's own statistics, run
     the same scenarios through the model (shadow or TDP MMU, as the host's kvm.tdp_mmu
     says) and show where they agree.  With --qemu / --recorded: the QEMU TCG oracle."""
+    profile = None if kernel is None else resolve_kernel(kernel)
     if qemu or recorded:
-        _oracle(qemu, recorded, out, only, timeout, kernel_image, modules, json_out)
+        _oracle(qemu, recorded, out, only, timeout, kernel_image, modules, json_out, profile)
         return
     matrix = CHECK_MATRIX
     if only:
@@ -193,7 +200,8 @@ def kvm_check(
         matrix = tuple(s for s in CHECK_MATRIX if s.name in only)
     facts = host_facts()
     try:
-        rows = run_kvm_check(matrix, repeats=repeats, kvm_path=kvm_path, facts=facts)
+        rows = run_kvm_check(matrix, repeats=repeats, kvm_path=kvm_path, facts=facts,
+                             profile=profile)
     except KvmUnavailable as e:
         typer.echo(f"kvm-check: {e}", err=True)
         raise typer.Exit(2)

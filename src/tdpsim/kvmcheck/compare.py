@@ -21,6 +21,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from .host_matrix import (DEFAULT_MATRIX, TDP_ROWS, Marker, HostResult, HostScenario, NativeExecution,
                           PageCounts, PhaseResult, host_facts, run_host_scenario)
+from ..model.profile import KernelProfile
 from .model_side import ModelResult, mmu_kind, run_model_scenario
 from .pt_window import PT_WINDOW_ROW, PtWindowScenario, run_pt_window_scenario
 from .vm import DEFAULT_KVM_PATH, NATIVE_EXEC_MSR
@@ -156,15 +157,18 @@ def run_host(s: HostScenario, *, repeats: int = 2, kvm_path: str = DEFAULT_KVM_P
 
 
 def run_kvm_check(matrix: Iterable[HostScenario] = CHECK_MATRIX, *, repeats: int = 2,
-                  kvm_path: str = DEFAULT_KVM_PATH, facts: Optional[dict] = None) -> list[CheckRow]:
-    """Run every scenario on the host, then through the model; one row each.
+                  kvm_path: str = DEFAULT_KVM_PATH, facts: Optional[dict] = None,
+                  profile: Optional[KernelProfile] = None) -> list[CheckRow]:
+    """Run every scenario on the host, then through the model (as ``profile``, default
+    the host kernel's); one row each.
 
     Raises :class:`~tdpsim.kvmcheck.vm.KvmUnavailable` when /dev/kvm cannot be used."""
     facts = facts if facts is not None else host_facts()
     rows = []
     for s in matrix:
         host = run_host(s, repeats=repeats, kvm_path=kvm_path, facts=facts)
-        rows.append(compare_results(host, run_model_scenario(s, facts["kvm_params"], host)))
+        rows.append(compare_results(host, run_model_scenario(s, facts["kvm_params"], host,
+                                                             profile)))
     return rows
 
 

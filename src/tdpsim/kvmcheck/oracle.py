@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
 from ..model import spte as model_spte
+from ..model.profile import KernelProfile
 from ..trace import records as tr
 from ..trace.emit import model_event_to_record
 from ..trace.parser import TraceStats, parse_trace
@@ -234,13 +235,15 @@ def load_run(root: str | os.PathLike[str]) -> OracleRunData:
 
 
 def check_row(run: OracleRunData, row: Mapping, scenario: HostScenario, *,
-              replay: bool = True) -> RowCheck:
-    """Stats, events and replay of one recorded row."""
+              replay: bool = True, profile: Optional[KernelProfile] = None) -> RowCheck:
+    """Stats, events and replay of one recorded row; the model runs as ``profile``
+    (default: the recorded kernel release's)."""
     if "error" in row:
         return RowCheck(row["name"], None, error=row["error"])
     params = row.get("kvm_params") or run.facts.get("kvm_params", {})
     host = host_result_from_dict(row, scenario, params, run.facts.get("kernel_release", ""))
-    model: ModelResult = run_model_scenario(scenario, params, host)
+    profile = profile or kernel_profile(host.kernel_release)
+    model: ModelResult = run_model_scenario(scenario, params, host, profile)
     rc = RowCheck(row["name"], compare_results(host, model),
                   trace_overruns=int(row.get("trace_overruns", 0)))
     lines = run.trace_lines(row)
@@ -263,7 +266,7 @@ def check_row(run: OracleRunData, row: Mapping, scenario: HostScenario, *,
         if diff:
             rc.event_mismatches.append(f"{seg}: {diff}")
     if replay:
-        opts = ReplayOptions(profile=kernel_profile(host.kernel_release), vendor="amd")
+        opts = ReplayOptions(profile=profile, vendor="amd")
         res = replay_trace(io.StringIO("\n".join(lines) + "\n"), opts, resolve_lines=False)
         rc.replay_anomalies = len(res.anomalies)
         for a in res.anomalies:
@@ -272,7 +275,8 @@ def check_row(run: OracleRunData, row: Mapping, scenario: HostScenario, *,
 
 
 def check_run(root: str | os.PathLike[str], matrix: Iterable[HostScenario] = ORACLE_MATRIX,
-              *, replay: bool = True) -> tuple[OracleRunData, list[RowCheck]]:
+              *, replay: bool = True,
+              profile: Optional[KernelProfile] = None) -> tuple[OracleRunData, list[RowCheck]]:
     """:func:`check_row` for every recorded row of the run at *root* that *matrix* knows;
     a recorded row the matrix does not know is an error row."""
     run = load_run(root)
@@ -283,7 +287,7 @@ def check_run(root: str | os.PathLike[str], matrix: Iterable[HostScenario] = ORA
         if s is None:
             out.append(RowCheck(row["name"], None, error="not a row of this tdpsim's matrix"))
         else:
-            out.append(check_row(run, row, s, replay=replay))
+            out.append(check_row(run, row, s, replay=replay, profile=profile))
     return run, out
 
 
