@@ -228,3 +228,35 @@ def test_tdx_vm_type():
     for profile in (KERNEL_6_1, KERNEL_6_12):
         with pytest.raises(ValueError, match=f"kernel {profile.name} has no KVM_X86_TDX_VM"):
             create_td(VmConfig(tdx=True, mem_bytes=8 << 20, profile=profile))
+
+
+@pytest.mark.parametrize("profile,first_level", [(KERNEL_6_12, 1), (KERNEL_6_1, 3)])
+def test_tdp_mmu_zap_root_4k_first(profile, first_level):
+    """tdp_mmu_zap_root_4k_first: a zapped root is torn down from 4K up since v6.9;
+    6.1 zaps the 1G entries first and recurses into their tables."""
+    from tdpsim.model.kvm_main import kvm_mmu_zap_all_fast
+    buf = io.StringIO()
+    kvm = create_vm(VmConfig(mem_bytes=16 << 20, host_page_level=1, profile=profile),
+                    tracer=TraceEmitter(buf.write))
+    fault(kvm, 0x10)
+    mark = len(buf.getvalue())
+    kvm_mmu_zap_all_fast(kvm)
+    zaps = [ln for ln in buf.getvalue()[mark:].splitlines() if "kvm_tdp_mmu_spte_changed" in ln]
+    assert f" level {first_level} old_spte " in zaps[0]
+    assert kvm.stat.pages == [0, 0, 0]
+
+
+@pytest.mark.parametrize("profile,leftover", [(KERNEL_6_12, True), (KERNEL_6_1, False)])
+def test_fast_page_fault_error_code_bits(profile, leftover):
+    """fast_page_fault_error_code_bits: 6.12 traces the u64 error code (the high
+    PFERR_GUEST_FINAL_MASK bit prints as a hex leftover), 6.1 its low 32 bits."""
+    from tdpsim.model.kvm_main import kvm_mmu_slot_apply_flags
+    from tdpsim.model.memslot import KVM_MEM_LOG_DIRTY_PAGES
+    buf = io.StringIO()
+    kvm = create_vm(VmConfig(mem_bytes=16 << 20, host_page_level=1, profile=profile),
+                    tracer=TraceEmitter(buf.write))
+    fault(kvm, 0x10)
+    kvm_mmu_slot_apply_flags(kvm, kvm.memslots[0], KVM_MEM_LOG_DIRTY_PAGES)
+    fault(kvm, 0x10, present=True)  # the write-protected page: fast_page_fault fixes it
+    (line,) = [ln for ln in buf.getvalue().splitlines() if "fast_page_fault:" in ln]
+    assert ("|0x100000000 sptep" in line) is leftover and "fixed 1" in line
