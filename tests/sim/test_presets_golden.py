@@ -40,13 +40,15 @@ GOLDEN_TD = {
     "draft-no-lpage-check-first": (2048, 10, 10, 2048, 2048, 2048, 0, 0, 0, 2056, 2068, 6, 0,
                                    0, 2032, 2032, 10, 2032, 0, 2042, 0, 0, 0),
 }
-_VM_NX = (0, 2, 10, 45, 45, 38, 7, 0, 0, 0, 51, 3, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+# mmu_lock.read counts kvm_mmu_slot_apply_flags' eager split and write-protect as two
+# read-lock sections (kvm_mmu_slot_try_split_huge_pages, kvm_mmu_slot_remove_write_access).
+_VM_NX = (0, 2, 10, 45, 45, 38, 7, 0, 0, 0, 52, 3, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 GOLDEN_VM = {
     "hp3-seed": _VM_NX, "hp3-rfc-v1": _VM_NX, "hp3-v3-posted": _VM_NX,
     "hp3-no-patch": _VM_NX, "hp3-promoting": _VM_NX,
-    "upstream-4k": (4096, 0, 0, 4126, 4126, 4126, 0, 0, 30, 0, 4101, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    "upstream-4k": (4096, 0, 0, 4126, 4126, 4126, 0, 0, 30, 0, 4102, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                 0, 0),
-    "nx-off": (0, 8, 16, 38, 38, 38, 0, 0, 30, 0, 21, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+    "nx-off": (0, 8, 16, 38, 38, 38, 0, 0, 30, 0, 22, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
     "lpage-check-first": _VM_NX, "no-lpage-check-first": _VM_NX,
     "draft-lpage-check-first": _VM_NX, "draft-no-lpage-check-first": _VM_NX,
 }

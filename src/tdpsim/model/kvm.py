@@ -33,7 +33,9 @@ from .spte import (
     vendor_spte_masks,
 )
 
+# VM types (arch/x86/include/uapi/asm/kvm.h).
 KVM_X86_DEFAULT_VM = 0
+KVM_X86_SW_PROTECTED_VM = 1
 KVM_X86_TDX_VM = 5
 
 # Requests (arch/x86/include/asm/kvm_host.h / include/linux/kvm_host.h).
@@ -170,7 +172,8 @@ class KernelBUG(Exception):
 class KvmVcpu:
     """``struct kvm_vcpu`` with the MMU roots of ``vcpu->arch.mmu``."""
 
-    __slots__ = ("kvm", "vcpu_id", "stat", "root", "mirror_root", "requests", "mode")
+    __slots__ = ("kvm", "vcpu_id", "stat", "root", "mirror_root", "requests", "mode",
+                 "pml_buffer")
 
     def __init__(self, kvm: "Kvm", vcpu_id: int) -> None:
         self.kvm = kvm
@@ -180,6 +183,7 @@ class KvmVcpu:
         self.mirror_root: Optional[KvmMmuPage] = None
         self.requests: set[str] = set()
         self.mode = OUTSIDE_GUEST_MODE
+        self.pml_buffer: list[int] = []  # VMX page-modification log (GPAs)
 
     def kvm_make_request(self, req: str) -> None:
         self.requests.add(req)
@@ -208,6 +212,15 @@ class Kvm:
             raise ValueError(f"kernel {profile.name} has no KVM_X86_TDX_VM (TDX host "
                              "support landed in v6.16)")
         self.vm_type = vm_type
+        # kvm_arch_init_vm(): software-protected VMs and TDs have private memory; TDs may
+        # only pre-fault once finalized (tdx_td_finalize sets pre_fault_allowed).
+        self.has_private_mem = vm_type in (KVM_X86_SW_PROTECTED_VM, KVM_X86_TDX_VM)
+        self.pre_fault_allowed = vm_type in (KVM_X86_DEFAULT_VM, KVM_X86_SW_PROTECTED_VM)
+        self.disable_nx_huge_pages = False  # KVM_CAP_VM_DISABLE_NX_HUGE_PAGES
+        self.nx_huge_page_last = 0  # jiffies (ms here) of the last recovery run
+        self.manual_dirty_log_protect = 0  # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 flags
+        self.nr_memslots_dirty_logging = 0
+        self.resched_checks = 0  # need_resched() polls, for Policy.resched_every
         self.policy = policy or Policy()
         # The kernel generation this VM runs under: every version-dependent decision.
         self.profile = profile
@@ -237,6 +250,7 @@ class Kvm:
         self.mmu_invalidate_in_progress = 0
         self.mmu_invalidate_range_start = 0
         self.mmu_invalidate_range_end = 0
+        self.mn_active_invalidate_count = 0  # notifier start() seen without its end()
         self.vm_bugged = False
         self.vm_dead = False
         self.bugs: list[KvmBug] = []
@@ -265,6 +279,10 @@ class Kvm:
     def kvm_has_mirrored_tdp(self) -> bool:
         return self.vm_type == KVM_X86_TDX_VM
 
+    def kvm_arch_has_private_mem(self) -> bool:
+        """``kvm_arch_has_private_mem``: ``kvm->arch.has_private_mem``."""
+        return self.has_private_mem
+
     def kvm_gfn_direct_bits(self) -> int:
         return self.gfn_direct_bits
 
@@ -278,12 +296,15 @@ class Kvm:
         return 0 if root.role.is_mirror else self.gfn_direct_bits
 
     def is_nx_huge_page_enabled(self) -> bool:
-        return self.policy.nx_huge_pages
+        """``is_nx_huge_page_enabled``: the module parameter, unless this VM disabled the
+        workaround with KVM_CAP_VM_DISABLE_NX_HUGE_PAGES."""
+        return self.policy.nx_huge_pages and not self.disable_nx_huge_pages
 
     def kvm_ad_enabled(self) -> bool:
         return self.policy.ad_enabled
 
     def kvm_mem_is_private(self, gfn: int) -> bool:
+        """``kvm_mem_is_private``: only VMs with private memory can have the attribute."""
         return self.mem_attr_private.contains(gfn)
 
     def gfn_to_memslot(self, gfn: int) -> Optional[KvmMemorySlot]:

@@ -8,24 +8,25 @@ the x86 hooks they call from ``arch/x86/kvm/x86.c`` and ``mmu.c``
 Simplifications (one line each):
 - One memslot per attribute-range call: ranges must not straddle slots.
 - ``slots_lock`` is not modelled: these paths are always called from one thread.
-- Dirty logging assumes no PML (``cpu_dirty_log_size`` 0): enabling write-protects at 4K.
 - HP-v3's ``kvm_split_cross_boundary_leafs`` -ENOMEM cannot happen (allocation never fails).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Optional
 
 from .memslot import (
     KVM_LPAGE_GUEST_INHIBIT_FLAG,
     KVM_LPAGE_MIXED_FLAG,
     KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MEM_READONLY,
     KVM_MEMORY_ATTRIBUTE_PRIVATE,
     KvmMemorySlot,
 )
 from .spte import (
     KVM_MAX_HUGEPAGE_LEVEL,
     KVM_PAGES_PER_HPAGE,
+    PAGE_SHIFT,
     PG_LEVEL_2M,
     PG_LEVEL_4K,
     gfn_round_for_level,
@@ -36,20 +37,28 @@ from .tdp_mmu import (
     kvm_tdp_mmu_gfn_range_split_cross_boundary_leafs,
     kvm_tdp_mmu_invalidate_roots,
     kvm_tdp_mmu_recover_huge_pages,
-    kvm_tdp_mmu_try_split_huge_pages,
     kvm_tdp_mmu_unmap_gfn_range,
-    kvm_tdp_mmu_wrprot_slot,
     kvm_tdp_mmu_zap_collapsible_sptes,
     kvm_tdp_mmu_zap_invalidated_roots,
     kvm_tdp_mmu_zap_possible_nx_huge_page,
     KVM_DIRECT_ROOTS,
 )
 from .mmu import untrack_possible_nx_huge_page
+from .sched import MMU_INVALIDATE, MMU_INVALIDATE_KEY
+from .dirty_log import (
+    kvm_alloc_dirty_bitmap,
+    kvm_dirty_log_manual_protect_and_init_set,
+    kvm_mmu_slot_leaf_clear_dirty,
+    kvm_mmu_slot_remove_write_access,
+    kvm_mmu_slot_try_split_huge_pages,
+    kvm_mmu_update_cpu_dirty_logging,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kvm import Kvm
 
 INVALID_GPA = -1
+PAGE_SIZE = 1 << 12
 
 
 class KvmUserError(ValueError):
@@ -61,6 +70,7 @@ class KvmUserError(ValueError):
 def kvm_mmu_invalidate_begin(kvm: "Kvm") -> None:
     """``kvm_mmu_invalidate_begin`` (write lock): faults covering the range must retry."""
     kvm.mmu_lock.lockdep_assert_held_write()
+    kvm.sched.point(MMU_INVALIDATE, MMU_INVALIDATE_KEY, True)
     kvm.mmu_invalidate_in_progress += 1
     if kvm.mmu_invalidate_in_progress == 1:
         kvm.mmu_invalidate_range_start = INVALID_GPA
@@ -69,8 +79,10 @@ def kvm_mmu_invalidate_begin(kvm: "Kvm") -> None:
 
 def kvm_mmu_invalidate_range_add(kvm: "Kvm", start: int, end: int) -> None:
     """``kvm_mmu_invalidate_range_add``: widen the in-flight range."""
+    kvm.mmu_lock.lockdep_assert_held_write()
     kvm.WARN_ON_ONCE(not kvm.mmu_invalidate_in_progress, "kvm_mmu_invalidate_range_add",
                      "no invalidation in progress")
+    kvm.sched.point(MMU_INVALIDATE, MMU_INVALIDATE_KEY, True)
     if kvm.mmu_invalidate_range_start == INVALID_GPA:
         kvm.mmu_invalidate_range_start, kvm.mmu_invalidate_range_end = start, end
     else:
@@ -79,12 +91,17 @@ def kvm_mmu_invalidate_range_add(kvm: "Kvm", start: int, end: int) -> None:
 
 
 def kvm_mmu_invalidate_end(kvm: "Kvm") -> None:
-    """``kvm_mmu_invalidate_end``: bump the sequence so faults that started before retry."""
+    """``kvm_mmu_invalidate_end``: bump the sequence (before the count drops, smp_wmb) so
+    faults that snapshotted it earlier retry."""
     kvm.mmu_lock.lockdep_assert_held_write()
+    kvm.sched.point(MMU_INVALIDATE, MMU_INVALIDATE_KEY, True)
     kvm.mmu_invalidate_seq += 1
     kvm.mmu_invalidate_in_progress -= 1
     kvm.KVM_BUG_ON(kvm.mmu_invalidate_in_progress < 0, "kvm_mmu_invalidate_end",
                    "unbalanced invalidation")
+    # At least one range must have been added between begin() and end().
+    kvm.WARN_ON_ONCE(kvm.mmu_invalidate_range_start == INVALID_GPA, "kvm_mmu_invalidate_end",
+                     "no range added")
 
 
 # --- lpage_info helpers (mmu.c) ------------------------------------------------------------
@@ -154,7 +171,7 @@ def kvm_set_memory_region(kvm: "Kvm", slot: KvmMemorySlot) -> None:
     for other in kvm.memslots:
         if other.base_gfn < slot.end_gfn and slot.base_gfn < other.end_gfn:
             raise KvmUserError(f"memslot {slot.id} overlaps memslot {other.id}")
-    if kvm.kvm_has_mirrored_tdp():
+    if kvm.kvm_arch_has_private_mem():
         kvm_mmu_init_memslot_memory_attributes(kvm, slot)
     kvm.memslots.append(slot)
     kvm.memslots.sort(key=lambda s: s.base_gfn)
@@ -162,30 +179,43 @@ def kvm_set_memory_region(kvm: "Kvm", slot: KvmMemorySlot) -> None:
 
 
 def kvm_mmu_slot_apply_flags(kvm: "Kvm", slot: KvmMemorySlot, new_flags: int) -> None:
-    """``KVM_MR_FLAGS_ONLY`` → ``kvm_mmu_slot_apply_flags`` (x86.c): enabling dirty logging
-    eagerly splits and write-protects; disabling recovers huge pages."""
+    """``KVM_MR_FLAGS_ONLY`` → ``kvm_prepare_memory_region`` (the dirty bitmap) and
+    ``kvm_mmu_slot_apply_flags`` (x86.c).  Enabling dirty logging eagerly splits and
+    write-protects (PML: clears D on leaves, write-protects 2M+), then flushes — unless
+    manual protect with INITIALLY_SET is on: then every page starts dirty and nothing is
+    touched until the first KVM_CLEAR_DIRTY_LOG.  Disabling recovers huge pages (v6.13+;
+    before, zaps the collapsible SPTEs)."""
     old_flags = slot.flags
     if slot.gmem is not None and new_flags & KVM_MEM_LOG_DIRTY_PAGES:
         raise KvmUserError(f"memslot {slot.id}: guest_memfd slots cannot log dirty pages")
+    log_dirty_pages = bool(new_flags & KVM_MEM_LOG_DIRTY_PAGES)
+    if log_dirty_pages and not old_flags & KVM_MEM_LOG_DIRTY_PAGES:
+        kvm_alloc_dirty_bitmap(kvm, slot)
     slot.flags = new_flags
     kvm.memslots_generation += 2
-    if not new_flags & KVM_MEM_LOG_DIRTY_PAGES:
-        if old_flags & KVM_MEM_LOG_DIRTY_PAGES:
-            if kvm.profile.recover_huge_pages_in_place:
-                kvm_mmu_recover_huge_pages(kvm, slot)
-            else:
-                kvm_mmu_zap_collapsible_sptes(kvm, slot)
+    if (old_flags ^ new_flags) & KVM_MEM_LOG_DIRTY_PAGES:
+        kvm_mmu_update_cpu_dirty_logging(kvm, log_dirty_pages)
+    if new_flags & KVM_MEM_READONLY:
+        return  # read-only slots cannot be dirtied
+    if kvm.WARN_ON_ONCE(not (old_flags ^ new_flags) & KVM_MEM_LOG_DIRTY_PAGES,
+                        "kvm_mmu_slot_apply_flags", "dirty logging not toggled"):
         return
-    if kvm.WARN_ON_ONCE(bool(old_flags & KVM_MEM_LOG_DIRTY_PAGES), "kvm_mmu_slot_apply_flags",
-                        "dirty logging already enabled"):
+    if not log_dirty_pages:
+        if kvm.profile.recover_huge_pages_in_place:
+            kvm_mmu_recover_huge_pages(kvm, slot)
+        else:
+            kvm_mmu_zap_collapsible_sptes(kvm, slot)
         return
-    kvm.mmu_lock.read_lock()
+    if kvm_dirty_log_manual_protect_and_init_set(kvm):
+        return  # initially-all-set needs no write protection: every page is dirty
     if kvm.policy.eager_page_split:
-        # kvm_mmu_slot_try_split_huge_pages()
-        kvm_tdp_mmu_try_split_huge_pages(kvm, slot, slot.base_gfn, slot.end_gfn,
-                                         PG_LEVEL_4K, True)
-    kvm_tdp_mmu_wrprot_slot(kvm, slot, PG_LEVEL_4K)  # kvm_mmu_slot_remove_write_access
-    kvm.mmu_lock.read_unlock()
+        kvm_mmu_slot_try_split_huge_pages(kvm, slot, PG_LEVEL_4K)
+    if kvm.policy.enable_pml:
+        kvm_mmu_slot_leaf_clear_dirty(kvm, slot)
+        kvm_mmu_slot_remove_write_access(kvm, slot, PG_LEVEL_2M)
+    else:
+        kvm_mmu_slot_remove_write_access(kvm, slot, PG_LEVEL_4K)
+    # Unconditional: the helpers may skip SPTEs whose W/D is already clear.
     kvm.kvm_flush_remote_tlbs_memslot(slot)
 
 
@@ -222,6 +252,9 @@ def kvm_arch_pre_set_memory_attributes(kvm: "Kvm", slot: KvmMemorySlot, start: i
     """``kvm_arch_pre_set_memory_attributes`` (write lock): keep faults off head/tail huge
     frames that straddle the range, then unmap the *old* attribute's mappings.  HP-v3
     first splits mirror leaves crossing the range when converting to shared."""
+    if kvm.WARN_ON_ONCE(not kvm.kvm_arch_has_private_mem(), "kvm_arch_pre_set_memory_attributes",
+                        "VM without private memory"):
+        return False
     for level in range(PG_LEVEL_2M, KVM_MAX_HUGEPAGE_LEVEL + 1):
         nr = KVM_PAGES_PER_HPAGE(level)
         head = gfn_round_for_level(start, level)
@@ -247,6 +280,9 @@ def kvm_arch_post_set_memory_attributes(kvm: "Kvm", slot: KvmMemorySlot, start: 
     """``kvm_arch_post_set_memory_attributes``: recompute MIXED level by level (upper
     levels use the lower levels' results) for the frames the range touches."""
     kvm.mmu_lock.lockdep_assert_held_write()
+    if kvm.WARN_ON_ONCE(not kvm.kvm_arch_has_private_mem(),
+                        "kvm_arch_post_set_memory_attributes", "VM without private memory"):
+        return
     for level in range(PG_LEVEL_2M, KVM_MAX_HUGEPAGE_LEVEL + 1):
         nr = KVM_PAGES_PER_HPAGE(level)
         gfn = gfn_round_for_level(start, level)
@@ -314,25 +350,111 @@ def kvm_gmem_punch_hole(kvm: "Kvm", slot: KvmMemorySlot, start: int, end: int) -
     kvm.mmu_lock.write_unlock()
 
 
-def kvm_mmu_notifier_invalidate_range(kvm: "Kvm", start: int, end: int) -> None:
-    """An mmu_notifier invalidation of shared memory (e.g. the host splits a THP or
-    reclaims a page): zap the direct root's mappings of [start, end) gfns."""
-    kvm.mmu_lock.write_lock()
-    kvm_mmu_invalidate_begin(kvm)
-    kvm_mmu_invalidate_range_add(kvm, start, end)
-    if kvm_tdp_mmu_unmap_gfn_range(kvm, start, end, KVM_FILTER_SHARED, True, False):
+def _hva_range_slots(kvm: "Kvm", hva_start: int, hva_end: int):
+    """``kvm_for_each_memslot_in_hva_range`` with ``hva_to_gfn_memslot``: each slot whose
+    userspace range overlaps [hva_start, hva_end), with the gfns it covers."""
+    for slot in kvm.memslots:
+        lo = max(hva_start, slot.userspace_addr)
+        hi = min(hva_end, slot.userspace_addr + (slot.npages << PAGE_SHIFT))
+        if lo < hi:
+            base = slot.base_gfn - (slot.userspace_addr >> PAGE_SHIFT)
+            yield slot, base + (lo >> PAGE_SHIFT), base + ((hi + PAGE_SIZE - 1) >> PAGE_SHIFT)
+
+
+def kvm_mmu_notifier_invalidate_range_start(kvm: "Kvm", hva_start: int, hva_end: int,
+                                            blockable: bool = True) -> None:
+    """``kvm_mmu_notifier_invalidate_range_start``: the primary MMU is about to change the
+    host mapping of [hva_start, hva_end).  If a memslot maps it: write lock,
+    ``kvm_mmu_invalidate_begin``, then per slot add the gfns to the in-flight range and
+    zap the shared mappings (``kvm_mmu_unmap_gfn_range``), flush, unlock.  Faults on those
+    gfns retry until ``..._end`` (``mmu_invalidate_retry_gfn``)."""
+    kvm.mn_active_invalidate_count += 1  # pins the memslots until range_end
+    found = False
+    flush = False
+    for slot, start, end in _hva_range_slots(kvm, hva_start, hva_end):
+        if not found:
+            found = True
+            kvm.mmu_lock.write_lock()
+            kvm_mmu_invalidate_begin(kvm)
+        kvm_mmu_invalidate_range_add(kvm, start, end)
+        flush = kvm_tdp_mmu_unmap_gfn_range(kvm, start, end, KVM_FILTER_SHARED, blockable, flush)
+    if flush:
         kvm.kvm_flush_remote_tlbs()
-    kvm_mmu_invalidate_end(kvm)
-    kvm.mmu_lock.write_unlock()
+    if found:
+        kvm.mmu_lock.write_unlock()
+
+
+def kvm_mmu_notifier_invalidate_range_end(kvm: "Kvm", hva_start: int, hva_end: int) -> None:
+    """``kvm_mmu_notifier_invalidate_range_end``: the host change is done; under the write
+    lock ``kvm_mmu_invalidate_end`` bumps ``mmu_invalidate_seq`` and drops the count (only
+    if a memslot matched in ``..._start``; memslots cannot change in between)."""
+    if next(_hva_range_slots(kvm, hva_start, hva_end), None) is not None:
+        kvm.mmu_lock.write_lock()
+        kvm_mmu_invalidate_end(kvm)
+        kvm.mmu_lock.write_unlock()
+    if not kvm.WARN_ON_ONCE(not kvm.mn_active_invalidate_count,
+                            "kvm_mmu_notifier_invalidate_range_end", "unbalanced range_end"):
+        kvm.mn_active_invalidate_count -= 1
+
+
+def kvm_mmu_notifier_invalidate_range(kvm: "Kvm", start: int, end: int,
+                                      host_change: Optional[Callable[[], None]] = None) -> None:
+    """One primary-MMU invalidation of the shared memory behind gfns [start, end) of the
+    slot holding ``start`` (e.g. the host splits a THP or reclaims a page):
+    ``..._range_start``, the host's own page-table change (``host_change``) with mmu_lock
+    dropped — faults may run here and must retry — then ``..._range_end``."""
+    slot = kvm.gfn_to_memslot(start)
+    if slot is None:
+        return
+    hva_start, hva_end = slot.gfn_to_hva(start), slot.gfn_to_hva(min(end, slot.end_gfn))
+    kvm_mmu_notifier_invalidate_range_start(kvm, hva_start, hva_end)
+    if host_change is not None:
+        host_change()
+    kvm_mmu_notifier_invalidate_range_end(kvm, hva_start, hva_end)
 
 
 # --- NX huge page recovery ---------------------------------------------------------------------
 
-def kvm_recover_nx_huge_pages(kvm: "Kvm", ratio: int = 60) -> int:
+def calc_nx_huge_pages_recovery_period(kvm: "Kvm") -> Optional[int]:
+    """``calc_nx_huge_pages_recovery_period``: the recovery period in ms, or None when
+    recovery is off (``nx_huge_pages`` off or ratio 0).  Period 0 means "derived from the
+    ratio": 1 hour / ratio, but never below one second."""
+    ratio = kvm.policy.nx_huge_pages_recovery_ratio
+    if not kvm.policy.nx_huge_pages or not ratio:
+        return None
+    period = kvm.policy.nx_huge_pages_recovery_period_ms
+    if not period:
+        period = 60 * 60 * 1000 // min(ratio, 3600)
+    return period
+
+
+def kvm_mmu_start_lpage_recovery(kvm: "Kvm", now_ms: int) -> None:
+    """``kvm_mmu_start_lpage_recovery`` (first KVM_RUN): the worker's clock starts now."""
+    kvm.nx_huge_page_last = now_ms
+
+
+def kvm_nx_huge_page_recovery_worker(kvm: "Kvm", now_ms: int) -> bool:
+    """One wake-up of ``kvm_nx_huge_page_recovery_worker`` at time ``now_ms`` (jiffies
+    as ms): False when recovery is disabled (the task parks), else True — after a
+    recovery run if a full period has passed since the last one, else it just sleeps on."""
+    period = calc_nx_huge_pages_recovery_period(kvm)
+    if period is None:
+        return False
+    if kvm.nx_huge_page_last + period - now_ms > 0:
+        return True  # schedule_timeout(remaining_time)
+    kvm_recover_nx_huge_pages(kvm)
+    kvm.nx_huge_page_last = now_ms
+    return True
+
+
+def kvm_recover_nx_huge_pages(kvm: "Kvm", ratio: Optional[int] = None) -> int:
     """``kvm_recover_nx_huge_pages`` (TDP MMU, 6.17+: read lock): zap
     ``DIV_ROUND_UP(nx_lpage_splits, ratio)`` tracked SPs, oldest first, so the next fault
-    may map a huge page again.  SPs in dirty-logged slots are only untracked.  Returns how
-    many were zapped."""
+    may map a huge page again (ratio 0: none).  ``ratio`` overrides
+    ``nx_huge_pages_recovery_ratio``.  SPs in dirty-logged slots are only untracked.
+    Returns how many were zapped."""
+    if ratio is None:
+        ratio = kvm.policy.nx_huge_pages_recovery_ratio
     to_zap = -(-kvm.stat.nx_lpage_splits // ratio) if ratio else 0
     zapped = 0
     flush = False

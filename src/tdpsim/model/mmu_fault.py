@@ -13,12 +13,16 @@ Simplifications (one line each):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
+from .kvm import KVM_X86_SW_PROTECTED_VM
 from .mmu_internal import (
     EFAULT,
     EINTR,
+    EINVAL,
     EIO,
+    ENOENT,
+    EOPNOTSUPP,
     KVM_PFN_NOSLOT,
     PFERR_FETCH_MASK,
     PFERR_GUEST_FINAL_MASK,
@@ -33,11 +37,13 @@ from .mmu_internal import (
     RET_PF_INVALID,
     RET_PF_RETRY,
     RET_PF_SPURIOUS,
+    RET_PF_WRITE_PROTECTED,
     KvmPageFault,
 )
 from .memslot import KVM_MEM_READONLY, kvm_max_level_for_order
 from .spte import (
     KVM_MAX_HUGEPAGE_LEVEL,
+    KVM_PAGES_PER_HPAGE,
     PAGE_SHIFT,
     PG_LEVEL_4K,
     PT_WRITABLE_MASK,
@@ -47,6 +53,7 @@ from .spte import (
     is_writable_pte,
 )
 from .events import FastPageFault
+from .sched import MMU_INVALIDATE, MMU_INVALIDATE_KEY
 from .tdp_iter import for_each_tdp_pte, sptep_address
 from .tdp_mmu import (
     is_access_allowed,
@@ -83,6 +90,7 @@ def mmu_invalidate_retry_gfn(kvm: "Kvm", mmu_seq: int, gfn: int) -> bool:
     """``mmu_invalidate_retry_gfn``: an invalidation covering gfn is in flight, or one
     finished since the fault snapshotted ``mmu_seq``."""
     kvm.mmu_lock.lockdep_assert_held()
+    kvm.sched.point(MMU_INVALIDATE, MMU_INVALIDATE_KEY, False)
     if kvm.mmu_invalidate_in_progress and (
             kvm.mmu_invalidate_range_start <= gfn < kvm.mmu_invalidate_range_end):
         return True
@@ -92,6 +100,7 @@ def mmu_invalidate_retry_gfn(kvm: "Kvm", mmu_seq: int, gfn: int) -> bool:
 def mmu_invalidate_retry_gfn_unsafe(kvm: "Kvm", mmu_seq: int, gfn: int) -> bool:
     """``mmu_invalidate_retry_gfn_unsafe``: the same check without mmu_lock (may give false
     negatives, rechecked under the lock)."""
+    kvm.sched.point(MMU_INVALIDATE, MMU_INVALIDATE_KEY, False)
     if kvm.mmu_invalidate_in_progress and (
             kvm.mmu_invalidate_range_start <= gfn < kvm.mmu_invalidate_range_end):
         return True
@@ -109,8 +118,9 @@ def kvm_mmu_faultin_pfn(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
     """``kvm_mmu_faultin_pfn``: snapshot ``mmu_invalidate_seq``, check the private/shared
     attribute, then get the pfn from guest_memfd (private) or the host mapping."""
     kvm = vcpu.kvm
-    fault.mmu_seq = kvm.mmu_invalidate_seq
-    if kvm.kvm_has_mirrored_tdp() and fault.is_private != kvm.kvm_mem_is_private(fault.gfn):
+    kvm.sched.point(MMU_INVALIDATE, MMU_INVALIDATE_KEY, False)
+    fault.mmu_seq = kvm.mmu_invalidate_seq  # then smp_rmb()
+    if fault.is_private != kvm.kvm_mem_is_private(fault.gfn):
         return -EFAULT  # kvm_mmu_prepare_memory_fault_exit: userspace must convert
     slot = fault.slot
     if slot is None:
@@ -129,6 +139,10 @@ def kvm_mmu_faultin_pfn(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
         fault.max_level = kvm_max_level_for_order(order)
     else:
         fault.pfn = slot.gfn_to_hva(fault.gfn) >> PAGE_SHIFT
+    # Again, purely to avoid contending mmu_lock with an invalidation that began while
+    # the pfn was looked up (6.18 kvm_mmu_faultin_pfn).
+    if mmu_invalidate_retry_gfn_unsafe(kvm, fault.mmu_seq, fault.gfn):
+        return RET_PF_RETRY
     return RET_PF_CONTINUE
 
 
@@ -205,11 +219,23 @@ def _promote_then_map(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
     return r
 
 
+def kvm_sw_protected_private_access(kvm: "Kvm", cr2_or_gpa: int, err: int) -> int:
+    """The ``kvm_mmu_page_fault`` step for ``KVM_X86_SW_PROTECTED_VM``: the gfn's memory
+    attributes are the source of truth, so a non-RSVD fault on a private gfn gets
+    PFERR_PRIVATE_ACCESS (TDs get it from the GPA's shared bit instead)."""
+    if (kvm.vm_type == KVM_X86_SW_PROTECTED_VM and not err & PFERR_RSVD_MASK
+            and kvm.kvm_mem_is_private(cr2_or_gpa >> PAGE_SHIFT)):
+        err |= PFERR_PRIVATE_ACCESS
+    return err
+
+
 def kvm_mmu_do_page_fault(vcpu: "KvmVcpu", cr2_or_gpa: int, err: int,
-                          prefetch: bool = False) -> int:
+                          prefetch: bool = False, level: Optional[list[int]] = None) -> int:
     """``kvm_mmu_do_page_fault``: build ``struct kvm_page_fault``, run the TDP fault
-    handler, count the result in the vCPU stats.  Returns a RET_PF_* value or -errno."""
+    handler, count the result in the vCPU stats.  Returns a RET_PF_* value or -errno;
+    ``level`` (the kernel's ``u8 *level``) receives the goal level."""
     kvm = vcpu.kvm
+    err = kvm_sw_protected_private_access(kvm, cr2_or_gpa, err)
     fault = KvmPageFault(
         addr=cr2_or_gpa, error_code=err, prefetch=prefetch,
         exec=bool(err & PFERR_FETCH_MASK), write=bool(err & PFERR_WRITE_MASK),
@@ -226,6 +252,8 @@ def kvm_mmu_do_page_fault(vcpu: "KvmVcpu", cr2_or_gpa: int, err: int,
     if kvm.audit is not None:
         kvm.audit(("fault", vcpu.vcpu_id, fault.gfn, fault.is_private, err))
     r = kvm_tdp_mmu_page_fault(vcpu, fault)
+    if level is not None:
+        level[:] = [fault.goal_level]
     if r == RET_PF_EMULATE and fault.is_private:
         r = -EFAULT  # "unexpected emulation request on private memory"
     kvm_mmu_count_pf_result(vcpu, r, prefetch)
@@ -301,3 +329,54 @@ def _map_private_pfn_retry(vcpu: "KvmVcpu", fault: KvmPageFault, max_retries: in
         if r != RET_PF_RETRY:
             return 0 if r == RET_PF_FIXED else -EIO
     return -EINTR
+
+
+def kvm_tdp_page_prefault(vcpu: "KvmVcpu", gpa: int, error_code: int, level: list[int],
+                          max_retries: int = 1000) -> int:
+    """``kvm_tdp_page_prefault`` (``kvm_tdp_map_page`` before the 2025-10 TDX cleanups):
+    a prefetch fault on ``gpa`` retried while RET_PF_RETRY.  FIXED, SPURIOUS and
+    WRITE_PROTECTED are success (0), EMULATE is -ENOENT (nothing to map, e.g. MMIO),
+    anything else -EIO.  ``max_retries`` stands in for ``signal_pending`` (-EINTR)."""
+    for _ in range(max_retries):
+        if vcpu.kvm_check_request("KVM_REQ_VM_DEAD"):
+            return -EIO
+        r = kvm_mmu_do_page_fault(vcpu, gpa, error_code, True, level)
+        if r != RET_PF_RETRY:
+            break
+    else:
+        return -EINTR
+    if r < 0:
+        return r
+    if r in (RET_PF_FIXED, RET_PF_SPURIOUS, RET_PF_WRITE_PROTECTED):
+        return 0
+    if r == RET_PF_EMULATE:
+        return -ENOENT
+    vcpu.kvm.WARN_ON_ONCE(True, "kvm_tdp_page_prefault", "could not fix page fault during prefault")
+    return -EIO
+
+
+def kvm_arch_vcpu_pre_fault_memory(vcpu: "KvmVcpu", gpa: int, size: int) -> int:
+    """``kvm_arch_vcpu_pre_fault_memory`` (mmu.c): map the page at ``gpa`` as a prefetch
+    fault — private if the gfn is private on a VM with private memory, else through the
+    shared alias — and return how many bytes of [gpa, gpa + size) the mapping covers
+    (a huge mapping may reach past the range), or -errno."""
+    kvm = vcpu.kvm
+    if not kvm.pre_fault_allowed:
+        return -EOPNOTSUPP
+    gfn = gpa >> PAGE_SHIFT
+    if kvm.kvm_gfn_direct_bits() and gfn & kvm.kvm_gfn_direct_bits():
+        return -EINVAL  # kvm_is_gfn_alias(): userspace passes the memslot's gpa
+    kvm_mmu_load(vcpu)  # kvm_mmu_reload()
+    error_code = PFERR_GUEST_FINAL_MASK
+    direct_bits = 0
+    if kvm.kvm_arch_has_private_mem() and kvm.kvm_mem_is_private(gfn):
+        error_code |= PFERR_PRIVATE_ACCESS
+    else:
+        direct_bits = kvm.kvm_gfn_direct_bits() << PAGE_SHIFT
+    level = [PG_LEVEL_4K]
+    r = kvm_tdp_page_prefault(vcpu, gpa | direct_bits, error_code, level)
+    if r < 0:
+        return r
+    huge = KVM_PAGES_PER_HPAGE(level[0]) << PAGE_SHIFT
+    end = (gpa & -huge) + huge
+    return min(size, end - gpa)

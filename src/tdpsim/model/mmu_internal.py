@@ -36,14 +36,19 @@ RET_PF_NAMES = {
 }
 
 # Negative errno values the model returns where the kernel does.
+EPERM = 1
+ENOENT = 2
 EINTR = 4
 EIO = 5
+ENXIO = 6
+EAGAIN = 11
 ENOMEM = 12
 EFAULT = 14
 EBUSY = 16
 EINVAL = 22
 EOPNOTSUPP = 95
-ERRNO_NAMES = {EINTR: "EINTR", EIO: "EIO", ENOMEM: "ENOMEM", EFAULT: "EFAULT", EBUSY: "EBUSY",
+ERRNO_NAMES = {EPERM: "EPERM", ENOENT: "ENOENT", EINTR: "EINTR", EIO: "EIO", ENXIO: "ENXIO",
+               EAGAIN: "EAGAIN", ENOMEM: "ENOMEM", EFAULT: "EFAULT", EBUSY: "EBUSY",
                EINVAL: "EINVAL", EOPNOTSUPP: "EOPNOTSUPP"}
 
 # Page-fault error code bits (arch/x86/include/asm/kvm_host.h).

@@ -62,6 +62,16 @@ class Policy:
         the lock and skips the write mmu_lock when it is set (the 17626 → 11 figure).
     gmem_hva_fixup: HP-v3's fixup that ignores the hva alignment of guest_memfd slots.
     ad_enabled: ``kvm_ad_enabled``: hardware A/D bits in use.
+    enable_pml: ``kvm_intel.enable_pml`` (``kvm_x86_ops.cpu_dirty_log_size`` non-zero):
+        dirty logging clears D bits on 4K leaves and lets the CPU log writes, instead of
+        write-protecting them.  Off by default (the model's baseline host).
+    nx_huge_pages_recovery_ratio: ``kvm.nx_huge_pages_recovery_ratio`` (0 disables
+        recovery); each run zaps ``DIV_ROUND_UP(tracked, ratio)`` pages.
+    nx_huge_pages_recovery_period_ms: ``kvm.nx_huge_pages_recovery_period_ms``; 0 means
+        derived from the ratio (``calc_nx_huge_pages_recovery_period``).
+    resched_every: how often ``need_resched()`` is true for a walker that may yield
+        (``tdp_mmu_iter_cond_resched``): every N-th check once the walk made progress.
+        0 = never (an idle host), so sequential runs do not yield.
     """
 
     mirror_promotion: MirrorPromotion = "disallowed"
@@ -74,6 +84,10 @@ class Policy:
     lpage_check_first: bool = True
     gmem_hva_fixup: bool = True
     ad_enabled: bool = True
+    enable_pml: bool = False
+    nx_huge_pages_recovery_ratio: int = 60
+    nx_huge_pages_recovery_period_ms: int = 0
+    resched_every: int = 0
 
     def __post_init__(self) -> None:
         if self.mirror_promotion not in MIRROR_PROMOTION_CHOICES:
@@ -85,6 +99,10 @@ class Policy:
         for name in ("tdx_private_max_level", "max_huge_page_level"):
             if getattr(self, name) not in (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G):
                 raise ValueError(f"{name} must be 1 (4K), 2 (2M) or 3 (1G)")
+        for name in ("nx_huge_pages_recovery_ratio", "nx_huge_pages_recovery_period_ms",
+                     "resched_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a non-negative integer")
 
     def with_(self, **changes: object) -> "Policy":
         return replace(self, **changes)

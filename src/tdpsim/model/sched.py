@@ -16,6 +16,7 @@ Keys are plain tuples of ints/strings, deterministic across runs (never ``id()``
   ("sept", level, gfn)           one S-EPT entry inside the TDX module
   ("tdx", resource)              a TDX-module-wide resource (epoch, op_state, sept_tree)
   ("rcu",)                       RCU grace-period state
+  ("kvm", "mmu_invalidate")      mmu_invalidate_seq / _in_progress / _range_start/end
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ SEAMCALL = "seamcall"
 TDCALL = "tdcall"
 RCU = "rcu"
 VCPU = "vcpu"
+MMU_INVALIDATE = "mmu_invalidate"
+
+MMU_INVALIDATE_KEY = ("kvm", "mmu_invalidate")
 
 SchedHook = Callable[[str, Hashable, bool], None]
 

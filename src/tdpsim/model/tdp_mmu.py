@@ -9,8 +9,10 @@ The mirror-root paths follow UPSTREAM with the HP-v3 series on top (reference §
 shared lock), and ``tdp_mmu_set_spte`` forwards leaf → non-leaf to ``split_external_spte``.
 
 Simplifications (one line each):
-- ``tdp_mmu_iter_cond_resched`` never yields: nothing in the model preempts a walker except
-  the explorer's scheduling points.
+- ``need_resched()`` / ``rwlock_needbreak()`` are one deterministic knob,
+  ``Policy.resched_every``; with 0 (the default) walkers never yield.
+- Dirty-log walks use the direct roots only: slots that log dirty pages are never
+  guest_memfd slots, so mirror roots hold nothing there.
 - Page allocation never fails (no -ENOMEM from the vCPU caches or the split path).
 - ``for_each_*_tdp_mmu_root_yield_safe`` take and drop root references like the kernel but
   iterate a snapshot of the root list.
@@ -519,6 +521,52 @@ def tdp_mmu_iter_set_spte(kvm: "Kvm", iter: TdpIter, new_spte: int) -> None:
                                      new_spte, iter.gfn, iter.level)
 
 
+def tdp_mmu_clear_spte_bits(kvm: "Kvm", iter: TdpIter, mask: int) -> int:
+    """``tdp_mmu_clear_spte_bits``: atomic fetch-and when the CPU may set A/D meanwhile,
+    else a plain write; returns the old value."""
+    if kvm_tdp_mmu_spte_need_atomic_write(kvm.masks, iter.old_spte, iter.level):
+        if kvm.sched.hook is not None:
+            kvm.sched.hook(SPTE_XCHG, ("spte", iter.sp.spt_pfn, iter.index), True)
+        old = iter.sp.spt[iter.index]
+        iter.sp.spt[iter.index] = old & ~mask
+        return old
+    __kvm_tdp_mmu_write_spte(kvm, iter.sp, iter.index, iter.old_spte & ~mask)
+    return iter.old_spte
+
+
+# --- yielding --------------------------------------------------------------------------------
+
+def tdp_mmu_iter_need_resched(kvm: "Kvm", iter: TdpIter) -> bool:
+    """``tdp_mmu_iter_need_resched``: only after progress (so a walk that keeps yielding
+    still moves), and only when ``need_resched()`` — here every ``Policy.resched_every``-th
+    check, standing in for the scheduler tick and ``rwlock_needbreak`` contention."""
+    if iter.next_last_level_gfn == iter.yielded_gfn:
+        return False
+    every = kvm.policy.resched_every
+    if not every:
+        return False
+    kvm.resched_checks += 1
+    return kvm.resched_checks % every == 0
+
+
+def tdp_mmu_iter_cond_resched(kvm: "Kvm", iter: TdpIter, flush: bool, shared: bool) -> bool:
+    """``tdp_mmu_iter_cond_resched``: flush first if the caller has a pending flush, drop
+    RCU and mmu_lock (``cond_resched_rwlock_read/write``), take them back, and mark the
+    iterator yielded so the next step restarts from the root at the last gfn."""
+    if not tdp_mmu_iter_need_resched(kvm, iter):
+        return False
+    if flush:
+        kvm.kvm_flush_remote_tlbs()
+    kvm.rcu.rcu_read_unlock()
+    _mmu_unlock(kvm, shared)
+    _mmu_lock(kvm, shared)
+    kvm.rcu.rcu_read_lock()
+    kvm.WARN_ON_ONCE(iter.gfn > iter.next_last_level_gfn, "tdp_mmu_iter_cond_resched",
+                     "iterator ahead of next_last_level_gfn")
+    iter.yielded = True
+    return True
+
+
 # --- zapping -------------------------------------------------------------------------------
 
 def tdp_mmu_max_gfn_exclusive(kvm: "Kvm") -> int:
@@ -533,6 +581,9 @@ def tdp_mmu_zap_leafs(kvm: "Kvm", root: KvmMmuPage, start: int, end: int, can_yi
     end = min(end, tdp_mmu_max_gfn_exclusive(kvm))
     kvm.rcu.rcu_read_lock()
     for iter in for_each_tdp_pte_min_level(kvm, root, PG_LEVEL_4K, start, end):
+        if can_yield and tdp_mmu_iter_cond_resched(kvm, iter, flush, False):
+            flush = False
+            continue
         if not is_shadow_present_pte(iter.old_spte) or not is_last_spte(iter.old_spte, iter.level):
             continue
         tdp_mmu_iter_set_spte(kvm, iter, kvm.profile.SHADOW_NONPRESENT_VALUE)
@@ -577,6 +628,8 @@ def __tdp_mmu_zap_root(kvm: "Kvm", root: KvmMmuPage, shared: bool, zap_level: in
     """``__tdp_mmu_zap_root``: zap every present SPTE at exactly ``zap_level``."""
     for iter in for_each_tdp_pte_min_level(kvm, root, zap_level, 0,
                                            tdp_mmu_max_gfn_exclusive(kvm)):
+        if tdp_mmu_iter_cond_resched(kvm, iter, False, shared):
+            continue
         if not is_shadow_present_pte(iter.old_spte) or iter.level > zap_level:
             continue
         if not shared:
@@ -959,6 +1012,8 @@ def tdp_mmu_split_huge_pages_root(kvm: "Kvm", root: KvmMmuPage, start: int, end:
     kvm.rcu.rcu_read_lock()
     for iter in for_each_tdp_pte_min_level(kvm, root, target_level + 1, start, end):
         while True:
+            if tdp_mmu_iter_cond_resched(kvm, iter, False, shared):
+                break
             if not is_shadow_present_pte(iter.old_spte) or not is_large_pte(iter.old_spte):
                 break
             if only_cross_boundary and not iter_cross_boundary(iter, start, end):
@@ -1027,22 +1082,129 @@ def kvm_tdp_mmu_gfn_range_split_cross_boundary_leafs(kvm: "Kvm", start: int, end
 
 # --- dirty logging and huge-page recovery (direct roots only) ------------------------------
 
+def wrprot_gfn_range(kvm: "Kvm", root: KvmMmuPage, start: int, end: int,
+                     min_level: int) -> bool:
+    """``wrprot_gfn_range``: clear W on leaves at or above ``min_level`` so writes fault
+    (and get logged); may yield.  Returns whether a flush is needed."""
+    spte_set = False
+    kvm.rcu.rcu_read_lock()
+    for iter in for_each_tdp_pte_min_level(kvm, root, min_level, start, end):
+        while not tdp_mmu_iter_cond_resched(kvm, iter, False, True):
+            if (not is_shadow_present_pte(iter.old_spte)
+                    or not is_last_spte(iter.old_spte, iter.level)
+                    or not is_writable_pte(iter.old_spte)):
+                break
+            if not tdp_mmu_set_spte_atomic(kvm, iter, iter.old_spte & ~PT_WRITABLE_MASK):
+                spte_set = True
+                break
+    kvm.rcu.rcu_read_unlock()
+    return spte_set
+
+
 def kvm_tdp_mmu_wrprot_slot(kvm: "Kvm", slot: "KvmMemorySlot", min_level: int) -> bool:
-    """``kvm_tdp_mmu_wrprot_slot`` / ``wrprot_gfn_range``: clear W on leaves at or above
-    ``min_level`` so writes fault (and get logged).  Returns whether a flush is needed."""
+    """``kvm_tdp_mmu_wrprot_slot``: every valid root (only direct roots can map a slot
+    that logs dirty pages)."""
     kvm.mmu_lock.lockdep_assert_held_read()
     spte_set = False
     for root in for_each_tdp_mmu_root_yield_safe(kvm, KVM_DIRECT_ROOTS):
-        kvm.rcu.rcu_read_lock()
-        for iter in for_each_tdp_pte_min_level(kvm, root, min_level, slot.base_gfn,
-                                               slot.end_gfn):
-            while (is_shadow_present_pte(iter.old_spte)
-                   and is_last_spte(iter.old_spte, iter.level)
-                   and is_writable_pte(iter.old_spte)):
-                if not tdp_mmu_set_spte_atomic(kvm, iter, iter.old_spte & ~PT_WRITABLE_MASK):
-                    spte_set = True
-                    break
-        kvm.rcu.rcu_read_unlock()
+        spte_set |= wrprot_gfn_range(kvm, root, slot.base_gfn, slot.end_gfn, min_level)
+    return spte_set
+
+
+def tdp_mmu_need_write_protect(kvm: "Kvm", sp: KvmMmuPage) -> bool:
+    """``tdp_mmu_need_write_protect``: without A/D bits dirty logging must clear W."""
+    return sp.role.ad_disabled or not kvm.kvm_ad_enabled()
+
+
+def clear_dirty_gfn_range(kvm: "Kvm", root: KvmMmuPage, start: int, end: int) -> bool:
+    """``clear_dirty_gfn_range`` (read lock, PML): clear the D bit (W without A/D bits)
+    of every leaf in [start, end) so the CPU logs the next write; may yield."""
+    dbit = (PT_WRITABLE_MASK if tdp_mmu_need_write_protect(kvm, root)
+            else kvm.masks.shadow_dirty_mask)
+    spte_set = False
+    kvm.rcu.rcu_read_lock()
+    for iter in for_each_tdp_pte(kvm, root, start, end):
+        while (is_shadow_present_pte(iter.old_spte) and is_last_spte(iter.old_spte, iter.level)
+               and not tdp_mmu_iter_cond_resched(kvm, iter, False, True)):
+            if not iter.old_spte & dbit:
+                break
+            if not tdp_mmu_set_spte_atomic(kvm, iter, iter.old_spte & ~dbit):
+                spte_set = True
+                break
+    kvm.rcu.rcu_read_unlock()
+    return spte_set
+
+
+def kvm_tdp_mmu_clear_dirty_slot(kvm: "Kvm", slot: "KvmMemorySlot") -> bool:
+    """``kvm_tdp_mmu_clear_dirty_slot``: returns whether a flush is needed."""
+    kvm.mmu_lock.lockdep_assert_held_read()
+    spte_set = False
+    for root in for_each_tdp_mmu_root_yield_safe(kvm, KVM_DIRECT_ROOTS):
+        spte_set |= clear_dirty_gfn_range(kvm, root, slot.base_gfn, slot.end_gfn)
+    return spte_set
+
+
+def clear_dirty_pt_masked(kvm: "Kvm", root: KvmMmuPage, gfn: int, mask: int,
+                          wrprot: bool) -> None:
+    """``clear_dirty_pt_masked`` (write lock): for each 4K leaf whose bit is set in the
+    64-bit ``mask`` starting at ``gfn``, clear D — or W when ``wrprot`` (no PML) or
+    without A/D bits.  Traced directly: the SPTE changes outside handle_changed_spte."""
+    dbit = (PT_WRITABLE_MASK if wrprot or tdp_mmu_need_write_protect(kvm, root)
+            else kvm.masks.shadow_dirty_mask)
+    kvm.mmu_lock.lockdep_assert_held_write()
+    kvm.rcu.rcu_read_lock()
+    lowest = (mask & -mask).bit_length() - 1  # __ffs(mask)
+    for iter in for_each_tdp_pte(kvm, root, gfn + lowest, gfn + 64):
+        if not is_shadow_present_pte(iter.old_spte) or not is_last_spte(iter.old_spte, iter.level):
+            continue
+        if not mask:
+            break
+        bit = 1 << (iter.gfn - gfn)
+        if iter.level > PG_LEVEL_4K or not mask & bit:
+            continue
+        mask &= ~bit
+        if not iter.old_spte & dbit:
+            continue
+        iter.old_spte = tdp_mmu_clear_spte_bits(kvm, iter, dbit)
+        if kvm.tracer is not None:
+            kvm.tracer(KvmTdpMmuSpteChanged(iter.as_id, iter.gfn, iter.level, iter.old_spte,
+                                            iter.old_spte & ~dbit))
+    kvm.rcu.rcu_read_unlock()
+
+
+def kvm_tdp_mmu_clear_dirty_pt_masked(kvm: "Kvm", slot: "KvmMemorySlot", gfn: int, mask: int,
+                                      wrprot: bool) -> None:
+    """``kvm_tdp_mmu_clear_dirty_pt_masked``: every valid (direct) root."""
+    for root in list(kvm.tdp_mmu_roots):
+        if tdp_mmu_root_matches(root, KVM_DIRECT_ROOTS):
+            clear_dirty_pt_masked(kvm, root, gfn, mask, wrprot)
+
+
+def write_protect_gfn(kvm: "Kvm", root: KvmMmuPage, gfn: int, min_level: int) -> bool:
+    """``write_protect_gfn`` (write lock): clear W *and* MMU-writable on the leaf mapping
+    gfn at or above ``min_level``, so the fast path cannot make it writable again."""
+    spte_set = False
+    kvm.rcu.rcu_read_lock()
+    for iter in for_each_tdp_pte_min_level(kvm, root, min_level, gfn, gfn + 1):
+        if not is_shadow_present_pte(iter.old_spte) or not is_last_spte(iter.old_spte, iter.level):
+            continue
+        new_spte = iter.old_spte & ~(PT_WRITABLE_MASK | kvm.masks.shadow_mmu_writable_mask)
+        if new_spte == iter.old_spte:
+            break
+        tdp_mmu_iter_set_spte(kvm, iter, new_spte)
+        spte_set = True
+    kvm.rcu.rcu_read_unlock()
+    return spte_set
+
+
+def kvm_tdp_mmu_write_protect_gfn(kvm: "Kvm", slot: "KvmMemorySlot", gfn: int,
+                                  min_level: int) -> bool:
+    """``kvm_tdp_mmu_write_protect_gfn``: every valid (direct) root."""
+    kvm.mmu_lock.lockdep_assert_held_write()
+    spte_set = False
+    for root in list(kvm.tdp_mmu_roots):
+        if tdp_mmu_root_matches(root, KVM_DIRECT_ROOTS):
+            spte_set |= write_protect_gfn(kvm, root, gfn, min_level)
     return spte_set
 
 
@@ -1074,6 +1236,9 @@ def kvm_tdp_mmu_recover_huge_pages(kvm: "Kvm", slot: "KvmMemorySlot") -> None:
         kvm.rcu.rcu_read_lock()
         for iter in for_each_tdp_pte_min_level(kvm, root, PG_LEVEL_2M, slot.base_gfn,
                                                slot.end_gfn):
+            if tdp_mmu_iter_cond_resched(kvm, iter, flush, True):
+                flush = False
+                continue
             flush |= _recover_one(kvm, slot, iter)
         kvm.rcu.rcu_read_unlock()
     if flush:

@@ -387,6 +387,7 @@ class KvmTdx(KvmX86Ops):
             return -EIO
         # smp_wmb(): pairs with the smp_rmb() in tdx_sept_set_private_spte.
         self.state = TD_STATE_RUNNABLE
+        kvm.pre_fault_allowed = True  # KVM_PRE_FAULT_MEMORY works from now on
         return 0
 
     def tdx_mmu_release_hkid(self, kvm: "Kvm") -> int:

@@ -4,16 +4,33 @@ page-fault error code, emit the ``kvm_page_fault`` tracepoint and call
 ``kvm_mmu_page_fault``.  TDs enter through ``tdx.KvmTdx.tdx_handle_ept_violation``, which
 calls ``__vmx_handle_ept_violation`` too (it adds PFERR_PRIVATE_ACCESS for private GPAs).
 
-Simplification: the guest RIP is not modelled (0 in the tracepoint), and MMIO/emulation
-after RET_PF_EMULATE is left to the caller.
+``ept_hw_access`` is the CPU's side of a guest access through the direct root: it sets
+the leaf's A/D bits (and logs to PML) or reports the EPT violation the access takes.
+
+Simplifications (one line each):
+- The guest RIP is not modelled (0 in the tracepoint), and MMIO/emulation after
+  RET_PF_EMULATE is left to the caller.
+- The CPU sets A/D only on the leaf (non-leaf SPTEs are created with A set).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .dirty_log import vmx_pml_log
 from .events import KvmPageFault
 from .mmu_fault import kvm_mmu_do_page_fault
+from .sched import SPTE_CMPXCHG
+from .spte import (
+    PAGE_SHIFT,
+    VMX_EPT_EXECUTABLE_MASK,
+    VMX_EPT_READABLE_MASK,
+    PT_WRITABLE_MASK,
+    is_last_spte,
+    is_shadow_present_pte,
+    spte_ad_enabled,
+)
+from .tdp_iter import for_each_tdp_pte
 from .mmu_internal import (
     PFERR_FETCH_MASK,
     PFERR_GUEST_FINAL_MASK,
@@ -79,3 +96,40 @@ def handle_ept_violation(vcpu: "KvmVcpu", gpa: int, exit_qualification: int) -> 
     if kvm.tracer is not None:
         kvm.tracer(KvmPageFault(vcpu.vcpu_id, 0, gpa, exit_qualification))
     return __vmx_handle_ept_violation(vcpu, gpa, exit_qualification)
+
+
+def ept_hw_access(vcpu: "KvmVcpu", gpa: int, write: bool = False, exec: bool = False) -> int:
+    """A guest access to ``gpa`` (shared/direct root) as the CPU performs it: if the leaf
+    allows it, atomically set A (and D for a write) — with PML enabled, a write that sets
+    D is logged — and return 0; otherwise return the exit qualification of
+    the EPT violation (``EPT_VIOLATION_PROT_*`` = the RWX the leaf allows)."""
+    kvm = vcpu.kvm
+    gfn = (gpa >> PAGE_SHIFT) & ~kvm.kvm_gfn_direct_bits()
+    leaf = None
+    kvm.rcu.rcu_read_lock()
+    for it in for_each_tdp_pte(kvm, vcpu.root, gfn, gfn + 1):
+        if is_shadow_present_pte(it.old_spte) and is_last_spte(it.old_spte, it.level):
+            leaf = it
+            break
+    kvm.rcu.rcu_read_unlock()
+    spte = leaf.old_spte if leaf is not None else 0
+    prot = ((EPT_VIOLATION_PROT_READ if spte & VMX_EPT_READABLE_MASK else 0)
+            | (EPT_VIOLATION_PROT_WRITE if spte & PT_WRITABLE_MASK else 0)
+            | (EPT_VIOLATION_PROT_EXEC if spte & VMX_EPT_EXECUTABLE_MASK else 0))
+    need = (EPT_VIOLATION_PROT_EXEC if exec else EPT_VIOLATION_PROT_WRITE if write
+            else EPT_VIOLATION_PROT_READ)
+    if leaf is None or not prot & need:
+        return ept_exit_qualification(write=write, exec=exec, prot=prot)
+    if spte_ad_enabled(spte) and kvm.kvm_ad_enabled():
+        m = kvm.masks
+        bits = m.shadow_accessed_mask | (m.shadow_dirty_mask if write else 0)
+        if spte & bits != bits:
+            if kvm.sched.hook is not None:
+                kvm.sched.hook(SPTE_CMPXCHG, ("spte", leaf.sp.spt_pfn, leaf.index), True)
+            if leaf.sp.spt[leaf.index] != spte:
+                return ept_hw_access(vcpu, gpa, write, exec)  # changed: walk again
+            leaf.sp.spt[leaf.index] = spte | bits  # locked OR by the page walker
+            if (write and not spte & m.shadow_dirty_mask and kvm.policy.enable_pml
+                    and kvm.nr_memslots_dirty_logging):
+                vmx_pml_log(vcpu, gfn << PAGE_SHIFT)
+    return 0
