@@ -41,12 +41,11 @@ def test_dirty_log_page_splitting_test_asserts_hold_in_the_model(profile):
     assert len(run.checks) == 5 and run.passed, run.failures()
 
 
-@pytest.mark.xfail(strict=True, reason="the model has no KVM_DIRTY_LOG_INITIALLY_SET: "
-                   "enabling logging splits eagerly (kvm_mmu_slot_apply_flags does not return "
-                   "early on kvm_dirty_log_manual_protect_and_init_set)")
-def test_dirty_log_page_splitting_test_with_manual_protect_and_initially_set():
-    run = dirty_log_page_splitting_test(KERNEL_6_12, manual_caps=True)
-    assert run.passed, run.failures()
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
+def test_dirty_log_page_splitting_test_with_manual_protect_and_initially_set(profile):
+    """INITIALLY_SET: nothing split at enable, everything at the first CLEAR."""
+    run = dirty_log_page_splitting_test(profile, manual_caps=True)
+    assert len(run.checks) == 6 and run.passed, run.failures()
 
 
 def test_the_real_selftests_pass_on_6_12_where_the_model_passes_them():

@@ -229,3 +229,21 @@ def test_nx_recovery_ratio_zero_disables_the_worker():
     _nx_split_frames(kvm, 2)
     assert not kvm_nx_huge_page_recovery_worker(kvm, 10 ** 9)
     assert kvm.stat.nx_lpage_splits == 2
+
+
+# ------------------------------------------------------------------------- kernel profiles
+def test_v6_1_has_neither_pre_fault_nor_attributes_nor_sw_protected_vms():
+    """KVM_PRE_FAULT_MEMORY is v6.11, KVM_SET_MEMORY_ATTRIBUTES and
+    KVM_X86_SW_PROTECTED_VM v6.8: on 6.1 the ioctls are unknown and the type refused."""
+    from tdpsim.model.mmu_internal import ENOTTY
+    from tdpsim.model.profile import KERNEL_6_1, KERNEL_6_12
+
+    old = create_vm(VmConfig(profile=KERNEL_6_1))
+    assert kvm_vcpu_pre_fault_memory(old.vcpus[0], KvmPreFaultMemory(M2, M2)) == -EINVAL
+    assert kvm_vm_ioctl_set_mem_attributes(old, M2, 4096, 0) == -ENOTTY
+    assert old.stat.pages == [0, 0, 0]
+    with pytest.raises(ValueError, match="SW_PROTECTED_VM"):
+        create_vm(VmConfig(sw_protected=True, profile=KERNEL_6_1))
+    lts = create_vm(VmConfig(profile=KERNEL_6_12))
+    assert kvm_vcpu_pre_fault_memory(lts.vcpus[0], KvmPreFaultMemory(M2, M2)) == 0
+    assert lts.stat.pages == [0, 1, 0]

@@ -38,6 +38,7 @@ from .tracking import TRACKER
 
 RETRY_WAIT = "retry_wait"  # a vCPU parks between two RET_PF_RETRY attempts
 WAIT_COND = "wait_cond"  # a thread waits for a named condition (key (_, name))
+HOST_MM = "host_mm"  # a primary-MMU page-table update (kind of scheduling point)
 KEY_SRCU = ("lock", "srcu")  # a wait condition; like a lock, not data a fault reads
 KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
 
@@ -158,6 +159,25 @@ def op_mmu_notifier(ctx: OpContext, start: int, end: int) -> None:
     kvm_mmu_notifier_invalidate_range(ctx.kvm, start, end)
 
 
+def op_thp_split(ctx: OpContext, gfn: int) -> None:
+    """The host splits the THP behind gfn's 2M frame (``split_huge_pmd``): mmu_notifier
+    ``invalidate_range_start`` over the frame, the split with mmu_lock dropped, then
+    ``invalidate_range_end``.  Faults in the window must retry; the host page-table write
+    is noted for DPOR, the fault's read of it is not (PCT/random/DFS explore that order)."""
+    kvm = ctx.kvm
+    slot = kvm.gfn_to_memslot(gfn)
+    base = gfn & ~511
+    frame = slot.gfn_to_hva(base) >> 21
+
+    def split() -> None:
+        # The host's PMD rewrite is a step of its own: faults may run just before it.
+        kvm.sched.point(HOST_MM, ("host", "thp", frame), True)
+        TRACKER.note(("host", "thp", frame), True)
+        slot.backing.split_frames.add(frame)
+
+    kvm_mmu_notifier_invalidate_range(kvm, base, base + 512, host_change=split)
+
+
 def op_invalidate_roots(ctx: OpContext) -> None:
     """``kvm_mmu_zap_all_fast``: invalidate the direct roots, zap them under the read lock."""
     kvm_mmu_zap_all_fast(ctx.kvm)
@@ -193,6 +213,7 @@ OPS: dict[str, Callable[..., Any]] = {
     "punch_hole": op_punch_hole,
     "zap_leafs": op_zap_leafs,
     "mmu_notifier": op_mmu_notifier,
+    "thp_split": op_thp_split,
     "invalidate_roots": op_invalidate_roots,
     "nx_recovery": op_nx_recovery,
     "dirty_log": op_dirty_log,

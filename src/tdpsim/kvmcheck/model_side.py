@@ -36,10 +36,11 @@ from ..model.policy import Policy
 from ..model.profile import DEFAULT_PROFILE, PROFILES, KernelProfile
 from ..model.shadow_mmu import ShadowMmu
 from ..model.svm import npt_access
-from ..model.spte import (PAGE_SHIFT, PG_LEVEL_2M, PG_LEVEL_4K, PT_WRITABLE_MASK, SpteMasks,
-                          is_shadow_present_pte, is_writable_pte)
-from ..model.tdp_iter import for_each_tdp_pte
-from ..model.tdp_mmu import tdp_mmu_set_spte_atomic
+from ..model.spte import PAGE_SHIFT, PG_LEVEL_2M, PG_LEVEL_4K, SpteMasks
+from ..model.dirty_log import (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+                               KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, kvm_dirty_bitmap_bytes)
+from ..model.ioctl import (kvm_vm_ioctl_clear_dirty_log, kvm_vm_ioctl_enable_cap,
+                           kvm_vm_ioctl_get_dirty_log)
 from .guest import (ACCESS_KINDS, PAGE_2M, PAGE_4K, PTE_P, PTE_PS, IdentityPageTables,
                     page_tables_needed)
 from .host_matrix import (SLOT_MOVE_DELTA, WINDOW_SLOT, HostResult, HostScenario, PageCounts,
@@ -297,7 +298,9 @@ class _TdpEngine(_Engine):
         self.vcpu = self.kvm.vcpus[0]
         self.read_guest = _guest_reader(self.pt, s)
         kvm_mmu_load(self.vcpu)
-        self.manual = s.manual_protect
+        if s.manual_protect:
+            kvm_vm_ioctl_enable_cap(self.kvm, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+                                    KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)
 
     def access(self, addr: int, kind: str) -> None:
         for entry in guest_walk(self.read_guest, self.pt.cr3, addr)[:-1]:
@@ -312,32 +315,16 @@ class _TdpEngine(_Engine):
             self.slot.flags & ~KVM_MEM_LOG_DIRTY_PAGES
         kvm_mmu_slot_apply_flags(self.kvm, self.slot, flags)
 
-    def _dirty_gfns(self) -> list[int]:
-        bm = self.slot.dirty_bitmap
-        return [self.slot.base_gfn + i for i in range(self.slot.npages)
-                if bm[i >> 3] >> (i & 7) & 1]
-
-    def _clear_and_protect(self, gfns: list[int]) -> None:
-        # kvm_tdp_mmu_clear_dirty_pt_masked without PML: clear W on those 4K leaves
-        kvm = self.kvm
-        kvm.mmu_lock.read_lock()
-        for gfn in gfns:
-            i = gfn - self.slot.base_gfn
-            self.slot.dirty_bitmap[i >> 3] &= ~(1 << (i & 7)) & 0xFF
-            for it in for_each_tdp_pte(kvm, self.vcpu.root, gfn, gfn + 1):
-                if it.level == PG_LEVEL_4K and is_shadow_present_pte(it.old_spte) \
-                        and is_writable_pte(it.old_spte):
-                    tdp_mmu_set_spte_atomic(kvm, it, it.old_spte & ~PT_WRITABLE_MASK)
-        kvm.mmu_lock.read_unlock()
-
     def get_dirty_log(self) -> int:
-        gfns = self._dirty_gfns()
-        if not self.manual:
-            self._clear_and_protect(gfns)
-        return len(gfns)
+        """KVM_GET_DIRTY_LOG; returns how many pages were reported dirty."""
+        bitmap = bytearray(kvm_dirty_bitmap_bytes(self.slot))
+        kvm_vm_ioctl_get_dirty_log(self.kvm, self.slot.id, bitmap)
+        return sum(bin(b).count("1") for b in bitmap)
 
     def clear_dirty_log(self) -> None:
-        self._clear_and_protect(self._dirty_gfns())
+        """KVM_CLEAR_DIRTY_LOG of every page the slot's bitmap holds."""
+        kvm_vm_ioctl_clear_dirty_log(self.kvm, self.slot.id, 0, self.slot.npages,
+                                     bytes(self.slot.dirty_bitmap))
 
     def unmap(self, start: int, end: int) -> None:
         kvm_mmu_notifier_invalidate_range(self.kvm, start, end)

@@ -5,7 +5,8 @@ implicitly (and the kernel asserts piecemeal with WARN/KVM_BUG_ON/``CONFIG_KVM_P
 Both checkers return readable strings, an empty list meaning "consistent".
 
 ``check_mmu_invariants(kvm)`` (any VM): page stats equal a recount of every root's tables; no
-leaf above the largest mapping level allowed; every present non-leaf points to a live SP one
+leaf above the largest mapping level allowed, nor a shared one above the host's mapping
+level outside an mmu_notifier invalidation; every present non-leaf points to a live SP one
 level down (same role, same gfn, linked back); no frozen SPTE outside an operation.
 
 ``check_tdx_invariants(kvm, tdx)``: the mirror root and the S-EPT agree; no private page
@@ -90,6 +91,8 @@ def _walk_root(kvm: "Kvm", root: KvmMmuPage, out: list[str], counts: list[int],
                 if level > max_leaf_level:
                     out.append(f"{kind} L{level} gfn {gfn:#x}: leaf above the maximum "
                                f"mapping level {max_leaf_level}")
+                elif not mirror and level > PG_LEVEL_4K:
+                    _check_host_level(kvm, gfn, level, out)
                 if leaves is not None:
                     leaves[(gfn, level)] = spte
                 continue
@@ -107,6 +110,21 @@ def _walk_root(kvm: "Kvm", root: KvmMmuPage, out: list[str], counts: list[int],
             if tables is not None:
                 tables[(gfn, level)] = child
             stack.append(child)
+
+
+def _check_host_level(kvm: "Kvm", gfn: int, level: int, out: list[str]) -> None:
+    """A huge shared leaf may not outlive the host's huge page: the host changes its
+    mapping only inside an mmu_notifier invalidation, whose start zaps the leaf and whose
+    in-progress range keeps faults from re-creating it until the end."""
+    if kvm.mmu_invalidate_in_progress or kvm.kvm_mem_is_private(gfn):
+        return
+    slot = kvm.gfn_to_memslot(gfn)
+    if slot is None:
+        return
+    host = slot.backing.host_pfn_mapping_level(slot.gfn_to_hva(gfn))
+    if host < level:
+        out.append(f"direct L{level} gfn {gfn:#x}: leaf above the host mapping level "
+                   f"{host} (stale after a host split)")
 
 
 def _max_leaf_level(kvm: "Kvm", mirror: bool) -> int:

@@ -26,7 +26,7 @@ from .kvm import KvmVcpu
 from .kvm_main import kvm_vm_set_mem_attributes
 from .memslot import KVM_MEMORY_ATTRIBUTE_PRIVATE
 from .mmu_fault import kvm_arch_vcpu_pre_fault_memory
-from .mmu_internal import EINVAL, EIO, EPERM
+from .mmu_internal import EINVAL, EIO, ENOTTY, EPERM
 from .spte import PAGE_SHIFT
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,6 +75,8 @@ def kvm_vm_ioctl_set_mem_attributes(kvm: "Kvm", address: int, size: int, attribu
     """``kvm_vm_ioctl_set_mem_attributes``: validate, then ``kvm_vm_set_mem_attributes``
     on the gfns of [address, address + size).  A default VM supports no attribute, so
     PRIVATE there is -EINVAL and nothing is touched."""
+    if not kvm.profile.KVM_SET_MEMORY_ATTRIBUTES:
+        return -ENOTTY
     if flags:
         return -EINVAL
     if attributes & ~kvm_supported_mem_attributes(kvm):
@@ -113,6 +115,8 @@ def kvm_vcpu_pre_fault_memory(vcpu: KvmVcpu, range: KvmPreFaultMemory) -> int:
     """KVM_PRE_FAULT_MEMORY → ``kvm_vcpu_pre_fault_memory``: map the range chunk by chunk
     (``kvm_arch_vcpu_pre_fault_memory``).  Success if at least one chunk was mapped,
     else the first error."""
+    if not vcpu.kvm.profile.KVM_PRE_FAULT_MEMORY:
+        return -EINVAL
     if range.flags:
         return -EINVAL
     if range.gpa % PAGE_SIZE or range.size % PAGE_SIZE or range.gpa + range.size <= range.gpa:

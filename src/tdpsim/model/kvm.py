@@ -211,6 +211,9 @@ class Kvm:
             # KVM_CREATE_VM: kvm_is_vm_type_supported() fails, -EINVAL.
             raise ValueError(f"kernel {profile.name} has no KVM_X86_TDX_VM (TDX host "
                              "support landed in v6.16)")
+        if vm_type == KVM_X86_SW_PROTECTED_VM and not profile.KVM_X86_SW_PROTECTED_VM:
+            raise ValueError(f"KVM_CREATE_VM: KVM_X86_SW_PROTECTED_VM is -EINVAL on "
+                             f"{profile.name} (added in v6.8)")
         self.vm_type = vm_type
         # kvm_arch_init_vm(): software-protected VMs and TDs have private memory; TDs may
         # only pre-fault once finalized (tdx_td_finalize sets pre_fault_allowed).

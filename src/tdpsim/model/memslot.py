@@ -189,7 +189,7 @@ class KvmMemorySlot:
         self.backing = backing
         self.gmem = gmem
         self.gmem_offset = gmem_offset
-        self.dirty_bitmap = bytearray((npages + 7) // 8)
+        self.dirty_bitmap = bytearray(-(-npages // 64) * 8)  # unsigned longs
         self.lpage_info: dict[int, array] = {}
         self.kvm_alloc_memslot_metadata(gmem_hva_fixup)
 

@@ -78,6 +78,19 @@ class KernelProfile:
     # KVM_X86_TDX_VM creatable (v6.16).  Older kernels cannot run a TD.
     tdx_vm_type: bool = True
 
+    # "KVM: x86: Add support for "protected VMs" that can utilize private memory" (v6.8):
+    # the KVM_X86_SW_PROTECTED_VM type; KVM_CREATE_VM refuses it before (-EINVAL).
+    KVM_X86_SW_PROTECTED_VM: bool = True
+
+    # "KVM: Introduce per-page memory attributes" (v6.8): the KVM_SET_MEMORY_ATTRIBUTES
+    # VM ioctl; before it the ioctl is unknown (kvm_arch_vm_ioctl: -ENOTTY).
+    KVM_SET_MEMORY_ATTRIBUTES: bool = True
+
+    # "KVM: x86/mmu: Implement kvm_arch_vcpu_pre_fault_memory()" (v6.11, with the generic
+    # KVM_PRE_FAULT_MEMORY vCPU ioctl); before it the ioctl is unknown
+    # (kvm_arch_vcpu_ioctl: -EINVAL).
+    KVM_PRE_FAULT_MEMORY: bool = True
+
     def with_(self, **changes: object) -> "KernelProfile":
         return replace(self, **changes)
 
@@ -108,6 +121,9 @@ KERNEL_6_1 = KERNEL_6_12.with_(
     tdp_mmu_zap_root_4k_first=False,
     fast_page_fault_error_code_bits=32,
     zap_spte_atomic_handles_after_write=False,
+    KVM_X86_SW_PROTECTED_VM=False,
+    KVM_SET_MEMORY_ATTRIBUTES=False,
+    KVM_PRE_FAULT_MEMORY=False,
 )
 
 DEFAULT_PROFILE = KERNEL_6_18_HP_V3

@@ -1176,7 +1176,7 @@ def kvm_tdp_mmu_clear_dirty_pt_masked(kvm: "Kvm", slot: "KvmMemorySlot", gfn: in
                                       wrprot: bool) -> None:
     """``kvm_tdp_mmu_clear_dirty_pt_masked``: every valid (direct) root."""
     for root in list(kvm.tdp_mmu_roots):
-        if tdp_mmu_root_matches(root, KVM_DIRECT_ROOTS):
+        if tdp_mmu_root_match(kvm, root, KVM_DIRECT_ROOTS):
             clear_dirty_pt_masked(kvm, root, gfn, mask, wrprot)
 
 
@@ -1203,7 +1203,7 @@ def kvm_tdp_mmu_write_protect_gfn(kvm: "Kvm", slot: "KvmMemorySlot", gfn: int,
     kvm.mmu_lock.lockdep_assert_held_write()
     spte_set = False
     for root in list(kvm.tdp_mmu_roots):
-        if tdp_mmu_root_matches(root, KVM_DIRECT_ROOTS):
+        if tdp_mmu_root_match(kvm, root, KVM_DIRECT_ROOTS):
             spte_set |= write_protect_gfn(kvm, root, gfn, min_level)
     return spte_set
 

@@ -14,8 +14,7 @@ compares, both sides).  Runs on a kvm_amd VM (NPT, the TDP MMU) as on the oracle
 
 Simplifications: the selftests' slot 0 (code, stack, page tables) is not modelled; the
 kernel's passing runs show it contributes no huge pages to the counts compared.  The
-vCPUs of the page-splitting test run one after the other, and as they dirty every page
-in every pass, GET/CLEAR write-protect the whole slot; the recovery worker runs once
+vCPUs of the page-splitting test run one after the other; the recovery worker runs once
 where the selftest sleeps (ratio 1 zaps everything in one run).
 """
 
@@ -30,9 +29,12 @@ from ..model.memslot import KVM_MEM_LOG_DIRTY_PAGES, HostBacking, KvmMemorySlot
 from ..model.mmu_fault import kvm_mmu_load
 from ..model.policy import Policy
 from ..model.profile import DEFAULT_PROFILE, KernelProfile
-from ..model.spte import PAGE_SHIFT, PG_LEVEL_2M, PG_LEVEL_4K
+from ..model.spte import PAGE_SHIFT, PG_LEVEL_2M
 from ..model.svm import npt_access
-from ..model.tdp_mmu import kvm_tdp_mmu_wrprot_slot
+from ..model.dirty_log import (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_INITIALLY_SET,
+                               KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, kvm_dirty_bitmap_bytes)
+from ..model.ioctl import (kvm_vm_ioctl_clear_dirty_log, kvm_vm_ioctl_enable_cap,
+                           kvm_vm_ioctl_get_dirty_log)
 
 __all__ = ["Check", "SelftestRun", "nx_huge_pages_test", "dirty_log_page_splitting_test"]
 
@@ -137,12 +139,13 @@ def _stats(kvm: Kvm) -> dict[str, int]:
     return {"pages_4k": p[0], "pages_2m": p[1], "pages_1g": p[2], "hugepages": p[1] + p[2]}
 
 
-def _protect_dirty(kvm: Kvm, slot: KvmMemorySlot) -> None:
-    """GET (or CLEAR) of a log in which every page is dirty: every 4K SPTE of the slot is
-    write-protected again (``kvm_arch_mmu_enable_log_dirty_pt_masked`` for all bits)."""
-    kvm.mmu_lock.read_lock()
-    kvm_tdp_mmu_wrprot_slot(kvm, slot, PG_LEVEL_4K)
-    kvm.mmu_lock.read_unlock()
+def _get_and_clear_dirty_log(kvm: Kvm, slot: KvmMemorySlot, manual_caps: bool) -> None:
+    """``memstress_get_dirty_log`` (KVM_GET_DIRTY_LOG) and, with manual protect,
+    ``memstress_clear_dirty_log`` (KVM_CLEAR_DIRTY_LOG of everything GET returned)."""
+    bitmap = bytearray(kvm_dirty_bitmap_bytes(slot))
+    assert kvm_vm_ioctl_get_dirty_log(kvm, slot.id, bitmap) == 0
+    if manual_caps:
+        assert kvm_vm_ioctl_clear_dirty_log(kvm, slot.id, 0, slot.npages, bitmap) == 0
 
 
 def dirty_log_page_splitting_test(profile: KernelProfile = DEFAULT_PROFILE, *,
@@ -151,6 +154,10 @@ def dirty_log_page_splitting_test(profile: KernelProfile = DEFAULT_PROFILE, *,
     """``run_test``: memstress memory (``VCPUS * per_vcpu_bytes``, ``SLOTS`` slots,
     THP-backed: ``-s anonymous_thp``) written by every vCPU in every iteration."""
     kvm = _vm(profile, Policy(eager_page_split=True))
+    if manual_caps:
+        assert kvm_vm_ioctl_enable_cap(kvm, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+                                       KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE
+                                       | KVM_DIRTY_LOG_INITIALLY_SET) == 0
     vcpu = kvm.vcpus[0]
     total = VCPUS * per_vcpu_bytes
     per_slot = total // SLOTS
@@ -172,8 +179,8 @@ def dirty_log_page_splitting_test(profile: KernelProfile = DEFAULT_PROFILE, *,
     clear_pass = []
     for _ in range(ITERATIONS):
         iteration()
-        for s in slots:        # KVM_GET_DIRTY_LOG (+ KVM_CLEAR_DIRTY_LOG with manual caps)
-            _protect_dirty(kvm, s)
+        for s in slots:
+            _get_and_clear_dirty_log(kvm, s, manual_caps)
         if manual_caps:
             clear_pass.append(_stats(kvm))
     for s in slots:
