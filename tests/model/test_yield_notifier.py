@@ -149,3 +149,19 @@ def test_stale_huge_leaf_over_a_split_host_page_is_reported(make_vm):
     assert check_mmu_invariants(kvm) == [
         "direct L2 gfn 0x200: leaf above the host mapping level 1 (stale after a host split)"]
     assert leaf_at(kvm, kvm.vcpus[0].root, 0x200)[0] == PG_LEVEL_2M
+
+
+@pytest.mark.parametrize("every,flushes,reads", [(0, 1, 1), (1, 3, 4)])
+def test_nx_recovery_flushes_and_drops_the_lock_when_it_must_resched(every, flushes, reads):
+    """kvm_recover_nx_huge_pages: on need_resched() it flushes what it zapped
+    (kvm_mmu_remote_flush_or_zap) and cond_resched_rwlock_read()s; with a check after
+    each of the three zaps, every zap is flushed on its own and the lock retaken 3 times."""
+    from tdpsim.model.kvm_main import kvm_recover_nx_huge_pages
+    from tdpsim.model.vmm import VmConfig, create_vm
+    kvm = create_vm(VmConfig(), Policy(nx_huge_pages=True, resched_every=every))
+    for frame in range(1, 4):
+        fault(kvm, frame * 512, exec=True, write=False)
+    f0, r0 = kvm.stat.remote_tlb_flush_requests, kvm.mmu_lock.read_acquisitions
+    assert kvm_recover_nx_huge_pages(kvm, ratio=1) == 3
+    assert kvm.stat.remote_tlb_flush_requests - f0 == flushes
+    assert kvm.mmu_lock.read_acquisitions - r0 == reads

@@ -41,6 +41,7 @@ from .tdp_mmu import (
     kvm_tdp_mmu_zap_collapsible_sptes,
     kvm_tdp_mmu_zap_invalidated_roots,
     kvm_tdp_mmu_zap_possible_nx_huge_page,
+    need_resched,
     KVM_DIRECT_ROOTS,
 )
 from .mmu import untrack_possible_nx_huge_page
@@ -475,7 +476,14 @@ def kvm_recover_nx_huge_pages(kvm: "Kvm", ratio: Optional[int] = None) -> int:
             if kvm_tdp_mmu_zap_possible_nx_huge_page(kvm, sp):
                 flush = True
                 zapped += 1
-    kvm.mmu_lock.read_unlock()
+        if need_resched(kvm):
+            # kvm_mmu_remote_flush_or_zap, then cond_resched_rwlock_read
+            if flush:
+                kvm.kvm_flush_remote_tlbs()
+            flush = False
+            kvm.mmu_lock.read_unlock()
+            kvm.mmu_lock.read_lock()
     if flush:
         kvm.kvm_flush_remote_tlbs()
+    kvm.mmu_lock.read_unlock()
     return zapped

@@ -536,17 +536,23 @@ def tdp_mmu_clear_spte_bits(kvm: "Kvm", iter: TdpIter, mask: int) -> int:
 
 # --- yielding --------------------------------------------------------------------------------
 
-def tdp_mmu_iter_need_resched(kvm: "Kvm", iter: TdpIter) -> bool:
-    """``tdp_mmu_iter_need_resched``: only after progress (so a walk that keeps yielding
-    still moves), and only when ``need_resched()`` — here every ``Policy.resched_every``-th
-    check, standing in for the scheduler tick and ``rwlock_needbreak`` contention."""
-    if iter.next_last_level_gfn == iter.yielded_gfn:
-        return False
+def need_resched(kvm: "Kvm") -> bool:
+    """``need_resched() || rwlock_needbreak(&kvm->mmu_lock)``: true every
+    ``Policy.resched_every``-th time it is asked (never with 0), standing in for the
+    scheduler tick and mmu_lock contention."""
     every = kvm.policy.resched_every
     if not every:
         return False
     kvm.resched_checks += 1
     return kvm.resched_checks % every == 0
+
+
+def tdp_mmu_iter_need_resched(kvm: "Kvm", iter: TdpIter) -> bool:
+    """``tdp_mmu_iter_need_resched``: only after progress, so a walk that keeps yielding
+    still moves."""
+    if iter.next_last_level_gfn == iter.yielded_gfn:
+        return False
+    return need_resched(kvm)
 
 
 def tdp_mmu_iter_cond_resched(kvm: "Kvm", iter: TdpIter, flush: bool, shared: bool) -> bool:
