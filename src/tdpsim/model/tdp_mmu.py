@@ -1279,6 +1279,8 @@ def kvm_tdp_mmu_zap_collapsible_sptes(kvm: "Kvm", slot: "KvmMemorySlot") -> None
         kvm.rcu.rcu_read_lock()
         for iter in for_each_tdp_pte_min_level(kvm, root, PG_LEVEL_2M, slot.base_gfn,
                                                slot.end_gfn):
+            if tdp_mmu_iter_cond_resched(kvm, iter, False, True):
+                continue
             while (iter.level <= KVM_MAX_HUGEPAGE_LEVEL
                    and is_shadow_present_pte(iter.old_spte)
                    and not is_last_spte(iter.old_spte, iter.level)
