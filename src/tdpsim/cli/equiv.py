@@ -8,6 +8,7 @@ the first unit they disagree on.  Exit status 0 when every pair is equivalent, 1
 
 from __future__ import annotations
 
+import difflib
 import sys
 from typing import List, Optional
 
@@ -63,13 +64,14 @@ def describe_unit(u: Optional[tuple]) -> str:
 
 
 def _stream_lines(u: Optional[tuple], other: Optional[tuple]) -> list[str]:
+    """The unit's events; ``≠`` marks those the other side does not have (difflib)."""
     events = list(u[2]) if u is not None else []
     theirs = list(other[2]) if other is not None else []
-    out = []
-    for k, ev in enumerate(events):
-        mark = "≠" if k >= len(theirs) or theirs[k] != ev else " "
-        out.append(f"  {mark} {describe_event(ev)}")
-    return out
+    shared: set[int] = set()
+    for block in difflib.SequenceMatcher(a=events, b=theirs, autojunk=False).get_matching_blocks():
+        shared.update(range(block.a, block.a + block.size))
+    return [f"  {' ' if k in shared else '≠'} {describe_event(ev)}"
+            for k, ev in enumerate(events)]
 
 
 def _summary(v: PairVerdict) -> str:

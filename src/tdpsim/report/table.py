@@ -208,7 +208,7 @@ def _what_it_did(r: RunResult) -> str:
         parts.append(r.status)
     left = t.get("promote.lost_2m_mib", 0)
     tail = f"; {left} MiB that could be 2M stay mapped small" if left else ""
-    return f"{r.preset}: {opp} faults met a mirror page table — " + \
+    return f"{r.preset}: {opp} fault{'' if opp == 1 else 's'} met a mirror page table — " + \
         ("; ".join(parts) or "nothing changed") + tail
 
 
