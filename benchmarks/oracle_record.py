@@ -4,6 +4,10 @@
         linux-image-6.1.0-<N>-amd64-unsigned 'linux-image-6.12.<N>+deb12-amd64-unsigned'
     python benchmarks/oracle_record.py 6.1 6.12
 
+A kernel built from linux-source-6.12 with tools/oracle-6.12-tiny.config (tinyconfig plus
+KVM_AMD, KVM_SW_PROTECTED_VM, 9p, ftrace; all built in) is recorded with
+``python benchmarks/oracle_record.py 6.12 --kernel-image arch/x86/boot/bzImage``.
+
 For each kernel: boot it under QEMU TCG (``tdpsim.kvmcheck.qemu.run_oracle``, niced), run
 the oracle matrix inside with kvmmmu tracing, then write the fixture the tests check
 (``tests/kvmcheck/data/oracle/<release>/``: facts.json, rows.jsonl, traces/*.trace.xz)
@@ -31,8 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/tdpsim-oracle", help="run directories go here")
     ap.add_argument("--no-fixtures", action="store_true", help="do not write the fixtures")
     ap.add_argument("--timeout", type=float, default=1800)
-    ap.add_argument("--kernel-image")
-    ap.add_argument("--modules")
+    ap.add_argument("--kernel-image", help="a kernel you built (then KERNELS is its series)")
+    ap.add_argument("--modules", help="its modules directory (none: all built in)")
     ap.add_argument("--only", action="append", default=[])
     a = ap.parse_args(argv)
     status = 0
@@ -62,7 +66,8 @@ def main(argv=None) -> int:
             for m in r.event_mismatches:
                 print(f"  {r.name} events: {m}")
         if not a.no_fixtures:
-            dest = FIXTURES / run.kernel.release
+            # the guest's uname -r (a kernel you built has no /boot name)
+            dest = FIXTURES / run.facts.get("kernel_release", run.kernel.release)
             write_fixture(out, dest)
             print(f"  fixture: {dest}")
     return status

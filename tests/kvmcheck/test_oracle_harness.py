@@ -205,3 +205,16 @@ def test_cpio_is_readable_by_gnu_cpio(tmp_path):
     c.symlink("bin/sh", "x")
     r = subprocess.run(["cpio", "-t"], input=c.finish(), capture_output=True)
     assert r.returncode == 0 and r.stdout.decode().split() == ["bin", "bin/x", "bin/sh"]
+
+
+def test_a_kernel_with_everything_built_in_needs_no_modules(tmp_path):
+    img = tmp_path / "bzImage"
+    img.write_bytes(b"bz")
+    k = q.find_kernel("6.12", image=str(img))
+    assert k == q.GuestKernel("bzImage", str(img), "")
+    bb = tmp_path / "busybox"
+    bb.write_bytes(b"bb")
+    assert q.build_initramfs(k, str(tmp_path / "i.gz"), python="p", pythonpath="s",
+                             busybox=str(bb)) == []
+    with pytest.raises(q.OracleError, match="--modules needs --kernel-image"):
+        q.find_kernel("6.12", modules=str(tmp_path))

@@ -19,7 +19,8 @@ How the guest is made (:func:`build_initramfs`): a newc cpio with busybox, the m
 for virtio-9p and kvm_amd (dependency closure from ``modules.dep``; ``.ko.xz`` /
 ``.ko.zst`` are decompressed because busybox ``insmod`` reads neither; busybox ``insmod``
 also ignores ``kvm.x=y`` on the kernel command line, so parameters go on the insmod line)
-and an ``/init`` script.  The host's ``/`` is shared read-only over 9p (so the guest runs
+and an ``/init`` script, which ends with ``reboot -f``: QEMU runs with ``-no-reboot``, so
+the reset ends it, with or without ACPI (a tinyconfig kernel has none to power off).  The host's ``/`` is shared read-only over 9p (so the guest runs
 this very Python and tdpsim), the output directory read-write; both need
 ``multidevs=remap`` (the host tree spans several devices).  The guest chroots into the
 host tree and runs :mod:`tdpsim.kvmcheck.oracle_guest`.
@@ -92,12 +93,14 @@ def find_kernel(spec: str, *, boot: str = "/boot", lib_modules: str = "/lib/modu
     """The newest generic ``-amd64`` kernel whose release starts with *spec* (``6.1``,
     ``6.12``, or a whole release), or the given *image* + *modules* directory."""
     if image or modules:
-        if not (image and modules):
-            raise OracleError("packages", "--kernel-image and --modules go together")
+        if not image:
+            raise OracleError("packages", "--modules needs --kernel-image")
         for p in (image, modules):
-            if not os.path.exists(p):
+            if p and not os.path.exists(p):
                 raise OracleError("packages", f"{p} does not exist")
-        return GuestKernel(os.path.basename(os.path.normpath(modules)), image, modules)
+        # no modules directory: a kernel with KVM, 9p and virtio built in
+        return GuestKernel(os.path.basename(os.path.normpath(modules or image)), image,
+                           modules or "")
     found = []
     for path in glob.glob(os.path.join(boot, "vmlinuz-*")):
         rel = os.path.basename(path)[len("vmlinuz-"):]
@@ -219,7 +222,7 @@ def init_script(python: str, pythonpath: str, guest_args: Sequence[str],
 /bin/busybox --install -s /bin
 export PATH=/bin
 step() {{ echo "oracle-step: $*"; }}
-fail() {{ echo "oracle-fail: $*"; poweroff -f; }}
+fail() {{ echo "oracle-fail: $*"; reboot -f; }}
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 step modules
@@ -239,7 +242,7 @@ chroot /host /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp PYTHONPATH={pythonpath
     PYTHONDONTWRITEBYTECODE=1 {python} -m tdpsim.kvmcheck.oracle_guest --out /mnt {args}
 echo "oracle-exit: $?"
 sync
-poweroff -f
+reboot -f
 """
 
 
@@ -256,7 +259,7 @@ def build_initramfs(kernel: GuestKernel, dest: str, *, python: str, pythonpath: 
     cpio.file("bin/busybox", Path(busybox).read_bytes(), 0o755)
     cpio.symlink("bin/sh", "busybox")
     lines = []
-    for rel in module_closure(kernel.modules):
+    for rel in module_closure(kernel.modules) if kernel.modules else ():
         base = os.path.basename(rel).split(".ko")[0] + ".ko"
         cpio.file(f"modules/{base}", _read_module(os.path.join(kernel.modules, rel)))
         key = base[:-3].replace("-", "_")
