@@ -218,3 +218,19 @@ def test_a_kernel_with_everything_built_in_needs_no_modules(tmp_path):
                              busybox=str(bb)) == []
     with pytest.raises(q.OracleError, match="--modules needs --kernel-image"):
         q.find_kernel("6.12", modules=str(tmp_path))
+
+
+def test_a_kernel_panic_is_one_line_naming_it(monkeypatch, tmp_path):
+    _, mods = _fake_tree(tmp_path)
+    out = tmp_path / "out"
+    monkeypatch.setattr(q.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(q, "find_kernel", lambda spec, **kw: q.GuestKernel("r", "img", str(mods)))
+    monkeypatch.setattr(q, "build_initramfs", lambda *a, **kw: [])
+    log = tmp_path / "serial"
+    log.write_text("[ 0.05] Kernel panic - not syncing: IO-APIC + timer doesn't work!  "
+                   "Boot with apic=debug\n")
+    monkeypatch.setattr(q, "qemu_command", lambda *a, **kw: ["cat", str(log)])
+    run = q.run_oracle("6.1", str(out), timeout=20, nice=0)
+    assert run.rows == [] and run.failures == [
+        f"oracle: step boot failed: kernel panic: IO-APIC + timer doesn't work!  Boot with "
+        f"apic=debug (log: {out}/console.log)"]

@@ -215,11 +215,11 @@ class _Engine:
     VENDOR = "intel"
 
     def __init__(self, s: HostScenario, policy: Policy, huge: tuple[bool, ...],
-                 profile: KernelProfile = DEFAULT_PROFILE) -> None:
+                 profile: KernelProfile = DEFAULT_PROFILE, root_level: int = 4) -> None:
         self.s = s
         self.events: list = []
         self.kvm = Kvm(policy=policy, tracer=self.events.append, profile=profile,
-                       vendor=self.VENDOR)
+                       vendor=self.VENDOR, root_level=root_level)
         self.pt, sys_size = guest_page_tables(s)
         sys_backing = HostBacking(SYS_HVA, sys_size, PG_LEVEL_4K)     # TouchGuest: thp=False
         self.sys_slot = KvmMemorySlot(SYS_SLOT, SYS_GPA >> PAGE_SHIFT, sys_size >> PAGE_SHIFT,
@@ -262,8 +262,8 @@ class _Engine:
 
 class _ShadowEngine(_Engine):
     def __init__(self, s: HostScenario, policy: Policy, huge: tuple[bool, ...],
-                 profile: KernelProfile = DEFAULT_PROFILE) -> None:
-        super().__init__(s, policy, huge, profile)
+                 profile: KernelProfile = DEFAULT_PROFILE, root_level: int = 4) -> None:
+        super().__init__(s, policy, huge, profile, root_level)
         self.mmu = ShadowMmu(self.kvm, _guest_reader(self.pt, s), self.pt.cr3)
         self.mmu.manual_dirty_log_protect = s.manual_protect
 
@@ -293,8 +293,8 @@ class _TdpEngine(_Engine):
     VENDOR = "amd"       # kvm_amd with NPT: the only TDP MMU host measured (the oracle)
 
     def __init__(self, s: HostScenario, policy: Policy, huge: tuple[bool, ...],
-                 profile: KernelProfile = DEFAULT_PROFILE) -> None:
-        super().__init__(s, policy, huge, profile)
+                 profile: KernelProfile = DEFAULT_PROFILE, root_level: int = 4) -> None:
+        super().__init__(s, policy, huge, profile, root_level)
         self.vcpu = self.kvm.vcpus[0]
         self.read_guest = _guest_reader(self.pt, s)
         kvm_mmu_load(self.vcpu)
@@ -363,10 +363,12 @@ class _TdpEngine(_Engine):
 # --------------------------------------------------------------------------------------
 def run_model_scenario(s: HostScenario, kvm_params: Optional[Mapping[str, str]] = None,
                        host: Optional[HostResult] = None,
-                       profile: Optional[KernelProfile] = None) -> ModelResult:
+                       profile: Optional[KernelProfile] = None,
+                       root_level: int = 4) -> ModelResult:
     """Run *s* through the model chosen by *kvm_params* (default: ``host.kvm_params``,
     else the shadow MMU) with the host THP state of *host* (measured) or derived, under
-    *profile* (default: the one of ``host.kernel_release``, else the model's default)."""
+    *profile* (default: the one of ``host.kernel_release``, else the model's default), with
+    a *root_level* TDP root (4, or 5 for NPT under LA57)."""
     if profile is None:
         profile = kernel_profile(host.kernel_release) if host is not None else DEFAULT_PROFILE
     if kvm_params is None:
@@ -378,7 +380,7 @@ def run_model_scenario(s: HostScenario, kvm_params: Optional[Mapping[str, str]] 
         raise ValueError(f"{s.name}: memslot operations, NX recovery and INITIALLY_SET are "
                          f"modelled on the TDP MMU only")
     eng_cls = _TdpEngine if kind == TDP else _ShadowEngine
-    eng = eng_cls(s, model_policy(kvm_params), first, profile)
+    eng = eng_cls(s, model_policy(kvm_params), first, profile, root_level)
 
     # warm-up: the loop's first instructions (code page fetch, push/pop on the stack)
     code = SYS_GPA + CODE_OFFSET + ACCESS_KINDS.index(s.access) * TouchGuest.CODE_STRIDE

@@ -243,7 +243,8 @@ def check_row(run: OracleRunData, row: Mapping, scenario: HostScenario, *,
     params = row.get("kvm_params") or run.facts.get("kvm_params", {})
     host = host_result_from_dict(row, scenario, params, run.facts.get("kernel_release", ""))
     profile = profile or kernel_profile(host.kernel_release)
-    model: ModelResult = run_model_scenario(scenario, params, host, profile)
+    model: ModelResult = run_model_scenario(scenario, params, host, profile,
+                                            root_level=int(run.facts.get("npt_root_level", 4)))
     rc = RowCheck(row["name"], compare_results(host, model),
                   trace_overruns=int(row.get("trace_overruns", 0)))
     lines = run.trace_lines(row)

@@ -125,12 +125,22 @@ def _row_record(s: HostScenario, out: str) -> dict:
     return row
 
 
+def npt_root_level(cpuinfo: str = "/proc/cpuinfo") -> int:
+    """``get_npt_level``: the NPT walk is as long as the host's own (5 with LA57 paging,
+    i.e. when the CPU has la57: -cpu max; -cpu max,-la57 gives 4)."""
+    for line in _read(cpuinfo).splitlines():
+        if line.startswith("flags"):
+            return 5 if "la57" in line.split() else 4
+    return 4
+
+
 def run_rows(matrix: Sequence[HostScenario], out: str) -> int:
     """Run *matrix* into *out*; returns the number of rows that raised."""
     os.makedirs(os.path.join(out, "traces"), exist_ok=True)
     facts = host_facts()
     facts["cmdline"] = _read("/proc/cmdline").strip()
     facts["kvm_amd_params"] = read_module_params("kvm_amd")
+    facts["npt_root_level"] = npt_root_level()
     _write(os.path.join(out, "facts.json"), json.dumps(facts, indent=1, sort_keys=True) + "\n")
     bad = 0
     with open(os.path.join(out, "rows.jsonl"), "a") as f:
