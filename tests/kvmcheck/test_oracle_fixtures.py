@@ -76,7 +76,8 @@ def test_fixtures_hold_both_debian_kernels_with_at_least_25_rows():
 @pytest.mark.parametrize("release", KERNELS)
 def test_every_row_matches_on_stats_and_events_but_the_listed_gaps(release):
     _, rows = _checked(release)
-    gaps = KNOWN_GAPS.get(_series(_release(release)), {})
+    names = {r.name for r in rows}
+    gaps = {n: g for n, g in KNOWN_GAPS.get(_series(_release(release)), {}).items() if n in names}
     stats_bad = {r.name for r in rows if r.stats_match is False}
     events_bad = {r.name for r in rows if r.events_match is False}
     assert stats_bad == {n for n, (s, _e) in gaps.items() if s}, \
