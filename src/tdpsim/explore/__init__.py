@@ -2,7 +2,7 @@
 
 Runs the model's kernel paths as interleaved threads (greenlets) and lets a strategy pick who
 advances at every scheduling point of ``tdpsim.model.sched``: random walk, PCT, bounded DFS,
-source-DPOR with sleep sets, replay.  Failing schedules are shrunk, saved as JSON and
+optimal DPOR with wakeup trees (or source-DPOR), replay.  Failing schedules are shrunk, saved as JSON and
 replayed deterministically.  The engine never imports the CLI.
 """
 

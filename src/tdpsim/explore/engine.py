@@ -100,7 +100,7 @@ class ExecutionResult:
     decisions: list[int]  # chosen tid at every step with >= 2 runnable threads
     thread_names: list[str]
     pruned: bool = False  # the strategy stopped it early (e.g. DPOR sleep-set blocked)
-    events: list[tuple[int, frozenset]] = field(default_factory=list)  # (tid, footprint)
+    events: list[tuple[int, frozenset, str]] = field(default_factory=list)  # (tid, footprint, kind)
     trace: list[TraceStep] = field(default_factory=list)
     state_hash: str = ""
     trace_hash: str = ""
@@ -412,7 +412,7 @@ class Engine:
                 # make that enabling write dependent with this step.
                 fp.update((k, False) for k in t.wait_keys)
             fp = frozenset(fp)
-            self.events.append((tid, fp))
+            self.events.append((tid, fp, kind))
             self.info.last_footprint = fp
         self.info.last_tid = tid
         if self.record:

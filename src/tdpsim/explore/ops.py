@@ -64,12 +64,16 @@ class OpContext:
     srcu_readers: dict = field(default_factory=dict)  # vcpu -> generation at entry
     srcu_wait_gen: int = -1
 
+    # Footprints: a reader reads the generation and writes only its own slot, so two vCPUs'
+    # read sections commute with each other (as SRCU's per-CPU counters do) and only
+    # ``synchronize_srcu`` orders them.
     def srcu_read_lock(self, vcpu: int) -> None:
-        TRACKER.note(KEY_SRCU, True)
+        TRACKER.note(KEY_SRCU, False)
+        TRACKER.note(KEY_SRCU + (vcpu,), True)
         self.srcu_readers[vcpu] = self.srcu_gen
 
     def srcu_read_unlock(self, vcpu: int) -> None:
-        TRACKER.note(KEY_SRCU, True)
+        TRACKER.note(KEY_SRCU + (vcpu,), True)
         del self.srcu_readers[vcpu]
 
     def srcu_quiescent(self) -> bool:
@@ -77,9 +81,14 @@ class OpContext:
         return all(g > self.srcu_wait_gen for g in self.srcu_readers.values())
 
     def synchronize_srcu(self) -> None:
+        TRACKER.note(KEY_SRCU, True)
         self.srcu_wait_gen = self.srcu_gen
         self.srcu_gen += 1
-        while not self.srcu_quiescent():
+        while True:
+            for v in range(len(self.kvm.vcpus)):  # the wait reads every reader's slot
+                TRACKER.note(KEY_SRCU + (v,), False)
+            if self.srcu_quiescent():
+                return
             self.kvm.sched.point(WAIT_COND, KEY_SRCU, False)
 
 
