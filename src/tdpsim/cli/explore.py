@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..explore.campaign import STRATEGIES, CampaignSpec, run_campaign
+from ..explore.campaign import STRATEGIES, CampaignSpec, elapsed_rate, run_campaign
 from ..explore.engine import ExplorerError
 from ..explore.render import diagram, perfetto_json
 from ..explore.scenario import builtin_names, load_scenario, parse_param
@@ -60,8 +60,10 @@ def register(app: typer.Typer) -> None:
                                                   "policy.mirror_promotion=unpatched."),
         jobs: int = typer.Option(1, "--jobs", "-j", envvar=_ENV + "JOBS",
                                  help="Local worker processes."),
-        ray: Optional[str] = typer.Option(None, "--ray", envvar=_ENV + "RAY",
-                                          help="Run chunks on the Ray cluster at ADDRESS."),
+        ray: Optional[str] = typer.Option(None, "--ray-address", "--ray", envvar=_ENV + "RAY",
+                                          help="Run chunks on the Ray cluster at ADDRESS "
+                                          "(host:port, 'auto' = $RAY_ADDRESS or the running "
+                                          "cluster, 'local' = start one here)."),
         chunk: int = typer.Option(250, "--chunk", envvar=_ENV + "CHUNK",
                                   help="Executions per work unit / checkpoint."),
         checkpoint: Optional[Path] = typer.Option(None, "--checkpoint",
@@ -100,17 +102,19 @@ def register(app: typer.Typer) -> None:
                 task = bar.add_task("exploring", total=total, rate="-", states=0)
 
                 def on_chunk(state, _r) -> None:
-                    dt = time.perf_counter() - t0
                     bar.update(task, completed=state.executions,
-                               rate=f"{state.executions / dt:,.0f}" if dt else "-",
-                               states=len(state.states))
+                               rate=f"{elapsed_rate(state, t0):,.0f}", states=len(state.states))
 
                 state = run_campaign(spec, jobs=jobs, ray_address=ray,
                                      checkpoint=checkpoint, on_chunk=on_chunk)
             dt = time.perf_counter() - t0
-            console.print(f"{state.executions} executions, {state.steps} steps in {dt:.2f}s "
-                          f"({state.executions / dt if dt else 0:,.0f} exec/s, "
-                          f"{state.steps / dt if dt else 0:,.0f} steps/s); "
+            # Rates count only the executions this run performed, not restored ones.
+            restored = (f" ({state.restored[0]} restored from {checkpoint})"
+                        if state.restored[0] else "")
+            console.print(f"{state.executions} executions{restored}, {state.steps} steps; "
+                          f"{state.executions_run} run in {dt:.2f}s "
+                          f"({state.executions_run / dt if dt else 0:,.0f} exec/s, "
+                          f"{state.steps_run / dt if dt else 0:,.0f} steps/s); "
                           f"{len(state.states)} distinct final states, {len(state.traces)} "
                           f"distinct traces" + (f", {state.pruned} pruned" if state.pruned
                                                 else ""), highlight=False)

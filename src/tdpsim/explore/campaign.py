@@ -4,10 +4,17 @@ or repeating work.
 
 Random and PCT campaigns are split by execution index (execution i always uses the stream
 ``(seed, i)``), so chunk [a, b) gives the same executions on any worker.  DFS is split by its
-first decision (one chunk per thread that can run first); DPOR runs as one chunk.  A
-checkpoint is JSON written with an atomic rename: the finished chunk ids, the totals and the
-first failure found.  Workers share nothing; each rebuilds the scenario from its name and
-parameters.
+first decision (one chunk per thread that can run first).  DPOR is split into the subtrees
+of its first ``split_depth`` steps: at those levels every runnable thread that is not asleep
+is a branch (explored in thread order, each explored one then sleeping for its later
+siblings, as the serial algorithm does at any node), and below them each subtree is explored
+by optimal DPOR on its own (``DporScheduler(prefix=...)``).  A subtree needs only its prefix
+and the footprints of its earlier siblings' first events, which it measures with a few
+one-step probe runs (not counted as executions), so every chunk is a pure function of
+(spec, chunk) and a campaign gives the same executions, states and failures serially, with
+``jobs`` or on Ray.  A checkpoint is JSON written with an atomic rename: the finished chunk
+ids, the totals and the first failure found.  Workers share nothing; each rebuilds the
+scenario from its name and parameters.
 """
 
 from __future__ import annotations
@@ -18,13 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from .engine import ExplorerError
+import itertools
+
+from .engine import Engine, ExplorerError, Scheduler, StepInfo
 from .runner import explore
-from .scenario import load_scenario
+from .scenario import Scenario, load_scenario
 from .schedule import Schedule, atomic_write
 from .strategies import (
     DfsScheduler, DporScheduler, PctScheduler, RandomScheduler,
 )
+from .strategies.dpor import dependent, normalise
 
 STRATEGIES = ("random", "pct", "dfs", "dpor")
 
@@ -40,6 +50,7 @@ class CampaignSpec:
     preemption_bound: Optional[int] = 2
     chunk: int = 250
     stop_on_failure: bool = True
+    split_depth: int = 2  # DPOR: subtrees of the first split_depth steps are the chunks
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -47,6 +58,8 @@ class CampaignSpec:
                                 f"{', '.join(STRATEGIES)}")
         if self.executions <= 0 or self.chunk <= 0:
             raise ExplorerError("executions and chunk must be positive")
+        if self.split_depth < 0:
+            raise ExplorerError("split_depth must be >= 0")
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -55,10 +68,11 @@ class CampaignSpec:
         if self.strategy in ("random", "pct"):
             return [("range", a, min(a + self.chunk, self.executions))
                     for a in range(0, self.executions, self.chunk)]
+        n = len(load_scenario(self.scenario, self.params).threads)
         if self.strategy == "dfs":
-            n = len(load_scenario(self.scenario, self.params).threads)
             return [("first", tid) for tid in range(n)]
-        return [("all",)]
+        # Subtrees that do not exist (a thread that cannot run, or sleeps) are empty chunks.
+        return [("prefix",) + p for p in itertools.product(range(n), repeat=self.split_depth)]
 
 
 @dataclass
@@ -72,6 +86,65 @@ class ChunkResult:
     traces: list[str]
     exhausted: bool
     failure: Optional[dict[str, Any]] = None  # schedule JSON of the first failure
+    failures: list[str] = field(default_factory=list)  # distinct failures, sorted
+
+
+class _Probe(Scheduler):
+    """Follow ``path`` and stop one step after it: the runnable threads at every level and
+    the footprint of every step taken."""
+
+    needs_footprints = True
+
+    def __init__(self, path: tuple[int, ...]) -> None:
+        self.path = path
+        self.runnable: list[list[int]] = []
+
+    def new_execution(self) -> bool:
+        return True
+
+    def choose(self, runnable, info: StepInfo):
+        d = len(self.runnable)
+        self.runnable.append(list(runnable))
+        if d < len(self.path) and self.path[d] in runnable:
+            return self.path[d]
+        return None
+
+
+def _probe(sc: Scenario, path: tuple[int, ...]) -> Optional[tuple[list, list]]:
+    """(runnable at each level 0..len(path), footprints of the path's steps), or None when
+    the path cannot be followed."""
+    probe = _Probe(path)
+    res = Engine(sc.build(), probe, max_steps=sc.max_steps).run()
+    if len(res.events) < len(path):
+        return None
+    return probe.runnable, [fp for _, fp, _ in res.events]
+
+
+def dpor_subtree(sc: Scenario, prefix: tuple[int, ...], max_executions: int
+                 ) -> Optional[DporScheduler]:
+    """The DPOR scheduler for one subtree of the split, or None when the serial
+    exploration has no such subtree."""
+    got = _probe(sc, prefix)
+    if got is None:
+        return None
+    runnable, fps = got
+    memo: dict = {}
+    sleeps: list[dict] = []
+    sleep: dict = {}
+    for d, t in enumerate(prefix):
+        if d:
+            last = normalise(fps[d - 1], memo)[0]
+            sleep = {q: fp for q, fp in sleep.items() if not dependent(fp, last)}
+        if t in sleep:
+            return None  # covered by an earlier sibling's subtree
+        sleep = dict(sleep)
+        for q in runnable[d]:
+            if q < t and q not in sleep:
+                sib = _probe(sc, prefix[:d] + (q,))
+                assert sib is not None
+                sleep[q] = normalise(sib[1][d], memo)[0]
+        sleeps.append(sleep)
+    return DporScheduler(max_executions, prefix=prefix, prefix_sleep=sleeps)
 
 
 def run_chunk(spec: CampaignSpec, chunk: tuple) -> ChunkResult:
@@ -87,7 +160,9 @@ def run_chunk(spec: CampaignSpec, chunk: tuple) -> ChunkResult:
         sched = DfsScheduler(spec.preemption_bound, max_executions=spec.executions,
                              prefix=[chunk[1]])
     else:
-        sched = DporScheduler(max_executions=spec.executions)
+        sched = dpor_subtree(sc, tuple(chunk[1:]), spec.executions)
+        if sched is None:
+            return ChunkResult(chunk, 0, 0, 0, 0.0, [], [], True)
     rep = explore(sc, sched, stop_on_failure=spec.stop_on_failure)
     failure = None
     if rep.failure is not None:
@@ -96,7 +171,8 @@ def run_chunk(spec: CampaignSpec, chunk: tuple) -> ChunkResult:
                                                   execution=rep.failure_index).to_json())
     exhausted = rep.exhausted if chunk[0] != "range" else True
     return ChunkResult(chunk, rep.executions, rep.steps, rep.pruned, rep.seconds,
-                       sorted(rep.states), sorted(rep.traces), exhausted, failure)
+                       sorted(rep.states), sorted(rep.traces), exhausted, failure,
+                       sorted(rep.failures))
 
 
 def _run_chunk_args(args: tuple) -> ChunkResult:
@@ -117,6 +193,18 @@ class CampaignState:
     traces: set = field(default_factory=set)
     exhausted: bool = True
     failure: Optional[dict[str, Any]] = None
+    failures: set = field(default_factory=set)
+    # Executions restored from the checkpoint this run resumed (not persisted): the rate
+    # of a resumed campaign counts only what it ran itself.
+    restored: tuple[int, int] = (0, 0)  # (executions, steps)
+
+    @property
+    def executions_run(self) -> int:
+        return self.executions - self.restored[0]
+
+    @property
+    def steps_run(self) -> int:
+        return self.steps - self.restored[1]
 
     def merge(self, r: ChunkResult) -> None:
         self.done.append(list(r.chunk))
@@ -127,13 +215,16 @@ class CampaignState:
         self.states.update(r.states)
         self.traces.update(r.traces)
         self.exhausted &= r.exhausted
+        self.failures.update(r.failures)
         if r.failure is not None and self.failure is None:
             self.failure = r.failure
 
     def to_json(self) -> str:
         d = dict(self.__dict__)
+        del d["restored"]
         d["states"] = sorted(self.states)
         d["traces"] = sorted(self.traces)
+        d["failures"] = sorted(self.failures)
         return json.dumps(d, sort_keys=True) + "\n"
 
     @classmethod
@@ -150,6 +241,8 @@ class CampaignState:
                   "failure"):
             setattr(st, k, d[k])
         st.states, st.traces = set(d["states"]), set(d["traces"])
+        st.failures = set(d.get("failures", ()))
+        st.restored = (st.executions, st.steps)
         return st
 
 
@@ -180,7 +273,7 @@ def _execute(spec: CampaignSpec, chunks: list[tuple], jobs: int,
     if not chunks:
         return
     if ray_address is not None:
-        yield from _execute_ray(spec, chunks, ray_address)
+        yield from _execute_ray(spec, chunks, ray_address, jobs)
         return
     if jobs <= 1:
         for c in chunks:
@@ -195,14 +288,32 @@ def _execute(spec: CampaignSpec, chunks: list[tuple], jobs: int,
             yield r
 
 
-def _execute_ray(spec: CampaignSpec, chunks: list[tuple], address: str
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not minutes, when a host:port cluster address does not answer
+    (``ray.init`` keeps retrying an unreachable GCS)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or address.startswith("ray://"):
+        return
+    import socket
+
+    try:
+        socket.create_connection((host or "localhost", int(port)), timeout=5).close()
+    except OSError as e:
+        raise ExplorerError(f"cannot reach the Ray cluster at {address}: {e}") from None
+
+
+def _execute_ray(spec: CampaignSpec, chunks: list[tuple], address: str, jobs: int = 1
                  ) -> Iterable[ChunkResult]:
     try:
         import ray  # type: ignore[import-not-found]
     except ImportError:
         raise ExplorerError("--ray needs the optional 'ray' package: pip install "
                             "'tdpsim[ray]' (or run locally with --jobs N)") from None
-    ray.init(address=address, ignore_reinit_error=True)
+    _check_reachable(address)
+    if address == "local":  # a throwaway cluster on this machine, one worker per --jobs
+        ray.init(num_cpus=jobs if jobs > 1 else None, ignore_reinit_error=True)
+    else:
+        ray.init(address=address, ignore_reinit_error=True)
     remote = ray.remote(run_chunk)
     refs = [remote.remote(spec, c) for c in chunks]
     for ref in refs:  # in chunk order, like the local pool
@@ -210,5 +321,7 @@ def _execute_ray(spec: CampaignSpec, chunks: list[tuple], address: str
 
 
 def elapsed_rate(state: CampaignState, t0: float) -> float:
+    """Executions per second of wall time since t0, counting only the executions this run
+    performed (not those restored from a checkpoint)."""
     dt = time.perf_counter() - t0
-    return state.executions / dt if dt > 0 else 0.0
+    return state.executions_run / dt if dt > 0 else 0.0

@@ -30,6 +30,7 @@ class ExploreReport:
     traces: set = field(default_factory=set)
     failure: Optional[ExecutionResult] = None
     failure_index: int = -1
+    failures: set = field(default_factory=set)  # distinct "KIND: message" of every failure
     exhausted: bool = False
     seconds: float = 0.0
 
@@ -57,6 +58,8 @@ def explore(scenario: Scenario, scheduler: Scheduler, *, stop_on_failure: bool =
         else:
             report.states.add(result.state_hash)
         report.traces.add(result.trace_hash)
+        if result.failure is not None:
+            report.failures.add(f"{result.failure.kind}: {result.failure.message}")
         if result.failure is not None and report.failure is None:
             report.failure = result
             report.failure_index = report.executions - 1

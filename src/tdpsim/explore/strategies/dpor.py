@@ -30,9 +30,13 @@ forbids) is dropped: such a race is not reversible.  A state where every runnabl
 sleeps prunes the execution (never on programs without blocking; races are still analysed on
 the prefix so nothing it would have revealed is lost).
 
-Splitting (``prefix``): the first ``len(prefix)`` steps are fixed to the given threads, each
-with a given sleep set, and this instance only explores that subtree; races that would insert
-above it belong to other subtrees and are ignored.  ``campaign.py`` builds the subtrees.
+Splitting.  With ``eager_depth = k`` the first k steps branch on every runnable thread that is
+not asleep (in thread order) instead of only where races demand; races at those levels are
+then covered by a branch or a sleeping thread, so they are ignored.  This costs a few
+sleep-blocked executions (empty subtrees) and makes each subtree below level k depend only
+on its prefix and the sleep sets along it.  ``prefix`` fixes the first steps to the given
+threads with the given sleep sets, so one instance explores exactly one such subtree;
+``campaign.py`` runs them as chunks and the union is the ``eager_depth = k`` run.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ class _Node:
         self.sleep = sleep
 
 
-def _normalise(fp: frozenset, memo: dict) -> tuple[frozenset, Optional[tuple]]:
+def normalise(fp: frozenset, memo: dict) -> tuple[frozenset, Optional[tuple]]:
     """A release reads as an access of its lock; returns (footprint, released lock)."""
     r = memo.get(fp)
     if r is None:
@@ -94,10 +98,13 @@ class DporScheduler(Scheduler):
     needs_footprints = True
 
     def __init__(self, max_executions: int = 100000, *, wakeup_trees: bool = True,
-                 prefix: Sequence[int] = (),
+                 eager_depth: int = 0, prefix: Sequence[int] = (),
                  prefix_sleep: Sequence[dict[int, frozenset]] = ()) -> None:
         self.max_executions = max_executions
         self.optimal = wakeup_trees
+        # The first eager_depth steps branch on every runnable thread that is not asleep:
+        # exactly the subtrees a split campaign runs as separate chunks.
+        self.eager = eager_depth
         self.prefix = list(prefix)
         self.prefix_sleep = [dict(s) for s in prefix_sleep] or [{} for _ in self.prefix]
         self.root = _WNode(-1, None)
@@ -128,7 +135,7 @@ class DporScheduler(Scheduler):
         if d > 0:
             cur = stack[d - 1].cur
             if cur.fp is None:
-                cur.fp = _normalise(info.last_footprint, self._memo)[0]
+                cur.fp = normalise(info.last_footprint, self._memo)[0]
         self.depth = d + 1
         if d < len(stack):
             node = stack[d]
@@ -162,6 +169,8 @@ class DporScheduler(Scheduler):
             sleep = {q: fp for q, fp in parent.sleep.items() if not dependent(fp, last)}
         node = _Node(wut, wut, sleep)
         stack.append(node)
+        if d < self.eager and not wut.children:
+            wut.children.extend(_WNode(r, None) for r in runnable if r not in sleep)
         t = self._pick(node, runnable)
         if t is not None:
             return t
@@ -192,7 +201,7 @@ class DporScheduler(Scheduler):
         n = len(events)
         stack = self.stack
         if n and n <= len(stack) and stack[n - 1].cur.fp is None:
-            stack[n - 1].cur.fp = _normalise(events[-1][1], self._memo)[0]
+            stack[n - 1].cur.fp = normalise(events[-1][1], self._memo)[0]
         del stack[n:]
         self._races(events, len(result.thread_names))
 
@@ -218,7 +227,7 @@ class DporScheduler(Scheduler):
     def _races(self, events: list[tuple[int, frozenset, str]], nthreads: int) -> None:
         memo = self._memo
         fresh = self.fresh
-        low = len(self.prefix)
+        low = max(len(self.prefix), self.eager)  # no insertion above the split
         vcs: list[list[int]] = []
         norm: list[frozenset] = []
         released: list[Optional[tuple]] = []
@@ -229,7 +238,7 @@ class DporScheduler(Scheduler):
         writes: dict = {}  # key -> [(step, tid)]
         attempt: dict[int, dict] = {}  # tid -> data key -> first step of this retry attempt
         for j, (p, raw, kind) in enumerate(events):
-            fp, rel = _normalise(raw, memo)
+            fp, rel = normalise(raw, memo)
             norm.append(fp)
             released.append(rel)
             waited = None
