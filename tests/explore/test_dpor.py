@@ -1,11 +1,9 @@
 """Optimal DPOR explores exactly one execution per Mazurkiewicz trace.
 
-The programs here are small enough to count their traces by hand; each thread is a list of
-accesses to named variables, one scheduling point each, run by the real engine on a real VM.
-Every execution's *trace signature* (per variable: the order of its writes and, for every
-read, how many writes came before it) identifies its Mazurkiewicz trace, so "one execution
-per trace" means: as many executions as distinct signatures, and that number equals the
-count derived by hand."""
+The programs (``tdpsim.explore.programs``) are small enough to count their traces by hand.
+Every execution's trace signature identifies its Mazurkiewicz trace, so "one execution per
+trace" means: as many executions as distinct signatures, and that number equals the count
+derived by hand."""
 
 from __future__ import annotations
 
@@ -14,45 +12,8 @@ from math import factorial
 import pytest
 
 from tdpsim.explore import DfsScheduler, DporScheduler
-from tdpsim.explore.engine import Engine, World
-from tdpsim.model import sched as S
-from tdpsim.model.policy import Policy
-from tdpsim.model.vmm import VmConfig, create_vm
-
-
-def _world(program: list[list[tuple]], log: dict) -> World:
-    """``program[t]`` is thread t's accesses: ("r"|"w", var) or ("lock"|"unlock", mode)."""
-    kvm = create_vm(VmConfig(), Policy())
-    lock = kvm.mmu_lock
-
-    def body(tid: int, ops: list[tuple]):
-        def run() -> None:
-            for op, arg in ops:
-                if op == "lock":
-                    lock.write_lock() if arg == "w" else lock.read_lock()
-                elif op == "unlock":
-                    lock.write_unlock() if arg == "w" else lock.read_unlock()
-                else:
-                    kvm.sched.point(S.TDCALL, ("var", arg), op == "w")
-                    log.setdefault(arg, []).append((tid, op))
-        return run
-
-    threads = [(f"t{i}", body(i, ops)) for i, ops in enumerate(program)]
-    return World(kvm=kvm, threads=threads, locks={lock.key: lock})
-
-
-def _signature(log: dict) -> tuple:
-    sig = []
-    for var in sorted(log):
-        writes, reads, seen = [], [], 0
-        for tid, op in log[var]:
-            if op == "w":
-                writes.append(tid)
-                seen += 1
-            else:
-                reads.append((tid, seen))
-        sig.append((var, tuple(writes), tuple(sorted(reads))))
-    return tuple(sig)
+from tdpsim.explore.engine import Engine
+from tdpsim.explore.programs import program_world, trace_signature
 
 
 def _explore(program, sched) -> tuple[int, set, int]:
@@ -60,12 +21,12 @@ def _explore(program, sched) -> tuple[int, set, int]:
     n = 0
     while sched.new_execution():
         log: dict = {}
-        res = Engine(_world(program, log), sched).run()
+        res = Engine(program_world(program, log), sched).run()
         sched.done(res)
         assert res.failure is None, res.failure
         n += 1
         if not res.pruned:
-            sigs.add(_signature(log))
+            sigs.add(trace_signature(log))
     return n, sigs, getattr(sched, "pruned", 0)
 
 

@@ -26,6 +26,8 @@ which is all it is used for (workers each take their own).
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import io
 import pickle
 import types
@@ -58,7 +60,44 @@ def _importable(fn: types.FunctionType) -> bool:
     return fn.__closure__ is None and "<" not in fn.__qualname__
 
 
+_ATOMS = (int, float, str, bytes, bool, type(None), enum.Enum)
+
+
+def _immutable(v: Any) -> bool:
+    """Can ``v`` be shared by every restore: built of atoms, tuples, frozensets and frozen
+    dataclasses of those only (nothing any code could mutate)."""
+    if isinstance(v, _ATOMS):
+        return True
+    if type(v) in (tuple, frozenset):
+        return all(_immutable(x) for x in v)
+    params = getattr(type(v), "__dataclass_params__", None)
+    if params is None or not params.frozen:
+        return False
+    return all(_immutable(getattr(v, f.name)) for f in dataclasses.fields(v))
+
+
 class _Pickler(pickle.Pickler):
+    """Closures by value (see the module docstring); frozen dataclass values (SPTE roles,
+    policies, configs) by reference: they cannot change, so every restore shares them
+    instead of rebuilding them (``dataclasses``' unpickling of frozen slotted classes is the
+    costliest part of a restore)."""
+
+    def __init__(self, buf: io.BytesIO, shared: list) -> None:
+        super().__init__(buf, protocol=pickle.HIGHEST_PROTOCOL)
+        self.shared = shared
+        self._shared_ids: dict[int, int] = {}
+
+    def persistent_id(self, obj: Any) -> Any:
+        if getattr(type(obj), "__dataclass_params__", None) is None:
+            return None
+        i = self._shared_ids.get(id(obj))
+        if i is None:
+            if not _immutable(obj):
+                return None
+            i = self._shared_ids[id(obj)] = len(self.shared)
+            self.shared.append(obj)
+        return i
+
     def reducer_override(self, obj: Any) -> Any:
         t = type(obj)
         if t is types.CellType:
@@ -84,12 +123,15 @@ class _Pickler(pickle.Pickler):
 class Snapshot:
     """A pickled object graph; ``restore()`` returns a fresh, fully independent copy."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "shared")
 
     def __init__(self, root: Any) -> None:
         buf = io.BytesIO()
-        _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(root)
+        self.shared: list = []
+        _Pickler(buf, self.shared).dump(root)
         self.data = buf.getvalue()
 
     def restore(self) -> Any:
-        return pickle.loads(self.data)
+        u = pickle.Unpickler(io.BytesIO(self.data))
+        u.persistent_load = self.shared.__getitem__
+        return u.load()
