@@ -9,8 +9,9 @@ no assertions).
    executions/s beside the PyPI ``frontrun`` DPOR engine (if installed) on the same program,
    ratios from this run.
 2. Every built-in scenario: optimal DPOR, the split (eager_depth=2) DPOR campaigns run,
-   source-DPOR, DFS at preemption bounds 1 and 2; each run capped at --cap seconds (a capped
-   run says so: its count is then a lower bound).
+   source-DPOR, DFS at preemption bounds 1 and 2, and bounded DPOR at bounds 1 and 2 with
+   the final states it reaches against DFS's at the same bound; each run capped at --cap
+   seconds (a capped run says so: its count is then a lower bound).
 3. seed_promotion as a DPOR campaign: serial, --jobs 2, and (with --ray) a local Ray
    cluster with 1 and 2 workers: wall time, speed-up, and whether executions, states,
    traces and failures are identical to the serial run.
@@ -113,7 +114,8 @@ def _cell(rep) -> str:
 def builtins(cap: float) -> None:
     print(f"== built-in scenarios, executions to exhaust (cap {cap:.0f} s per run) ==")
     print(f"  {'scenario':15s} {'DPOR':>8s} {'pruned':>6s} {'split2':>8s} {'source':>10s} "
-          f"{'DFS pb=1':>14s} {'DFS pb=2':>14s}  DPOR/DFS2")
+          f"{'DFS pb=1':>14s} {'DFS pb=2':>14s}  {'DFS2/DPOR':12s} {'bDPOR1':>7s} "
+          f"{'bDPOR2':>7s} states(bDPOR/DFS at 1, 2)")
     for name in builtin_names():
         sc = load_scenario(name, {})
         reps = {}
@@ -121,14 +123,19 @@ def builtins(cap: float) -> None:
                              ("split", DporScheduler(10**6, eager_depth=2)),
                              ("source", DporScheduler(10**6, wakeup_trees=False)),
                              ("dfs1", DfsScheduler(1, 10**6)),
-                             ("dfs2", DfsScheduler(2, 10**6))):
+                             ("dfs2", DfsScheduler(2, 10**6)),
+                             ("bdpor1", DporScheduler(10**6, preemption_bound=1)),
+                             ("bdpor2", DporScheduler(10**6, preemption_bound=2))):
             reps[label] = explore(sc, sched, time_limit=cap)
         d, f2 = reps["dpor"], reps["dfs2"]
         ratio = f"x{f2.executions / d.executions:.1f}" + ("" if d.exhausted and f2.exhausted
                                                           else " (bound)")
+        b1, b2 = reps["bdpor1"], reps["bdpor2"]
         print(f"  {name:15s} {_cell(d):>8s} {d.pruned:6d} {_cell(reps['split']):>8s} "
               f"{_cell(reps['source']):>10s} {_cell(reps['dfs1']):>14s} "
-              f"{_cell(f2):>14s}  {ratio}", flush=True)
+              f"{_cell(f2):>14s}  {ratio:12s} {_cell(b1):>7s} {_cell(b2):>7s} "
+              f"{len(b1.states)}/{len(reps['dfs1'].states)} {len(b2.states)}/{len(f2.states)}",
+              flush=True)
 
 
 def _same(a, b) -> bool:

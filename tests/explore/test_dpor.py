@@ -79,3 +79,15 @@ def test_unbounded_dfs_sees_the_same_traces():
     _, dfs, _ = _explore(program, DfsScheduler(None))
     _, dpor, _ = _explore(program, DporScheduler())
     assert dfs == dpor and len(dpor) == traces
+
+
+def test_bounded_dpor_never_runs_more_than_bounded_dfs():
+    from tdpsim.explore import explore, load_scenario
+    sc = load_scenario("seed_2vcpu", {})
+    got = []
+    for b in (0, 1, 2):
+        dpor = explore(sc, DporScheduler(preemption_bound=b))
+        dfs = explore(sc, DfsScheduler(preemption_bound=b))
+        assert dpor.exhausted and dfs.exhausted and dpor.states == dfs.states
+        got.append((dpor.executions, dpor.pruned, dfs.executions))
+    assert got == [(2, 1, 2), (6, 2, 30), (9, 2, 406)]

@@ -46,9 +46,6 @@ from typing import Optional, Sequence
 from ..engine import _NOT_DATA, ExecutionResult, Scheduler, StepInfo
 from ..ops import RETRY_WAIT
 
-Footprint = frozenset
-
-
 def dependent(a: frozenset, b: frozenset) -> bool:
     for k, w in a:
         if (k, True) in b or (w and (k, False) in b):
@@ -99,9 +96,21 @@ class DporScheduler(Scheduler):
 
     def __init__(self, max_executions: int = 100000, *, wakeup_trees: bool = True,
                  eager_depth: int = 0, prefix: Sequence[int] = (),
-                 prefix_sleep: Sequence[dict[int, frozenset]] = ()) -> None:
+                 prefix_sleep: Sequence[dict[int, frozenset]] = (),
+                 preemption_bound: Optional[int] = None) -> None:
         self.max_executions = max_executions
         self.optimal = wakeup_trees
+        # Bounded DPOR: never take a branch that would switch away from a runnable thread
+        # more than this many times in one execution (like DFS's bound).  Each execution
+        # is then a distinct trace with at most that many preemptions, so there are never
+        # more of them than bounded DFS runs.  Coverage is weaker than DFS's at the same
+        # bound: bounding prunes branches DPOR relies on to reach other traces (Coons,
+        # Musuvathi, McKinley, OOPSLA 2013), e.g. seed_promotion at bound 0 reaches 1 of the
+        # 2 final states DFS reaches.  A quick search, not a proof; unbounded is the default.
+        self.bound = preemption_bound
+        self.preempts = 0
+        self._cur = -1
+        self._can_preempt = True
         # The first eager_depth steps branch on every runnable thread that is not asleep:
         # exactly the subtrees a split campaign runs as separate chunks.
         self.eager = eager_depth
@@ -127,9 +136,21 @@ class DporScheduler(Scheduler):
         self.started = True
         self.executions += 1
         self.depth = 0
+        self.preempts = 0
         return True
 
+    def _allowed(self, t: int, runnable: Sequence[int]) -> bool:
+        return t == self._cur or self._can_preempt or self._cur not in runnable
+
     def choose(self, runnable: Sequence[int], info: StepInfo) -> Optional[int]:
+        self._cur = c = info.current
+        self._can_preempt = self.bound is None or self.preempts < self.bound
+        t = self._choose(runnable, info)
+        if t is not None and t != c and c in runnable:
+            self.preempts += 1
+        return t
+
+    def _choose(self, runnable: Sequence[int], info: StepInfo) -> Optional[int]:
         d = self.depth
         stack = self.stack
         if d > 0:
@@ -139,7 +160,7 @@ class DporScheduler(Scheduler):
         self.depth = d + 1
         if d < len(stack):
             node = stack[d]
-            if node.cur.tid in runnable:
+            if node.cur.tid in runnable and self._allowed(node.cur.tid, runnable):
                 return node.cur.tid
             if d < len(stack) - 1:  # nondeterminism: should never happen
                 raise RuntimeError(f"DPOR replay diverged at step {d}")
@@ -175,11 +196,11 @@ class DporScheduler(Scheduler):
         if t is not None:
             return t
         # A leaf (or only branches that cannot run): continue freely.
-        cands = [r for r in runnable if r not in sleep]
+        cands = [r for r in runnable if r not in sleep and self._allowed(r, runnable)]
         if not cands:
             stack.pop()
             self.pruned += 1
-            return None  # sleep-set blocked: every continuation is covered elsewhere
+            return None  # sleep-set (or bound) blocked: continuations are covered elsewhere
         c = info.current
         node.cur = _WNode(c if c in cands else cands[0], None)
         wut.children.append(node.cur)
@@ -189,7 +210,8 @@ class DporScheduler(Scheduler):
         """Follow the leftmost branch whose thread can run here; drop those that cannot
         (their race was not reversible)."""
         ch = node.wut.children
-        while ch and (ch[0].tid not in runnable or ch[0].tid in node.sleep):
+        while ch and (ch[0].tid not in runnable or ch[0].tid in node.sleep
+                      or not self._allowed(ch[0].tid, runnable)):
             ch.pop(0)
         if not ch:
             return None
