@@ -90,4 +90,4 @@ def test_bounded_dpor_never_runs_more_than_bounded_dfs():
         dfs = explore(sc, DfsScheduler(preemption_bound=b))
         assert dpor.exhausted and dfs.exhausted and dpor.states == dfs.states
         got.append((dpor.executions, dpor.pruned, dfs.executions))
-    assert got == [(2, 1, 2), (6, 2, 30), (9, 2, 406)]
+    assert got == [(2, 1, 2), (6, 2, 38), (9, 2, 670)]
