@@ -21,24 +21,19 @@ from tdpsim.kvmcheck.oracle import check_run
 DATA = Path(__file__).parent / "data" / "oracle"
 KERNELS = sorted(p.name for p in DATA.iterdir() if (p / "rows.jsonl").exists()) if DATA.exists() else []
 
-_INIT_SET = ("KVM_DIRTY_LOG_INITIALLY_SET: kvm_mmu_slot_apply_flags returns early "
-             "(kvm_dirty_log_manual_protect_and_init_set) and KVM_CLEAR_DIRTY_LOG splits / "
-             "write-protects per mask (kvm_arch_mmu_enable_log_dirty_pt_masked); the model "
-             "has no INITIALLY_SET")
 _FAST_EXEC = ("page_fault_can_be_fast: a fault on a present SPTE is fast only for a write; "
               "the model runs fast_page_fault for the exec fault on the NX 2M leaf")
 _D_BIT = ("make_spte: the exec fault's 4K leaf has no D bit (not a write), so it replaces "
           "the split child and counts as fixed; the model's leaf equals the child (spurious)")
 #: row -> (stats gap, events gap) per kernel series: the kernel behaviour the model lacks.
 #: (dirty-log-disable-again and dirty-log-no-eager-split-disable match since the 6.1/6.12
-#: profiles zap collapsible SPTEs and refault, KernelProfile.recover_huge_pages_in_place.)
+#: profiles zap collapsible SPTEs and refault, KernelProfile.recover_huge_pages_in_place;
+#: dirty-log-initially-set since the model has KVM_DIRTY_LOG_INITIALLY_SET.)
 KNOWN_GAPS: dict[str, dict[str, tuple]] = {
     "6.1": {
-        "dirty-log-initially-set": (_INIT_SET, _INIT_SET),
         "nx-force-read-then-exec": (None, _FAST_EXEC),
     },
     "6.12": {
-        "dirty-log-initially-set": (_INIT_SET, _INIT_SET),
         "nx-force-read-then-exec": (_D_BIT, _FAST_EXEC),
     },
 }

@@ -37,7 +37,7 @@ from ..model.profile import DEFAULT_PROFILE, PROFILES, KernelProfile
 from ..model.shadow_mmu import ShadowMmu
 from ..model.svm import npt_access
 from ..model.spte import PAGE_SHIFT, PG_LEVEL_2M, PG_LEVEL_4K, SpteMasks
-from ..model.dirty_log import (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+from ..model.dirty_log import (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_INITIALLY_SET,
                                KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, kvm_dirty_bitmap_bytes)
 from ..model.ioctl import (kvm_vm_ioctl_clear_dirty_log, kvm_vm_ioctl_enable_cap,
                            kvm_vm_ioctl_get_dirty_log)
@@ -300,7 +300,8 @@ class _TdpEngine(_Engine):
         kvm_mmu_load(self.vcpu)
         if s.manual_protect:
             kvm_vm_ioctl_enable_cap(self.kvm, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
-                                    KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)
+                                    KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE
+                                    | (KVM_DIRTY_LOG_INITIALLY_SET if s.initially_set else 0))
 
     def access(self, addr: int, kind: str) -> None:
         for entry in guest_walk(self.read_guest, self.pt.cr3, addr)[:-1]:
