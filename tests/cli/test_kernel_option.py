@@ -37,7 +37,7 @@ def test_unknown_vendor():
 
 def test_fault_on_a_6_1_npt_5_level_host():
     result = runner.invoke(app, ["fault", "0x10", "--kernel", "6.1", "--vendor", "amd",
-                                 "--root-level", "5"])
+                                 "--root-level", "5"], env={"COLUMNS": "140"})  # no folding
     assert result.exit_code == 0, result.stderr
     out = result.stdout
     assert "direct root l5" in out

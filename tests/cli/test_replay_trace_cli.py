@@ -9,7 +9,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tdpsim.cli.replay_trace import EXPORT_COLUMNS, export_events, register
+from tdpsim.cli.replay_trace import register
+from tdpsim.cli.trace_output import EXPORT_COLUMNS, export_events
 
 GOLDEN = Path(__file__).parents[1] / "trace" / "golden"
 

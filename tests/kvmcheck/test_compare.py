@@ -226,7 +226,7 @@ def test_cli_without_kvm_says_why_and_exits_2():
     assert res.exit_code == 2
     assert res.exception is None or isinstance(res.exception, SystemExit)
     out = res.output.strip().splitlines()
-    assert len(out) == 1 and out[0].startswith("kvm-check: KVM is not available")
+    assert len(out) == 1 and out[0].startswith("error: kvm-check: KVM is not available")
     assert "Traceback" not in res.output
 
 
@@ -237,9 +237,9 @@ def test_cli_unknown_scenario_exits_2():
 
 def test_cli_table_from_recorded_rows(monkeypatch, recorded):
     rows = list(_rows(recorded).values())
-    monkeypatch.setattr(cli, "run_kvm_check", lambda matrix, **kw: [r for r in rows if r.name in
+    monkeypatch.setattr("tdpsim.kvmcheck.compare.run_kvm_check", lambda matrix, **kw: [r for r in rows if r.name in
                                                                     {s.name for s in matrix}])
-    monkeypatch.setattr(cli, "host_facts", lambda: {
+    monkeypatch.setattr("tdpsim.kvmcheck.host_matrix.host_facts", lambda: {
         "kernel_release": "6.18", "vendor_modules": ("kvm_pvm",),
         "kvm_params": {"tdp_mmu": "N", "nx_huge_pages": "N", "eager_page_split": "Y"}})
     res = CliRunner().invoke(_app(), ["kvm-check"], env={"COLUMNS": "160"})
@@ -257,8 +257,8 @@ def test_cli_table_from_recorded_rows(monkeypatch, recorded):
 def test_cli_mismatch_exits_1(monkeypatch, recorded):
     rows = list(_rows(recorded).values())
     bad = replace(rows[0], mismatches=("touch: pages 1 x 4K != model 8 x 2M",))
-    monkeypatch.setattr(cli, "run_kvm_check", lambda matrix, **kw: [bad])
-    monkeypatch.setattr(cli, "host_facts", lambda: {"kvm_params": {"tdp_mmu": "N"}})
+    monkeypatch.setattr("tdpsim.kvmcheck.compare.run_kvm_check", lambda matrix, **kw: [bad])
+    monkeypatch.setattr("tdpsim.kvmcheck.host_matrix.host_facts", lambda: {"kvm_params": {"tdp_mmu": "N"}})
     res = CliRunner().invoke(_app(), ["kvm-check"], env={"COLUMNS": "160"})
     assert res.exit_code == 1 and "✘" in res.output and "1 x 4K" in res.output
 
@@ -266,8 +266,8 @@ def test_cli_mismatch_exits_1(monkeypatch, recorded):
 def test_cli_native_execution_not_taking_effect_is_reported(monkeypatch, recorded):
     rows = list(_rows(recorded).values())
     emul = [replace(r, native=replace(r.native, took_effect=False)) for r in rows if r.native]
-    monkeypatch.setattr(cli, "run_kvm_check", lambda matrix, **kw: emul)
-    monkeypatch.setattr(cli, "host_facts", lambda: {"kvm_params": {"tdp_mmu": "N"}})
+    monkeypatch.setattr("tdpsim.kvmcheck.compare.run_kvm_check", lambda matrix, **kw: emul)
+    monkeypatch.setattr("tdpsim.kvmcheck.host_matrix.host_facts", lambda: {"kvm_params": {"tdp_mmu": "N"}})
     res = CliRunner().invoke(_app(), ["kvm-check"], env={"COLUMNS": "200"})
     assert "did NOT take effect" in res.output and "undocumented" in res.output
 

@@ -13,23 +13,21 @@ import sys
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 
-from ..equiv import DEFAULT_BUDGET, Divergence, PairVerdict, Targets, check
-from ..model.mmu_internal import ERRNO_NAMES, RET_PF_NAMES
-from ..model.tdx_module.status import status_name
-from ..sim import SEED_VARIANTS, is_preset
-from ..sim.policies import PRESETS
+# The model, the equivalence checker and rich are imported by the command itself, so
+# that `tdpsim --help` stays fast (cli/main.py).
 
 _LEVEL = {1: "4K", 2: "2M", 3: "1G", 4: "512G"}
 
 
 def _ret(r: int) -> str:
+    from ..model.mmu_internal import ERRNO_NAMES, RET_PF_NAMES
     return RET_PF_NAMES.get(r) or f"-{ERRNO_NAMES.get(-r, -r)}"
 
 
 def describe_event(ev: tuple) -> str:
     """One recorded event in the kernel's words."""
+    from ..model.tdx_module.status import status_name
     kind = ev[0]
     if kind == "goal":
         return f"kvm_mmu_hugepage_adjust: goal_level {_LEVEL.get(ev[1], ev[1])}"
@@ -74,7 +72,7 @@ def _stream_lines(u: Optional[tuple], other: Optional[tuple]) -> list[str]:
             for k, ev in enumerate(events)]
 
 
-def _summary(v: PairVerdict) -> str:
+def _summary(v: "PairVerdict") -> str:
     exhausted = all(v.exhausted.values()) if v.exhausted else True
     inter = f"{v.interleavings} interleavings" + ("" if exhausted else " (DPOR budget)")
     if v.equivalent:
@@ -85,7 +83,7 @@ def _summary(v: PairVerdict) -> str:
             f"{first.target}, unit {first.index}: {describe_unit(first.a)}")
 
 
-def _details(v: PairVerdict, d: Divergence, console: Console) -> None:
+def _details(v: "PairVerdict", d: "Divergence", console) -> None:
     console.print(f"\nfirst divergence: {d.target}, unit {d.index}, shrunk to")
     for line in d.minimal:
         console.print("  " + line, highlight=False)
@@ -100,9 +98,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def equiv(variants: Optional[List[str]] = typer.Argument(
                   None, help="Two policy presets (default: every pair of the seed patch's "
-                  "variants: " + ", ".join(SEED_VARIANTS) + ")."),
-              budget: int = typer.Option(DEFAULT_BUDGET, "--budget", help="DPOR executions "
-                                         "per scenario and variant."),
+                  "variants, see `tdpsim policies`)."),
+              budget: Optional[int] = typer.Option(None, "--budget", min=1,
+                                                   help="DPOR executions per scenario and "
+                                                   "variant (default: the checker's)."),
               workload: Optional[List[str]] = typer.Option(
                   None, "--workload", "-w", help="Only these workloads (default: all)."),
               scenario: Optional[List[str]] = typer.Option(
@@ -110,9 +109,18 @@ def register(app: typer.Typer) -> None:
               jobs: int = typer.Option(2, "--jobs", "-j", help="Worker processes for the "
                                        "workload runs."),
               ) -> None:
-        """Run variants over every built-in workload and every DPOR interleaving of the
-        built-in scenarios; compare each fault's decisions (goal levels, SPTEs written,
+        """Check that policy variants decide the same on every fault.
+
+        Runs the variants over every built-in workload and every DPOR interleaving of the
+        built-in scenarios; compares each fault's decisions (goal levels, SPTEs written,
         external hooks, SEAMCALLs, return value)."""
+        from rich.console import Console
+
+        from ..equiv import DEFAULT_BUDGET, Targets, check
+        from ..sim import SEED_VARIANTS, is_preset
+        from ..sim.policies import PRESETS
+
+        budget = DEFAULT_BUDGET if budget is None else budget
         names = list(variants) if variants else list(SEED_VARIANTS)
         if len(names) < 2:
             typer.echo("error: equiv needs two presets (or none for every seed variant)",

@@ -1,84 +1,145 @@
-"""``tdpsim explore`` and ``tdpsim replay``: thin wrappers over ``tdpsim.explore``.
+"""``tdpsim explore``, ``tdpsim replay`` and ``tdpsim scenarios``: thin wrappers over
+``tdpsim.explore``.
 
-Every knob also reads an environment variable (``TDPSIM_EXPLORE_<OPTION>``, loom-style).
-Errors from the library (bad scenario, bad schedule, missing Ray) print one clear line and
-exit with status 2 — never a traceback.
+Every ``explore`` knob also reads an environment variable (``TDPSIM_EXPLORE_<OPTION>``,
+loom-style).  Errors from the library (bad scenario, bad schedule, missing Ray) print one
+clear line on stderr and exit with status 2 — never a traceback.  Results go to stdout;
+the progress bar to stderr, and only on a terminal.  Ctrl-C stops the campaign after
+saying how far it got; with ``--checkpoint`` the same command resumes it.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..explore.campaign import STRATEGIES, CampaignSpec, elapsed_rate, run_campaign
-from ..explore.engine import ExplorerError
-from ..explore.render import diagram, perfetto_json
-from ..explore.scenario import builtin_names, load_scenario, parse_param
-from ..explore.schedule import atomic_write, load_schedule, parse_schedule, replay
-from ..explore.shrink import shrink
-from ..explore.strategies import pct_bound
-from ..explore.strategies.replay import ReplayScheduler
-from ..explore.runner import run_one
+from .common import (EXIT_INTERRUPTED, JSON_HELP, check_writable, fail, note, out_console,
+                     print_json)
 from .kernel_opts import KERNEL_HELP, kernel_option, resolve_kernel
 
 _ENV = "TDPSIM_EXPLORE_"
+#: The strategies' names for --help without importing the explorer (checked against
+#: tdpsim.explore.campaign.STRATEGIES by the tests).
+STRATEGY_HELP = "random, pct (default), dfs or dpor."
 
 
 def _params(items: Optional[List[str]]) -> dict:
+    from ..explore.scenario import parse_param
     return dict(parse_param(p) for p in items or [])
 
 
-def _die(console: Console, msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}", highlight=False)
-    raise typer.Exit(2)
+def _progress_bar(enabled: bool, total: Optional[int]):
+    """A stderr progress bar (a no-op one when disabled or stderr is not a terminal).
+    Exhaustive strategies have no known total: they show the count alone."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    count = "{task.completed}" + ("/{task.total}" if total is not None else " executions")
+    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                    TextColumn(count), TextColumn("{task.fields[rate]} exec/s"),
+                    TextColumn("states {task.fields[states]}"), TimeElapsedColumn(),
+                    console=Console(stderr=True), transient=True,
+                    disable=not enabled or not sys.stderr.isatty())
+
+
+def _summary(state, dt: float) -> dict[str, Any]:
+    return {"executions": state.executions, "steps": state.steps, "seconds": round(dt, 3),
+            "distinct_states": len(state.states), "distinct_traces": len(state.traces),
+            "pruned": state.pruned, "exhausted": state.exhausted}
+
+
+def _shrink_and_save(sch, out: Path, do_shrink: bool) -> str:
+    from ..explore.runner import run_one
+    from ..explore.schedule import replay
+    from ..explore.shrink import shrink
+    from ..explore.strategies.replay import ReplayScheduler
+
+    msg = ""
+    if do_shrink:
+        sc2 = sch.load_scenario()
+        rep = ReplayScheduler(sch.decisions(), sch.threads)
+        rep.new_execution()
+        res = run_one(sc2, rep)
+        small = shrink(sc2, res)
+        msg = f"shrunk {len(sch.choices)} -> {len(small)} decisions"
+        sch.choices = [sch.threads[d] for d in small]
+        shrunk = replay(sch, record=False)
+        sch.failure = shrunk.failure.as_dict() if shrunk.failure else None
+    try:
+        sch.save(out)
+    except OSError as e:  # checked before the campaign; this is e.g. a full disk
+        print(sch.to_json(), end="")  # the schedule is the result: never lose it
+        fail(f"--out {out}: {e.strerror or e} (the schedule is printed above)")
+    return msg
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``explore`` and ``replay`` to the tdpsim application."""
+    """Add ``explore``, ``replay`` and ``scenarios`` to the tdpsim application."""
 
     @app.command("explore")
     def explore_cmd(
-        scenario: str = typer.Argument(..., help="Scenario name (" + ", ".join(builtin_names())
-                                       + ") or a .toml path."),
+        scenario: str = typer.Argument(..., metavar="SCENARIO", help="A built-in scenario (see `tdpsim "
+                                       "scenarios`) or a .toml path."),
         strategy: str = typer.Option("pct", "--strategy", "-s", envvar=_ENV + "STRATEGY",
-                                     help="One of " + ", ".join(STRATEGIES) + "."),
-        executions: int = typer.Option(1000, "--executions", "-n",
+                                     help=STRATEGY_HELP),
+        executions: int = typer.Option(1000, "--executions", "-n", min=1,
                                        envvar=_ENV + "EXECUTIONS",
                                        help="Execution budget (random/pct: exact count)."),
-        seed: int = typer.Option(0, "--seed", envvar=_ENV + "SEED"),
-        depth: int = typer.Option(3, "--depth", envvar=_ENV + "DEPTH", help="PCT bug depth d."),
-        preemption_bound: int = typer.Option(2, "--preemption-bound",
+        seed: int = typer.Option(0, "--seed", envvar=_ENV + "SEED",
+                                 help="Seed of the random and PCT strategies."),
+        depth: int = typer.Option(3, "--depth", min=1, envvar=_ENV + "DEPTH",
+                                  help="PCT bug depth d (>= 1)."),
+        preemption_bound: int = typer.Option(2, "--preemption-bound", min=-1,
                                              envvar=_ENV + "PREEMPTION_BOUND",
                                              help="DFS preemption bound (-1: none)."),
         param: Optional[List[str]] = typer.Option(None, "--param", "-p",
                                                   help="Override, e.g. "
                                                   "policy.mirror_promotion=unpatched."),
-        jobs: int = typer.Option(1, "--jobs", "-j", envvar=_ENV + "JOBS",
+        jobs: int = typer.Option(1, "--jobs", "-j", min=1, envvar=_ENV + "JOBS",
                                  help="Local worker processes."),
         ray: Optional[str] = typer.Option(None, "--ray-address", "--ray", envvar=_ENV + "RAY",
+                                          metavar="ADDRESS",
                                           help="Run chunks on the Ray cluster at ADDRESS "
                                           "(host:port, 'auto' = $RAY_ADDRESS or the running "
                                           "cluster, 'local' = start one here)."),
-        chunk: int = typer.Option(250, "--chunk", envvar=_ENV + "CHUNK",
+        chunk: int = typer.Option(250, "--chunk", min=1, envvar=_ENV + "CHUNK",
                                   help="Executions per work unit / checkpoint."),
-        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint",
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", metavar="FILE",
                                                   envvar=_ENV + "CHECKPOINT",
                                                   help="Resume from / save to this JSON."),
-        out: Path = typer.Option(Path("schedule.json"), "--out", "-o",
+        out: Path = typer.Option(Path("schedule.json"), "--out", "-o", metavar="FILE",
                                  envvar=_ENV + "OUT", help="Where a failing schedule goes."),
-        do_shrink: bool = typer.Option(True, "--shrink/--no-shrink", envvar=_ENV + "SHRINK"),
-        kernel: Optional[str] = kernel_option(KERNEL_HELP + " Same as --param vm.kernel=NAME."),
+        do_shrink: bool = typer.Option(True, "--shrink/--no-shrink", envvar=_ENV + "SHRINK",
+                                       help="Shrink a failing schedule before saving it."),
         progress: bool = typer.Option(True, "--progress/--no-progress",
-                                      envvar=_ENV + "PROGRESS"),
+                                      envvar=_ENV + "PROGRESS",
+                                      help="Progress bar on stderr (terminal only)."),
+        kernel: Optional[str] = kernel_option(KERNEL_HELP + " Same as --param vm.kernel=NAME."),
+        json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
     ) -> None:
-        """Explore the interleavings of a scenario's threads; save and shrink the first
-        failing schedule."""
-        console = Console()
+        """Search a scenario's vCPU/host interleavings for failures.
+
+        The first failing schedule is shrunk and saved (exit status 1)."""
+        from ..explore.campaign import (STRATEGIES, CampaignSpec, CampaignState, elapsed_rate,
+                                        run_campaign)
+        from ..explore.engine import ExplorerError
+        from ..explore.scenario import load_scenario
+        from ..explore.schedule import parse_schedule
+        from ..explore.strategies import pct_bound
+
+        if strategy not in STRATEGIES:
+            fail(f"--strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+        check_writable(out, "--out")
+        if checkpoint is not None:
+            check_writable(checkpoint, "--checkpoint")
+        console = out_console()
+        state = None
+        t0 = time.perf_counter()
         try:
             params = _params(param)
             if kernel is not None:
@@ -87,95 +148,145 @@ def register(app: typer.Typer) -> None:
             spec = CampaignSpec(sc.source if scenario.endswith(".toml") else scenario, params,
                                 strategy, executions, seed, depth,
                                 None if preemption_bound < 0 else preemption_bound, chunk)
-            console.print(f"[bold]{sc.name}[/]: {sc.summary}", highlight=False)
-            console.print(f"policy mirror_promotion={sc.policy.mirror_promotion} "
-                          f"threads={', '.join(sc.thread_names)} strategy={strategy}",
-                          highlight=False)
-            t0 = time.perf_counter()
-            bar = Progress(TextColumn("[progress.description]{task.description}"),
-                           BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                           TextColumn("{task.fields[rate]} exec/s"),
-                           TextColumn("states {task.fields[states]}"),
-                           TimeElapsedColumn(), console=console, disable=not progress)
+            if checkpoint is not None and checkpoint.exists():
+                CampaignState.load(checkpoint, spec)  # a bad one is refused before any output
+            head = (f"{sc.name}: {sc.summary}\npolicy mirror_promotion="
+                    f"{sc.policy.mirror_promotion} threads={', '.join(sc.thread_names)} "
+                    f"strategy={strategy}")
+            if not json_out:
+                console.print(head, markup=False)
+            bar = _progress_bar(progress, executions if strategy in ("random", "pct") else None)
             with bar:
-                total = executions if strategy in ("random", "pct") else None
-                task = bar.add_task("exploring", total=total, rate="-", states=0)
+                task = bar.add_task("exploring", total=executions if strategy in
+                                    ("random", "pct") else None, rate="-", states=0)
+                seen: list = []
 
-                def on_chunk(state, _r) -> None:
-                    bar.update(task, completed=state.executions,
-                               rate=f"{elapsed_rate(state, t0):,.0f}", states=len(state.states))
+                def on_chunk(st, _r) -> None:
+                    seen[:] = [st]
+                    bar.update(task, completed=st.executions,
+                               rate=f"{elapsed_rate(st, t0):,.0f}", states=len(st.states))
 
-                state = run_campaign(spec, jobs=jobs, ray_address=ray,
-                                     checkpoint=checkpoint, on_chunk=on_chunk)
+                try:
+                    state = run_campaign(spec, jobs=jobs, ray_address=ray,
+                                         checkpoint=checkpoint, on_chunk=on_chunk)
+                except KeyboardInterrupt:
+                    bar.stop()
+                    done = seen[0].executions if seen else 0
+                    note(f"interrupted after {done} executions (finished chunks)"
+                         + (f"; they are in {checkpoint}: run the same command again to "
+                            "resume" if checkpoint else "; use --checkpoint FILE to be "
+                            "able to resume"))
+                    raise typer.Exit(EXIT_INTERRUPTED)
             dt = time.perf_counter() - t0
-            # Rates count only the executions this run performed, not restored ones.
-            restored = (f" ({state.restored[0]} restored from {checkpoint})"
-                        if state.restored[0] else "")
-            console.print(f"{state.executions} executions{restored}, {state.steps} steps; "
-                          f"{state.executions_run} run in {dt:.2f}s "
-                          f"({state.executions_run / dt if dt else 0:,.0f} exec/s, "
-                          f"{state.steps_run / dt if dt else 0:,.0f} steps/s); "
-                          f"{len(state.states)} distinct final states, {len(state.traces)} "
-                          f"distinct traces" + (f", {state.pruned} pruned" if state.pruned
-                                                else ""), highlight=False)
-            if strategy == "pct":
-                k = max(1, state.steps // max(1, state.executions))
-                n = len(sc.threads)
-                console.print(f"PCT bound: P(find a depth-{depth} bug per execution) >= "
-                              f"1/(n*k^(d-1)) = {pct_bound(n, k, depth):.3g} "
-                              f"(n={n}, k~{k} steps)", highlight=False)
-            if strategy in ("dfs", "dpor"):
-                console.print("exhausted: " + ("yes" if state.exhausted else
-                                               "no (budget ended)"), highlight=False)
+            summary = _summary(state, dt)
+            if not json_out:
+                _print_summary(console, state, summary, sc, strategy, depth, dt, pct_bound,
+                               checkpoint)
             if state.failure is None:
-                console.print("[green]no failure found[/]")
+                if json_out:
+                    print_json({**summary, "failure": None})
+                else:
+                    console.print("no failure found")
                 return
-            sch = parse_schedule(__import__("json").dumps(state.failure), "<campaign>")
+            sch = parse_schedule(json.dumps(state.failure), "<campaign>")
             f = sch.failure or {}
-            console.print(f"[bold red]FAILURE[/] {f.get('kind')}: {f.get('message')} "
-                          f"(thread {f.get('thread')}, step {f.get('step')})", highlight=False)
-            if do_shrink:
-                sc2 = sch.load_scenario()
-                rep = ReplayScheduler(sch.decisions(), sch.threads)
-                rep.new_execution()
-                res = run_one(sc2, rep)
-                small = shrink(sc2, res)
-                console.print(f"shrunk {len(sch.choices)} -> {len(small)} decisions",
-                              highlight=False)
-                sch.choices = [sch.threads[d] for d in small]
-                shrunk = replay(sch, record=False)
-                sch.failure = shrunk.failure.as_dict() if shrunk.failure else None
-            sch.save(out)
-            console.print(f"schedule written to {out}; reproduce with: tdpsim replay {out}",
-                          highlight=False)
+            if not json_out:
+                console.print(f"FAILURE {f.get('kind')}: {f.get('message')} "
+                              f"(thread {f.get('thread')}, step {f.get('step')})", markup=False)
+            shrunk = _shrink_and_save(sch, out, do_shrink)
+            if json_out:
+                print_json({**summary, "failure": sch.failure, "schedule": str(out),
+                            "decisions": len(sch.choices)})
+            else:
+                if shrunk:
+                    console.print(shrunk)
+                console.print(f"schedule written to {out}; reproduce with: tdpsim replay {out}",
+                              markup=False)
             raise typer.Exit(1)
         except ExplorerError as e:
-            _die(console, str(e))
+            fail(str(e))
+
+    def _print_summary(console, state, summary, sc, strategy, depth, dt, pct_bound,
+                       checkpoint) -> None:
+        # Rates count only the executions this run performed, not restored ones.
+        restored = (f" ({state.restored[0]} restored from {checkpoint})"
+                    if state.restored[0] else "")
+        console.print(f"{state.executions} executions{restored}, {state.steps} steps; "
+                      f"{state.executions_run} run in {dt:.2f}s "
+                      f"({state.executions_run / dt if dt else 0:,.0f} exec/s, "
+                      f"{state.steps_run / dt if dt else 0:,.0f} steps/s); "
+                      f"{summary['distinct_states']} distinct final states, "
+                      f"{summary['distinct_traces']} distinct traces"
+                      + (f", {state.pruned} pruned" if state.pruned else ""))
+        if strategy == "pct":
+            k = max(1, state.steps // max(1, state.executions))
+            n = len(sc.threads)
+            console.print(f"PCT bound: P(find a depth-{depth} bug per execution) >= "
+                          f"1/(n*k^(d-1)) = {pct_bound(n, k, depth):.3g} "
+                          f"(n={n}, k~{k} steps)")
+        if strategy in ("dfs", "dpor"):
+            console.print("exhausted: " + ("yes" if state.exhausted else "no (budget ended)"))
 
     @app.command("replay")
     def replay_cmd(
-        schedule: Path = typer.Argument(..., help="A schedule JSON written by explore."),
-        perfetto: Optional[Path] = typer.Option(None, "--perfetto",
+        schedule: Path = typer.Argument(..., metavar="SCHEDULE", help="A schedule JSON written by explore."),
+        perfetto: Optional[Path] = typer.Option(None, "--perfetto", metavar="FILE",
                                                 help="Write Chrome trace-event JSON here."),
         full: bool = typer.Option(False, "--full", help="Show every step, not only "
                                   "context switches."),
-        width: int = typer.Option(44, "--width", help="Column width of the diagram."),
+        width: Optional[int] = typer.Option(None, "--width", min=12,
+                                            help="Column width of each thread in the "
+                                            "diagram (default: fit the terminal)."),
+        json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
     ) -> None:
-        """Re-run a schedule deterministically and print its interleaving diagram."""
-        console = Console(width=max(80, width * 4 + 8))
+        """Re-run a saved schedule and print its interleaving.
+
+        Deterministic; exit status 1 if the schedule fails."""
+        from ..explore.engine import ExplorerError
+        from ..explore.render import diagram, perfetto_json
+        from ..explore.schedule import atomic_write, load_schedule, replay
+
+        if perfetto is not None:
+            check_writable(perfetto, "--perfetto")
         try:
             sch = load_schedule(schedule)
             res = replay(sch, record=True)
         except ExplorerError as e:
-            _die(console, str(e))
-            return
-        console.print(f"scenario {sch.scenario} params {sch.params} "
-                      f"({len(sch.choices)} decisions, {res.steps} steps)", highlight=False)
-        console.print(diagram(res, width=width, only_switches=not full), highlight=False,
-                      markup=False, soft_wrap=True)
+            fail(str(e))
+        console = out_console()
+        if json_out:
+            print_json({"scenario": sch.scenario, "params": sch.params,
+                        "decisions": len(sch.choices), "steps": res.steps,
+                        "failure": res.failure.as_dict() if res.failure else None,
+                        "trace": [{"step": st.index, "thread": res.thread_names[st.tid],
+                                   "kind": st.kind, "funcs": list(st.funcs),
+                                   "detail": st.detail} for st in res.trace]})
+        else:
+            console.print(f"scenario {sch.scenario} params {sch.params} "
+                          f"({len(sch.choices)} decisions, {res.steps} steps)", markup=False)
+            col = width or max(12, (console.width - 6) // max(1, len(res.thread_names)))
+            console.print(diagram(res, width=col, only_switches=not full), markup=False)
         if perfetto is not None:
             atomic_write(perfetto, perfetto_json(res, sch.scenario))
-            console.print(f"Perfetto trace written to {perfetto}", highlight=False)
-        if res.failure is None:
+            note(f"Perfetto trace written to {perfetto}")
+        if res.failure is None and not json_out:
             console.print("no failure")
         raise typer.Exit(1 if res.failure is not None else 0)
+
+    @app.command("scenarios")
+    def scenarios_cmd(json_out: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+        """List the built-in explorer scenarios, one per line."""
+        from ..explore.engine import ExplorerError
+        from ..explore.scenario import builtin_names, load_scenario
+
+        items = []
+        for name in builtin_names():
+            try:
+                items.append((name, load_scenario(name).summary))
+            except ExplorerError as e:  # a broken built-in must not hide the others
+                items.append((name, f"(invalid: {e})"))
+        if json_out:
+            print_json([{"name": n, "summary": s} for n, s in items])
+            return
+        from ..report.table import workloads_table
+        out_console().print(workloads_table(items))

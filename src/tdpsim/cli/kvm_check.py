@@ -6,19 +6,11 @@ be used here (one line on stderr says why), 3 a guest or ioctl failed unexpected
 
 from __future__ import annotations
 
-import json
 from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from ..kvmcheck.compare import CHECK_MATRIX, CheckRow, report_to_json, run_kvm_check
-from ..kvmcheck.host_matrix import host_facts
-from ..kvmcheck.model_side import SHADOW, mmu_kind
-from ..kvmcheck.vm import DEFAULT_KVM_PATH, NATIVE_EXEC_MSR, KvmCheckError, KvmUnavailable
-from ..model.profile import KernelProfile
+from .common import JSON_HELP, fail, out_console, print_json
 from .kernel_opts import kernel_option, resolve_kernel
 
 __all__ = ["register", "kvm_check"]
@@ -30,7 +22,9 @@ def _counts(pages, pf) -> str:
     return "—" if pages is None else f"{pages}  (pf_fixed {pf})"
 
 
-def _native_line(rows: List[CheckRow]) -> str:
+def _native_line(rows) -> str:
+    from ..kvmcheck.vm import NATIVE_EXEC_MSR
+
     ran = [r for r in rows if r.native is not None]
     took = [r for r in ran if r.native.took_effect]
     msr = f"native-execution MSR {NATIVE_EXEC_MSR:#x} (undocumented)"
@@ -46,7 +40,11 @@ def _native_line(rows: List[CheckRow]) -> str:
     return f"{msr}: took effect in {len(took)} of {len(ran)} guests"
 
 
-def _print_report(console: Console, rows: List[CheckRow], facts: dict) -> None:
+def _print_report(console, rows, facts: dict) -> None:
+    from rich.table import Table
+
+    from ..kvmcheck.model_side import SHADOW, mmu_kind
+
     params = facts.get("kvm_params", {})
     kind = mmu_kind(params)
     console.print(f"host: Linux {facts.get('kernel_release', '?')}, "
@@ -79,7 +77,10 @@ def _print_report(console: Console, rows: List[CheckRow], facts: dict) -> None:
     console.print(f"{n_ok} agree, {n_bad} disagree, {sum(r.match is None for r in rows)} skipped")
 
 
-def _print_oracle(console: Console, rows: list, facts: dict, failures: list[str]) -> None:
+def _print_oracle(console, rows: list, facts: dict, failures: list[str]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
     console.print(f"oracle: Linux {facts.get('kernel_release', '?')} under QEMU TCG, cmdline "
                   f"\"{facts.get('cmdline', '?')}\"; model: TDP MMU under NPT")
     table = Table(title="kvm-check --qemu: the kernel's stats and events against the model",
@@ -122,8 +123,7 @@ def _oracle_json(rows: list, facts: dict, failures: list[str]) -> dict:
 
 
 def _oracle(qemu: Optional[str], recorded: Optional[str], out: Optional[str], only, timeout,
-            kernel_image, modules, json_out: bool,
-            profile: Optional[KernelProfile] = None) -> None:
+            kernel_image, modules, json_out: bool, profile=None) -> None:
     from ..kvmcheck.oracle import check_run          # noqa: PLC0415 - only for --qemu
     from ..kvmcheck.qemu import OracleError, run_oracle  # noqa: PLC0415
     failures: list[str] = []
@@ -133,8 +133,7 @@ def _oracle(qemu: Optional[str], recorded: Optional[str], out: Optional[str], on
             run = run_oracle(qemu, out, only=only or (), timeout=timeout, image=kernel_image,
                              modules=modules)
         except OracleError as e:
-            typer.echo(str(e), err=True)
-            raise typer.Exit(2)
+            fail(str(e))
         failures = run.failures
         if not run.rows:
             for f in failures:
@@ -144,19 +143,18 @@ def _oracle(qemu: Optional[str], recorded: Optional[str], out: Optional[str], on
     try:
         _run, rows = check_run(recorded, profile=profile)
     except (OSError, ValueError) as e:
-        typer.echo(f"kvm-check: cannot read the oracle run in {recorded}: {e}", err=True)
-        raise typer.Exit(2)
+        fail(f"kvm-check: cannot read the oracle run in {recorded}: {e}")
     if json_out:
-        typer.echo(json.dumps(_oracle_json(rows, _run.facts, failures), indent=1))
+        print_json(_oracle_json(rows, _run.facts, failures))
     else:
-        _print_oracle(Console(), rows, _run.facts, failures)
+        _print_oracle(out_console(), rows, _run.facts, failures)
     if failures or any(r.stats_match is False or r.events_match is False or r.error
                        for r in rows):
         raise typer.Exit(1)
 
 
 def kvm_check(
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON (machines)."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
     qemu: Optional[str] = typer.Option(
         None, "--qemu", metavar="KERNEL",
         help="Boot this Debian kernel (6.1, 6.12 or a release) under QEMU TCG and run the "
@@ -177,41 +175,45 @@ def kvm_check(
                                              help="Run only this scenario (repeatable)."),
     repeats: int = typer.Option(2, "--repeats", min=1,
                                 help="Fresh VMs per scenario on the host (repeatability check)."),
-    kvm_path: str = typer.Option(DEFAULT_KVM_PATH, "--kvm-path", hidden=True),
+    kvm_path: Optional[str] = typer.Option(None, "--kvm-path", hidden=True,
+                                           help="The KVM device (default /dev/kvm)."),
     kernel: Optional[str] = kernel_option("Kernel generation the model runs as (6.1, 6.12, "
                                           "6.18+hp-v3); default: the host's (or the "
                                           "recorded run's) kernel release."),
 ) -> None:
-    """Run a matrix of tiny guests on the host's /dev/kvm, read KVM's own statistics, run
+    """Compare this host's /dev/kvm with the model on tiny guests.
+
+    Runs a matrix of tiny guests on the host's /dev/kvm, reads KVM's own statistics, runs
     the same scenarios through the model (shadow or TDP MMU, as the host's kvm.tdp_mmu
-    says) and show where they agree.  With --qemu / --recorded: the QEMU TCG oracle."""
+    says) and shows where they agree.  With --qemu / --recorded: the QEMU TCG oracle."""
     profile = None if kernel is None else resolve_kernel(kernel)
     if qemu or recorded:
         _oracle(qemu, recorded, out, only, timeout, kernel_image, modules, json_out, profile)
         return
+    from ..kvmcheck.compare import CHECK_MATRIX, report_to_json, run_kvm_check
+    from ..kvmcheck.host_matrix import host_facts
+    from ..kvmcheck.vm import DEFAULT_KVM_PATH, KvmCheckError, KvmUnavailable
+
     matrix = CHECK_MATRIX
     if only:
         names = {s.name for s in CHECK_MATRIX}
         unknown = [n for n in only if n not in names]
         if unknown:
-            typer.echo(f"kvm-check: unknown scenario {', '.join(unknown)}; known: "
-                       f"{', '.join(sorted(names))}", err=True)
-            raise typer.Exit(2)
+            fail(f"kvm-check: unknown scenario {', '.join(unknown)}; known: "
+                 f"{', '.join(sorted(names))}")
         matrix = tuple(s for s in CHECK_MATRIX if s.name in only)
     facts = host_facts()
     try:
-        rows = run_kvm_check(matrix, repeats=repeats, kvm_path=kvm_path, facts=facts,
-                             profile=profile)
+        rows = run_kvm_check(matrix, repeats=repeats, kvm_path=kvm_path or DEFAULT_KVM_PATH,
+                             facts=facts, profile=profile)
     except KvmUnavailable as e:
-        typer.echo(f"kvm-check: {e}", err=True)
-        raise typer.Exit(2)
+        fail(f"kvm-check: {e}")
     except KvmCheckError as e:
-        typer.echo(f"kvm-check: the host run failed: {e}", err=True)
-        raise typer.Exit(3)
+        fail(f"kvm-check: the host run failed: {e}", 3)
     if json_out:
-        typer.echo(json.dumps(report_to_json(rows, facts), indent=1))
+        print_json(report_to_json(rows, facts))
     else:
-        _print_report(Console(), rows, facts)
+        _print_report(out_console(), rows, facts)
     if any(r.match is False for r in rows):
         raise typer.Exit(1)
 

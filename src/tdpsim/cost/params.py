@@ -16,11 +16,14 @@ user parameter file (``load_params``), e.g.::
 
 from __future__ import annotations
 
-import math
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Annotated, Mapping, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
+
+from tdpsim.userfile import NotTextError, read_user_text, validation_message
 
 ASSUMPTION = "ASSUMPTION"
 
@@ -133,57 +136,45 @@ class CostParamsError(ValueError):
     """One clear problem with a parameter file: file, key, what was expected."""
 
 
-def _fail(src: str, key: str, expected: str, got: object = None, has_got: bool = True):
-    msg = f"{src}: {key}: expected {expected}"
-    if has_got:
-        msg += f", got {got!r}" if not isinstance(got, (dict, list)) else ", got a table"
-    raise CostParamsError(msg)
+# The parameter file's schema.  strict: TOML's true is not a number, "1" is not 1.
+_STRICT = ConfigDict(extra="forbid", strict=True)
+_Value = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+_Leaf = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*$")]
+_Values = create_model("values", __config__=_STRICT,
+                       **{k: (Optional[_Value], None) for k in VALUES})
 
 
-def _number(src: str, key: str, v: object) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        _fail(src, key, "a non-negative number", v)
-    return float(v)
+class _ParamsFile(BaseModel):
+    model_config = _STRICT
+    name: Optional[str] = None
+    values: _Values = Field(default_factory=_Values)  # type: ignore[valid-type]
+    seamcall_us: dict[_Leaf, _Value] = Field(default_factory=dict)
 
 
 def params_from_doc(doc: Mapping[str, object], src: str,
                     base: CostParams = DEFAULT_PARAMS) -> CostParams:
     """Override ``base`` with a parsed parameter document; every value overridden gets
-    the file as its source."""
-    for k in doc:
-        if k not in ("name", "values", "seamcall_us"):
-            _fail(src, k, "one of name, [values], [seamcall_us]", has_got=False)
-    name = doc.get("name", Path(src).stem)
-    if not isinstance(name, str):
-        _fail(src, "name", "a string", name)
+    the file as its source.  One ``CostParamsError`` names the file and the key."""
+    try:
+        f = _ParamsFile.model_validate(doc)
+    except ValidationError as e:
+        raise CostParamsError(validation_message(src, e, _ParamsFile)) from None
     values = dict(base.values)
-    tbl = doc.get("values", {})
-    if not isinstance(tbl, dict):
-        _fail(src, "values", "a table [values]", tbl)
-    for k, v in tbl.items():
-        if k not in values:
-            _fail(src, f"values.{k}", "a known parameter (" + ", ".join(sorted(values)) + ")",
-                  has_got=False)
-        values[k] = replace(values[k], value=_number(src, f"values.{k}", v),
-                            source=f"user file {src}")
+    for k, v in f.values.model_dump(exclude_none=True).items():
+        values[k] = replace(values[k], value=float(v), source=f"user file {src}")
     seam = dict(base.seamcall_us)
-    tbl = doc.get("seamcall_us", {})
-    if not isinstance(tbl, dict):
-        _fail(src, "seamcall_us", "a table [seamcall_us] of leaf = µs", tbl)
-    for k, v in tbl.items():
-        if not isinstance(k, str) or not k or k.upper() != k:
-            _fail(src, f"seamcall_us.{k}", 'a leaf name like "MEM.PAGE.AUG"', has_got=False)
-        seam[k] = Param(_number(src, f"seamcall_us.{k}", v), "us", f"user file {src}")
-    return CostParams(name, values, seam, base.default_seamcall)
+    for k, v in f.seamcall_us.items():
+        seam[k] = Param(float(v), "us", f"user file {src}")
+    return CostParams(f.name if f.name is not None else Path(src).stem, values, seam,
+                      base.default_seamcall)
 
 
 def load_params(path: str | Path) -> CostParams:
     p = Path(path)
     try:
-        doc = tomllib.loads(p.read_text())
-    except OSError as e:
-        raise CostParamsError(f"{p}: (file): expected a readable TOML file, "
-                              f"got {e.strerror or e}") from None
+        doc = tomllib.loads(read_user_text(p, "cost parameter file"))
+    except NotTextError as e:
+        raise CostParamsError(str(e)) from None
     except tomllib.TOMLDecodeError as e:
         raise CostParamsError(f"{p}: (syntax): expected valid TOML, got {e}") from None
     return params_from_doc(doc, str(p))

@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import itertools
 
+from pydantic import BaseModel, Field, StrictInt, StrictStr, ValidationError
+
+from ..userfile import NotTextError, clip_repr, read_user_text, validation_message
 from .engine import Engine, ExplorerError, Scheduler, StepInfo
 from .runner import explore
 from .scenario import Scenario, load_scenario
@@ -179,6 +183,46 @@ def _run_chunk_args(args: tuple) -> ChunkResult:
     return run_chunk(*args)
 
 
+def _worker_ignores_sigint() -> None:
+    """Ctrl-C reaches the whole process group: only the parent handles it (it stops the
+    pool and keeps the finished chunks), so workers print no traceback of their own."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def _spawning_without_sigint() -> Iterator[None]:
+    """Workers spawned meanwhile start with SIGINT ignored (the disposition survives exec),
+    so a Ctrl-C while one is still importing cannot kill it with a traceback either; the
+    initializer above covers workers the pool starts later."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+class _CheckpointDoc(BaseModel, strict=True):
+    """The checkpoint file as JSON holds it (``CampaignState.to_json``)."""
+
+    spec: dict[str, Any]
+    done: list[list[Union[StrictStr, StrictInt]]]
+    executions: int = Field(ge=0)
+    steps: int = Field(ge=0)
+    pruned: int = Field(ge=0)
+    cpu_seconds: float = Field(ge=0)
+    exhausted: bool
+    failure: Optional[dict[str, Any]]
+    states: list[str]
+    traces: list[str]
+    failures: list[str] = []
+
+
 @dataclass
 class CampaignState:
     """What a checkpoint holds."""
@@ -230,18 +274,26 @@ class CampaignState:
     @classmethod
     def load(cls, path: Path, spec: CampaignSpec) -> "CampaignState":
         try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ExplorerError(f"{path}: unreadable checkpoint: {e}") from None
+            d = json.loads(read_user_text(path, "checkpoint"))
+        except NotTextError as e:
+            raise ExplorerError(str(e)) from None
+        except json.JSONDecodeError as e:
+            raise ExplorerError(f"{path}:{e.lineno}: unreadable checkpoint: {e.msg}") from None
+        if not isinstance(d, dict):
+            raise ExplorerError(f"{path}: unreadable checkpoint: expected a JSON object")
         if d.get("spec") != json.loads(json.dumps(spec.as_dict())):
             raise ExplorerError(f"{path}: checkpoint belongs to another campaign "
-                                f"({d.get('spec')}); use another --checkpoint path")
-        st = cls(spec=d["spec"])
+                                f"({clip_repr(d.get('spec'))}); use another --checkpoint path")
+        try:
+            doc = _CheckpointDoc.model_validate(d)
+        except ValidationError as e:
+            raise ExplorerError(validation_message(str(path), e)) from None
+        st = cls(spec=doc.spec)
         for k in ("done", "executions", "steps", "pruned", "cpu_seconds", "exhausted",
                   "failure"):
-            setattr(st, k, d[k])
-        st.states, st.traces = set(d["states"]), set(d["traces"])
-        st.failures = set(d.get("failures", ()))
+            setattr(st, k, getattr(doc, k))
+        st.states, st.traces = set(doc.states), set(doc.traces)
+        st.failures = set(doc.failures)
         st.restored = (st.executions, st.steps)
         return st
 
@@ -282,7 +334,9 @@ def _execute(spec: CampaignSpec, chunks: list[tuple], jobs: int,
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # no inherited state: each worker imports afresh
-    with ctx.Pool(jobs) as pool:
+    with _spawning_without_sigint():
+        pool = ctx.Pool(jobs, initializer=_worker_ignores_sigint)
+    with pool:
         # imap keeps chunk order, so results and checkpoints are deterministic.
         for r in pool.imap(_run_chunk_args, [(spec, c) for c in chunks]):
             yield r
@@ -310,10 +364,13 @@ def _execute_ray(spec: CampaignSpec, chunks: list[tuple], address: str, jobs: in
         raise ExplorerError("--ray needs the optional 'ray' package: pip install "
                             "'tdpsim[ray]' (or run locally with --jobs N)") from None
     _check_reachable(address)
-    if address == "local":  # a throwaway cluster on this machine, one worker per --jobs
-        ray.init(num_cpus=jobs if jobs > 1 else None, ignore_reinit_error=True)
-    else:
-        ray.init(address=address, ignore_reinit_error=True)
+    try:
+        if address == "local":  # a throwaway cluster on this machine, one worker per --jobs
+            ray.init(num_cpus=jobs if jobs > 1 else None, ignore_reinit_error=True)
+        else:
+            ray.init(address=address, ignore_reinit_error=True)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ExplorerError(f"--ray {address}: cannot join the Ray cluster: {e}") from None
     remote = ray.remote(run_chunk)
     refs = [remote.remote(spec, c) for c in chunks]
     for ref in refs:  # in chunk order, like the local pool

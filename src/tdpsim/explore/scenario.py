@@ -31,9 +31,10 @@ from tdpsim.model.tdx_module.sept import FREE, iter_pages
 from tdpsim.model.policy import Policy
 from tdpsim.model.profile import UnknownKernelProfile, get_profile
 from tdpsim.model.vmm import VmConfig, create_vm
+from tdpsim.userfile import NotTextError, read_user_text
 
 from .engine import ExplorerError, World, table_digests
-from .ops import OPS, OpContext, op_params
+from .ops import OPS, OpContext, RetryBoundExceeded, op_params
 from .snapshot import Snapshot
 from .tracking import TRACKER, track
 
@@ -42,6 +43,15 @@ _TOP_KEYS = {"name", "summary", "description", "vm", "policy", "explore", "setup
 _EXPLORE_KEYS = {"retry_bound": int, "fail_on_warn": bool, "max_steps": int,
                  "invariants": str}
 _TDX_KEYS = {"external_ops": str, "private_max_level": int}
+# Ranges of the integer knobs: outside them KVM (or the model) would refuse the VM or loop
+# forever; the scenario's author hears which key is wrong before anything runs.
+_INT_BOUNDS = {"vm.nr_vcpus": (1, 64), "vm.mem_bytes": (4096, 1 << 46),
+               "vm.base_gfn": (0, 1 << 40), "vm.hva_skew": (0, 1 << 40),
+               "vm.host_page_level": (1, 3), "vm.gmem_folio_order": (0, 18),
+               "vm.root_level": (4, 5), "explore.retry_bound": (0, 1 << 20),
+               "explore.max_steps": (1, 1 << 24), "tdx.private_max_level": (1, 3)}
+#: Integer op arguments are gfns, counts and ratios: never negative, within a 52-bit gfn.
+_OP_INT_MAX = (1 << 52) - 1
 
 
 class ScenarioError(ExplorerError):
@@ -114,8 +124,11 @@ class Scenario:
             x86_ops = RecordingExternalOps(self.private_max_level) if self.vm.tdx else None
             kvm = create_vm(self.vm, self.policy, x86_ops)
         ctx = OpContext(kvm, tdx, self.retry_bound)
-        for spec in self.setup:
-            OPS[spec.op](ctx, **spec.args)
+        for i, spec in enumerate(self.setup):
+            try:
+                OPS[spec.op](ctx, **spec.args)
+            except (ValueError, RetryBoundExceeded) as e:  # KvmUserError: the ioctl's -EINVAL
+                raise ScenarioError(f"{self.source}: setup[{i}] ({spec.op}): {e}") from None
         if kvm.vm_bugged:
             raise ScenarioError(f"{self.source}: setup already bugged the VM: {kvm.bugs}")
         # Setup warnings are not findings of the exploration.
@@ -271,7 +284,9 @@ def load_scenario(name_or_path: str, params: Optional[dict[str, Any]] = None) ->
     """Load, apply ``params`` overrides, validate."""
     path = resolve(name_or_path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(read_user_text(path, "scenario"))
+    except NotTextError as e:
+        raise ScenarioError(str(e)) from None
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{path}: not valid TOML: {e}") from None
     return parse_scenario(raw, str(path), params or {})
@@ -305,6 +320,10 @@ def parse_scenario(raw: dict[str, Any], source: str, params: dict[str, Any]) -> 
     _check_table(explore, _EXPLORE_KEYS, source, "explore")
     tdx = raw.get("tdx", {})
     _check_table(tdx, _TDX_KEYS, source, "tdx")
+    _check_bounds(source, {"vm": dataclasses.asdict(vm), "explore": explore, "tdx": tdx})
+    if vm.mem_bytes % 4096:
+        raise ScenarioError(f"{source}: vm.mem_bytes: expected a multiple of 4096, got "
+                            f"{vm.mem_bytes}")
     setup = tuple(_op(o, source, f"setup[{i}]", vm)
                   for i, o in enumerate(_list(raw.get("setup", []), source, "setup")))
     threads_raw = _list(raw.get("threads"), source, "threads")
@@ -359,6 +378,15 @@ def _apply_param(raw: dict, dotted: str, value: Any, source: str) -> None:
         if not isinstance(node, dict):
             raise ScenarioError(f"{source}: parameter {dotted!r}: {p} is not a table")
     node[parts[-1]] = value
+
+
+def _check_bounds(source: str, tables: dict[str, dict]) -> None:
+    for dotted, (lo, hi) in _INT_BOUNDS.items():
+        section, key = dotted.split(".")
+        v = tables[section].get(key)
+        if isinstance(v, int) and not lo <= v <= hi:
+            raise ScenarioError(f"{source}: {dotted}: expected an integer between {lo} and "
+                                f"{hi}, got {v}")
 
 
 def _req(table: dict, key: str, typ: type, source: str, where: str) -> Any:
@@ -425,7 +453,7 @@ def _op(o: Any, source: str, where: str, vm: VmConfig) -> OpSpec:
     if not isinstance(o, dict):
         raise ScenarioError(f"{source}: {where}: expected a table like {{op = \"fault\", ...}}")
     name = o.get("op")
-    if name not in OPS:
+    if not isinstance(name, str) or name not in OPS:
         raise ScenarioError(f"{source}: {where}.op: unknown op {name!r}; expected one of "
                             f"{sorted(OPS)}")
     params = op_params(name)
@@ -439,9 +467,15 @@ def _op(o: Any, source: str, where: str, vm: VmConfig) -> OpSpec:
         if want is not None and (not isinstance(v, want)
                                  or (want is int and isinstance(v, bool))):
             raise ScenarioError(f"{source}: {where}.{k}: expected {want.__name__}, got {v!r}")
+        if want is int and not 0 <= v <= _OP_INT_MAX:
+            raise ScenarioError(f"{source}: {where}.{k}: expected an integer between 0 and "
+                                f"{_OP_INT_MAX:#x}, got {v}")
     for p in params.values():
         if p.default is p.empty and p.name not in args:
             raise ScenarioError(f"{source}: {where}: op {name!r} needs argument {p.name!r}")
+    if "start" in args and "end" in args and args["start"] >= args["end"]:
+        raise ScenarioError(f"{source}: {where}: expected start < end (a gfn range), got "
+                            f"[{args['start']:#x}, {args['end']:#x})")
     if "vcpu" in args and not 0 <= args["vcpu"] < vm.nr_vcpus:
         raise ScenarioError(f"{source}: {where}.vcpu: {args['vcpu']} is not a vCPU of a VM "
                             f"with vm.nr_vcpus = {vm.nr_vcpus}")

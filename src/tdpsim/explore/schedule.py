@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..userfile import NotTextError, read_user_text
+
 from .engine import ExecutionResult, ExplorerError
 from .runner import run_one
 from .scenario import Scenario, ScenarioError, load_scenario
@@ -144,12 +146,11 @@ def parse_schedule(text: str, source: str = "<schedule>") -> Schedule:
 
 
 def load_schedule(path: str | Path) -> Schedule:
-    p = Path(path)
     try:
-        text = p.read_text()
-    except OSError as e:
-        raise ScheduleError(f"{p}: cannot read: {e.strerror}") from None
-    return parse_schedule(text, str(p))
+        text = read_user_text(path, "schedule")
+    except NotTextError as e:
+        raise ScheduleError(str(e)) from None
+    return parse_schedule(text, str(path))
 
 
 def replay(schedule: Schedule, record: bool = True, strict: bool = True) -> ExecutionResult:

@@ -1,9 +1,19 @@
-"""Reports of simulation runs: rich tables, JSON/CSV exports, an HTML page with plots."""
+"""Reports of simulation runs: rich tables, JSON/CSV exports, an HTML page with plots.
 
-from .export import result_to_dict, write_csv, write_json
-from .html import write_report
-from .table import (comparison_rows, comparison_table, compare_view, metric_rows, presets_table,
-                    verdict, workloads_table)
+The names below are loaded on first use: ``html`` pulls in matplotlib (~1 s), which the
+commands that only print a table must not pay for."""
 
-__all__ = ["compare_view", "comparison_rows", "comparison_table", "metric_rows", "verdict", "presets_table", "result_to_dict",
-           "workloads_table", "write_csv", "write_json", "write_report"]
+from importlib import import_module
+
+_EXPORTS = {"result_to_dict": "export", "write_csv": "export", "write_json": "export",
+            "write_report": "html", "compare_view": "table", "comparison_rows": "table",
+            "comparison_table": "table", "metric_rows": "table", "verdict": "table",
+            "presets_table": "table", "workloads_table": "table"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from tdpsim.model.policy import Policy
+from tdpsim.userfile import NotTextError, read_user_text
 
 from .policies import POLICY_FIELDS, PolicyError, policy_from_switches
 
@@ -39,6 +40,14 @@ PAGE = 4096
 MIB = 1 << 20
 GIB = 1 << 30
 LEVELS = {"4K": 1, "2M": 2, "1G": 3}
+# Bounds on how much work one phase may ask for, so a typo (accesses = 100000000000000)
+# is refused by validation instead of running until killed.  Each is far above what the
+# built-in workloads use (at most 2000 accesses, 974 conversions) and still finishes in
+# minutes.
+MAX_ACCESSES = 10_000_000
+MAX_TIMES = 100_000
+MAX_RUNS = 10_000
+MAX_THINK_US = 1e9
 BUILTIN_PACKAGE = "tdpsim.sim.workloads"
 
 
@@ -327,7 +336,7 @@ def _k_kib(lo: int = PAGE) -> Checker:
 _COMMON: dict[str, tuple[Checker, Any]] = {
     "name": (_k_str, None),
     "vcpus": (_k_vcpus, "all"),
-    "think_us": (_k_num(0), 1.0),
+    "think_us": (_k_num(0, MAX_THINK_US), 1.0),
     # Which part of the guest's life the phase belongs to (boot figures count "2M
     # mappings from kernel boot to login" over the kernel stage only).
     "stage": (_k_choice("build", "firmware", "kernel"), "kernel"),
@@ -349,7 +358,7 @@ PHASE_KINDS: dict[str, dict[str, tuple[Checker, Any]]] = {
     # Steady-state accesses with a pattern.
     "touch": {
         "region": (_k_range, REQUIRED),
-        "accesses": (_k_int(1), REQUIRED),
+        "accesses": (_k_int(1, MAX_ACCESSES), REQUIRED),
         "pattern": (_k_choice("sequential", "random", "hotcold"), "sequential"),
         "stride_kib": (_k_kib(), 4),
         "hot_mib": (_k_mib(PAGE), None),
@@ -357,15 +366,15 @@ PHASE_KINDS: dict[str, dict[str, tuple[Checker, Any]]] = {
         "write_fraction": (_k_num(0, 1), 0.5),
         "exec_fraction": (_k_num(0, 1), 0.0),
         "shared": (_k_bool, False),
-        "nx_recovery_period_us": (_k_num(0), 0.0),
-        "nx_recovery_ratio": (_k_int(1), 60),
+        "nx_recovery_period_us": (_k_num(0, MAX_THINK_US), 0.0),
+        "nx_recovery_ratio": (_k_int(1, 10_000), 60),
     },
     # Private<->shared conversions (MapGPA + KVM_SET_MEMORY_ATTRIBUTES), then re-accept.
     "convert": {
         "region": (_k_range, None),
         "ranges": (_k_ranges, None),   # instead of region: units taken from each range
         "unit_kib": (_k_kib(), 4),
-        "times": (_k_int(1), 1),
+        "times": (_k_int(1, MAX_TIMES), 1),
         "to": (_k_choice("shared", "private", "roundtrip"), "roundtrip"),
         "pattern": (_k_choice("sequential", "random"), "sequential"),
         "touch_shared": (_k_bool, True),
@@ -376,7 +385,7 @@ PHASE_KINDS: dict[str, dict[str, tuple[Checker, Any]]] = {
     # KVM_SET_USER_MEMORY_REGION flags change: dirty logging on (eager split) / off (recover).
     "dirty_log": {"enable": (_k_bool, REQUIRED)},
     # The NX huge page recovery worker (kvm_recover_nx_huge_pages) run `runs` times.
-    "nx_recovery": {"runs": (_k_int(1), 1), "ratio": (_k_int(1), 60)},
+    "nx_recovery": {"runs": (_k_int(1, MAX_RUNS), 1), "ratio": (_k_int(1, 10_000), 60)},
 }
 
 TD_ONLY = {"td_build", "punch_hole", "convert"}
@@ -499,10 +508,10 @@ def load_workload(path: str | Path) -> Workload:
     """Read and validate a workload file."""
     p = Path(path)
     try:
-        text = p.read_text()
-    except OSError as e:
-        raise WorkloadError(str(p), "(file)", "a readable TOML file",
-                            e.strerror or str(e)) from None
+        text = read_user_text(p, "workload")
+    except NotTextError as e:
+        raise WorkloadError(e.where, "(file)", f"a readable UTF-8 TOML file; {e.reason}",
+                            has_got=False) from None
     return loads_workload(text, str(p))
 
 

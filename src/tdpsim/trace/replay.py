@@ -1144,21 +1144,34 @@ def replay_records(records: Iterable[TraceRecord], options: ReplayOptions | None
 
 def replay_trace(source: str | os.PathLike[str] | Iterable[str],
                  options: ReplayOptions | None = None, *, skip_bad: bool = False,
-                 filename: str | None = None, resolve_lines: bool = True) -> ReplayResult:
+                 filename: str | None = None, resolve_lines: bool = True,
+                 progress: Callable[[int], None] | None = None) -> ReplayResult:
     """Parse and replay a trace file (path) or an iterable of lines, streaming.
 
     A bad line raises :class:`TraceParseError` unless ``skip_bad`` (then it is counted in
     ``result.parse_stats`` and listed as a ``parse_error`` anomaly).  With a path and
     ``resolve_lines``, a second pass fills in the text of earlier lines that anomalies
-    point at (the line being replayed is captured as it goes).
+    point at (the line being replayed is captured as it goes).  With a path,
+    ``progress(bytes_read)`` is called every few thousand lines.
     """
     return _replay(source, options, skip_bad=skip_bad, filename=filename,
-                   resolve_lines=resolve_lines, fast=True)
+                   resolve_lines=resolve_lines, fast=True, progress=progress)
+
+
+def _reporting(f: Any, progress: Callable[[int], None]) -> Iterator[str]:
+    """The lines of text file ``f``, calling ``progress`` with the bytes read so far
+    every 16384 lines (the binary buffer's position: the text layer's tell() is not
+    allowed while iterating)."""
+    buf = f.buffer
+    for n, line in enumerate(f):
+        if not n & 0x3FFF:
+            progress(buf.tell())
+        yield line
 
 
 def _replay(source: str | os.PathLike[str] | Iterable[str], options: ReplayOptions | None,
             *, skip_bad: bool, filename: str | None, resolve_lines: bool,
-            fast: bool) -> ReplayResult:
+            fast: bool, progress: Callable[[int], None] | None = None) -> ReplayResult:
     """:func:`replay_trace`.  ``fast=False`` is the reference implementation (records
     from iterating the reference parser, fed one by one), kept for tests."""
     if filename is None:
@@ -1186,7 +1199,10 @@ def _replay(source: str | os.PathLike[str] | Iterable[str], options: ReplayOptio
                 rp._line = line
                 feed(rec)
 
-            parser._drive(f if f is not None else source, sink, rp._drive_handlers())
+            lines = f if f is not None else source
+            if f is not None and progress is not None:
+                lines = _reporting(f, progress)
+            parser._drive(lines, sink, rp._drive_handlers())
         else:
             cur: list[str | None] = [None]
 

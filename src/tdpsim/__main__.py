@@ -1,0 +1,5 @@
+"""``python -m tdpsim``: the same as the ``tdpsim`` script."""
+
+from tdpsim.cli.main import main
+
+main()
