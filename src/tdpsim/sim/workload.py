@@ -510,7 +510,7 @@ def load_workload(path: str | Path) -> Workload:
     try:
         text = read_user_text(p, "workload")
     except NotTextError as e:
-        raise WorkloadError(e.where, "(file)", f"a readable UTF-8 TOML file; {e.reason}",
+        raise WorkloadError(e.where, "(file)", f"a readable TOML file; {e.reason}",
                             has_got=False) from None
     return loads_workload(text, str(p))
 
