@@ -320,7 +320,7 @@ def parse_scenario(raw: dict[str, Any], source: str, params: dict[str, Any]) -> 
     _check_table(explore, _EXPLORE_KEYS, source, "explore")
     tdx = raw.get("tdx", {})
     _check_table(tdx, _TDX_KEYS, source, "tdx")
-    _check_bounds(source, {"vm": dataclasses.asdict(vm), "explore": explore, "tdx": tdx})
+    _check_bounds(source, {"vm": raw.get("vm", {}), "explore": explore, "tdx": tdx})
     if vm.mem_bytes % 4096:
         raise ScenarioError(f"{source}: vm.mem_bytes: expected a multiple of 4096, got "
                             f"{vm.mem_bytes}")
