@@ -260,3 +260,65 @@ def test_fast_page_fault_error_code_bits(profile, leftover):
     fault(kvm, 0x10, present=True)  # the write-protected page: fast_page_fault fixes it
     (line,) = [ln for ln in buf.getvalue().splitlines() if "fast_page_fault:" in ln]
     assert ("|0x100000000 sptep" in line) is leftover and "fixed 1" in line
+
+
+@pytest.mark.parametrize("profile,every,reads,writes", [
+    (KERNEL_6_18_HP_V3, 0, 1, 0), (KERNEL_6_18_HP_V3, 1, 4, 0),
+    (KERNEL_6_12, 0, 0, 1), (KERNEL_6_12, 1, 0, 4), (KERNEL_6_1, 1, 0, 4)])
+def test_recover_nx_huge_pages_under_read_lock(profile, every, reads, writes):
+    """recover_nx_huge_pages_under_read_lock: v6.18 recovers under mmu_lock for read
+    (cond_resched_rwlock_read retakes it for read); before, for write
+    (kvm_tdp_mmu_zap_sp, cond_resched_rwlock_write).  Same three tables zapped."""
+    from tdpsim.model.kvm_main import kvm_recover_nx_huge_pages
+    from tdpsim.model.policy import Policy
+    kvm = create_vm(VmConfig(profile=profile), Policy(nx_huge_pages=True, resched_every=every))
+    for frame in range(1, 4):
+        fault(kvm, frame * 512, exec=True, write=False)
+    assert kvm.stat.nx_lpage_splits == 3 and kvm.stat.pages == [3, 0, 0]
+    r0, w0 = kvm.mmu_lock.read_acquisitions, kvm.mmu_lock.write_acquisitions
+    assert kvm_recover_nx_huge_pages(kvm, ratio=1) == 3
+    assert kvm.mmu_lock.read_acquisitions - r0 == reads
+    assert kvm.mmu_lock.write_acquisitions - w0 == writes
+    assert kvm.stat.nx_lpage_splits == 0 and kvm.stat.pages == [0, 0, 0]
+    assert not kvm.possible_nx_huge_pages and not kvm.warnings and not kvm.bugs
+
+
+def _invalidate_begin(kvm, gfn):
+    from tdpsim.model.kvm_main import kvm_mmu_invalidate_begin, kvm_mmu_invalidate_range_add
+    kvm.mmu_lock.write_lock()
+    kvm_mmu_invalidate_begin(kvm)
+    kvm_mmu_invalidate_range_add(kvm, gfn, gfn + 1)
+    kvm.mmu_lock.write_unlock()
+
+
+@pytest.mark.parametrize("profile,locked_reads", [
+    (KERNEL_6_18_HP_V3, 0), (KERNEL_6_12, 0), (KERNEL_6_1, 1)])
+def test_faultin_pfn_retry_gfn_unsafe_before_the_pfn(profile, locked_reads):
+    """faultin_pfn_retry_gfn_unsafe: since v6.8 a fault on a gfn under invalidation
+    retries before taking mmu_lock; 6.1 takes it and is_page_fault_stale() retries."""
+    from tdpsim.model.mmu_fault import RET_PF_RETRY
+    kvm = create_vm(VmConfig(profile=profile))
+    _invalidate_begin(kvm, 0x10)
+    r0 = kvm.mmu_lock.read_acquisitions
+    assert fault(kvm, 0x10) == RET_PF_RETRY
+    assert kvm.mmu_lock.read_acquisitions - r0 == locked_reads
+    assert kvm.stat.pages == [0, 0, 0]
+
+
+@pytest.mark.parametrize("profile,locked_reads", [(KERNEL_6_12, 0), (KERNEL_6_1, 1)])
+def test_faultin_pfn_retry_gfn_unsafe_after_the_pfn(monkeypatch, profile, locked_reads):
+    """The second check: an invalidation that begins while the pfn is looked up is caught
+    before mmu_lock since v6.8 (same commit); 6.1 only sees it under the lock."""
+    from tdpsim.model.mmu_fault import RET_PF_RETRY
+    from tdpsim.model.memslot import KvmMemorySlot
+    kvm = create_vm(VmConfig(profile=profile))
+    lookup = KvmMemorySlot.gfn_to_hva
+
+    def gfn_to_hva_racing_an_invalidation(slot, gfn):
+        _invalidate_begin(kvm, gfn)
+        return lookup(slot, gfn)
+    monkeypatch.setattr(KvmMemorySlot, "gfn_to_hva", gfn_to_hva_racing_an_invalidation)
+    r0 = kvm.mmu_lock.read_acquisitions
+    assert fault(kvm, 0x10) == RET_PF_RETRY
+    assert kvm.mmu_lock.read_acquisitions - r0 == locked_reads
+    assert kvm.stat.pages == [0, 0, 0]

@@ -41,6 +41,7 @@ from .tdp_mmu import (
     kvm_tdp_mmu_zap_collapsible_sptes,
     kvm_tdp_mmu_zap_invalidated_roots,
     kvm_tdp_mmu_zap_possible_nx_huge_page,
+    kvm_tdp_mmu_zap_sp,
     need_resched,
     KVM_DIRECT_ROOTS,
 )
@@ -461,14 +462,27 @@ def kvm_nx_huge_page_recovery_worker(kvm: "Kvm", now_ms: int) -> bool:
 
 
 def kvm_recover_nx_huge_pages(kvm: "Kvm", ratio: Optional[int] = None) -> int:
-    """``kvm_recover_nx_huge_pages`` (TDP MMU, 6.17+: read lock): zap
-    ``DIV_ROUND_UP(nx_lpage_splits, ratio)`` tracked SPs, oldest first, so the next fault
-    may map a huge page again (ratio 0: none).  ``ratio`` overrides
-    ``nx_huge_pages_recovery_ratio``.  SPs in dirty-logged slots are only untracked.
-    Returns how many were zapped."""
+    """``kvm_recover_nx_huge_pages`` (TDP MMU): zap ``DIV_ROUND_UP(nx_lpage_splits,
+    ratio)`` tracked SPs, oldest first, so the next fault may map a huge page again
+    (ratio 0: none).  ``ratio`` overrides ``nx_huge_pages_recovery_ratio``.  SPs in
+    dirty-logged slots are only untracked.  Returns how many were zapped."""
     if ratio is None:
         ratio = kvm.policy.nx_huge_pages_recovery_ratio
     to_zap = -(-kvm.stat.nx_lpage_splits // ratio) if ratio else 0
+    if kvm.profile.recover_nx_huge_pages_under_read_lock:
+        return _recover_nx_huge_pages_shared(kvm, to_zap)
+    return _recover_nx_huge_pages_exclusive(kvm, to_zap)
+
+
+def _nx_huge_page_recoverable(kvm: "Kvm", sp) -> bool:
+    """Zapping a dirty-logged slot's SP would only fault it back in at 4K."""
+    slot = kvm.gfn_to_memslot(sp.gfn)
+    return slot is None or not slot.kvm_slot_dirty_track_enabled()
+
+
+def _recover_nx_huge_pages_shared(kvm: "Kvm", to_zap: int) -> int:
+    """v6.18+: mmu_lock for read, each SP untracked under tdp_mmu_pages_lock, then zapped
+    only if its parent SPTE still points to it."""
     zapped = 0
     flush = False
     kvm.mmu_lock.read_lock()
@@ -483,8 +497,7 @@ def kvm_recover_nx_huge_pages(kvm: "Kvm", ratio: Optional[int] = None) -> int:
         sp.nx_huge_page_disallowed = False  # unaccount_nx_huge_page
         untrack_possible_nx_huge_page(kvm, sp)
         kvm.tdp_mmu_pages_lock.unlock()
-        slot = kvm.gfn_to_memslot(sp.gfn)
-        if slot is None or not slot.kvm_slot_dirty_track_enabled():
+        if _nx_huge_page_recoverable(kvm, sp):
             if kvm_tdp_mmu_zap_possible_nx_huge_page(kvm, sp):
                 flush = True
                 zapped += 1
@@ -498,4 +511,41 @@ def kvm_recover_nx_huge_pages(kvm: "Kvm", ratio: Optional[int] = None) -> int:
     if flush:
         kvm.kvm_flush_remote_tlbs()
     kvm.mmu_lock.read_unlock()
+    return zapped
+
+
+def _recover_nx_huge_pages_exclusive(kvm: "Kvm", to_zap: int) -> int:
+    """Up to v6.17: mmu_lock for write and RCU held across the loop; the zap
+    (``kvm_tdp_mmu_zap_sp``) untracks the SP while tearing its table down."""
+    zapped = 0
+    flush = False
+    kvm.mmu_lock.write_lock()
+    kvm.rcu.rcu_read_lock()  # zapped TDP MMU tables are freed via RCU callback
+    for _ in range(to_zap):
+        if not kvm.possible_nx_huge_pages:
+            break
+        sp = kvm.possible_nx_huge_pages[0]
+        kvm.WARN_ON_ONCE(not sp.nx_huge_page_disallowed, "kvm_recover_nx_huge_pages",
+                         "tracked SP not NX-disallowed")
+        if not _nx_huge_page_recoverable(kvm, sp):
+            sp.nx_huge_page_disallowed = False  # unaccount_nx_huge_page
+            untrack_possible_nx_huge_page(kvm, sp)
+        elif kvm_tdp_mmu_zap_sp(kvm, sp):
+            flush = True
+            zapped += 1
+        kvm.WARN_ON_ONCE(sp.nx_huge_page_disallowed, "kvm_recover_nx_huge_pages",
+                         "SP still NX-disallowed after recovery")
+        if need_resched(kvm):
+            # kvm_mmu_remote_flush_or_zap, then cond_resched_rwlock_write
+            if flush:
+                kvm.kvm_flush_remote_tlbs()
+            kvm.rcu.rcu_read_unlock()
+            kvm.mmu_lock.write_unlock()
+            kvm.mmu_lock.write_lock()
+            flush = False
+            kvm.rcu.rcu_read_lock()
+    if flush:
+        kvm.kvm_flush_remote_tlbs()
+    kvm.rcu.rcu_read_unlock()
+    kvm.mmu_lock.write_unlock()
     return zapped

@@ -129,7 +129,8 @@ def kvm_mmu_faultin_pfn(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
         fault.pfn = KVM_PFN_NOSLOT  # kvm_handle_noslot_fault: emulated MMIO
         fault.map_writable = False
         return RET_PF_CONTINUE
-    if mmu_invalidate_retry_gfn_unsafe(kvm, fault.mmu_seq, fault.gfn):
+    if kvm.profile.faultin_pfn_retry_gfn_unsafe and \
+            mmu_invalidate_retry_gfn_unsafe(kvm, fault.mmu_seq, fault.gfn):
         return RET_PF_RETRY
     fault.map_writable = not slot.flags & KVM_MEM_READONLY
     if fault.is_private:
@@ -140,8 +141,9 @@ def kvm_mmu_faultin_pfn(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
     else:
         fault.pfn = slot.gfn_to_hva(fault.gfn) >> PAGE_SHIFT
     # Again, purely to avoid contending mmu_lock with an invalidation that began while
-    # the pfn was looked up (6.18 kvm_mmu_faultin_pfn).
-    if mmu_invalidate_retry_gfn_unsafe(kvm, fault.mmu_seq, fault.gfn):
+    # the pfn was looked up (v6.8+ kvm_faultin_pfn).
+    if kvm.profile.faultin_pfn_retry_gfn_unsafe and \
+            mmu_invalidate_retry_gfn_unsafe(kvm, fault.mmu_seq, fault.gfn):
         return RET_PF_RETRY
     return RET_PF_CONTINUE
 

@@ -74,6 +74,18 @@ class KernelProfile:
     # faults mapped the huge page again.
     recover_huge_pages_in_place: bool = True
 
+    # a57750909580 "KVM: x86/mmu: Recover TDP MMU NX huge pages using MMU read lock"
+    # (v6.18): kvm_recover_nx_huge_pages takes mmu_lock for read and zaps each SP with
+    # kvm_tdp_mmu_zap_possible_nx_huge_page (tdp_mmu_set_spte_atomic).  Before it,
+    # mmu_lock for write, kvm_tdp_mmu_zap_sp (tdp_mmu_set_spte), cond_resched_rwlock_write.
+    recover_nx_huge_pages_under_read_lock: bool = True
+
+    # d02c357e5bfa "KVM: x86/mmu: Retry fault before acquiring mmu_lock if mapping is
+    # changing" (v6.8): kvm_faultin_pfn checks mmu_invalidate_retry_gfn_unsafe() before
+    # and again after getting the pfn, returning RET_PF_RETRY without taking mmu_lock.
+    # Before it, only is_page_fault_stale() under mmu_lock caught the invalidation.
+    faultin_pfn_retry_gfn_unsafe: bool = True
+
     # "KVM: x86: Add a VM type define for TDX" (v6.14) and the TDX host support that made
     # KVM_X86_TDX_VM creatable (v6.16).  Older kernels cannot run a TD.
     tdx_vm_type: bool = True
@@ -109,6 +121,7 @@ KERNEL_6_12 = KERNEL_6_18_HP_V3.with_(
     description="v6.12 LTS: no TDX; non-present BIT(63); zap-collapsible recovery",
     recover_huge_pages_in_place=False,
     tdx_vm_type=False,
+    recover_nx_huge_pages_under_read_lock=False,
 )
 
 KERNEL_6_1 = KERNEL_6_12.with_(
@@ -124,6 +137,7 @@ KERNEL_6_1 = KERNEL_6_12.with_(
     KVM_X86_SW_PROTECTED_VM=False,
     KVM_SET_MEMORY_ATTRIBUTES=False,
     KVM_PRE_FAULT_MEMORY=False,
+    faultin_pfn_retry_gfn_unsafe=False,
 )
 
 DEFAULT_PROFILE = KERNEL_6_18_HP_V3

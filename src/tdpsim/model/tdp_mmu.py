@@ -1291,8 +1291,23 @@ def kvm_tdp_mmu_zap_collapsible_sptes(kvm: "Kvm", slot: "KvmMemorySlot") -> None
         kvm.rcu.rcu_read_unlock()
 
 
+def kvm_tdp_mmu_zap_sp(kvm: "Kvm", sp: KvmMmuPage) -> bool:
+    """``kvm_tdp_mmu_zap_sp`` (up to v6.17, write lock): zap the parent SPTE pointing to
+    ``sp``'s table; tearing the table down untracks ``sp`` (``tdp_mmu_unlink_sp``)."""
+    kvm.mmu_lock.lockdep_assert_held_write()
+    if kvm.WARN_ON_ONCE(sp.parent is None, "kvm_tdp_mmu_zap_sp", "root SP"):
+        return False
+    old_spte = kvm_tdp_mmu_read_spte(kvm, sp.parent, sp.parent_index)
+    if kvm.WARN_ON_ONCE(not is_shadow_present_pte(old_spte), "kvm_tdp_mmu_zap_sp",
+                        "parent SPTE not present"):
+        return False
+    tdp_mmu_set_spte(kvm, sp.role.smm, sp.parent, sp.parent_index, old_spte,
+                     kvm.profile.SHADOW_NONPRESENT_VALUE, sp.gfn, sp.role.level + 1)
+    return True
+
+
 def kvm_tdp_mmu_zap_possible_nx_huge_page(kvm: "Kvm", sp: KvmMmuPage) -> bool:
-    """``kvm_tdp_mmu_zap_possible_nx_huge_page`` (6.17+, read lock): zap the parent SPTE
+    """``kvm_tdp_mmu_zap_possible_nx_huge_page`` (v6.18+, read lock): zap the parent SPTE
     only if it still points to ``sp``'s table."""
     kvm.mmu_lock.lockdep_assert_held_read()
     if kvm.WARN_ON_ONCE(sp.parent is None, "kvm_tdp_mmu_zap_possible_nx_huge_page", "root SP"):
