@@ -1,7 +1,7 @@
 """Builders and walkers shared by the core-model tests."""
 
 from tdpsim.model import spte as S
-from tdpsim.model.mmu_fault import ept_violation_error_code, kvm_mmu_do_page_fault
+from tdpsim.model.mmu_fault import ept_violation_error_code, kvm_mmu_page_fault
 from tdpsim.model.tdp_iter import spte_to_child_sp
 
 
@@ -13,7 +13,7 @@ def fault(kvm, gfn, *, vcpu=0, write=True, exec=False, private=None, present=Fal
     if kvm.kvm_has_mirrored_tdp() and not private:
         gpa |= kvm.gfn_direct_bits << 12
     err = ept_violation_error_code(write=write, exec=exec, private=private, present=present)
-    return kvm_mmu_do_page_fault(kvm.vcpus[vcpu], gpa, err)
+    return kvm_mmu_page_fault(kvm.vcpus[vcpu], gpa, err)
 
 
 def leaf_at(kvm, root, gfn):

@@ -6,7 +6,7 @@ import time
 
 from tdpsim.model.invariants import check_invariants, check_mmu_invariants, check_tdx_invariants
 from tdpsim.model.kvm import IN_GUEST_MODE
-from tdpsim.model.mmu_fault import ept_violation_error_code, kvm_mmu_do_page_fault
+from tdpsim.model.mmu_fault import ept_violation_error_code, kvm_mmu_page_fault
 from tdpsim.model.policy import Policy
 from tdpsim.model.profile import DEFAULT_PROFILE
 from tdpsim.model.spte import SPTE_MMU_PRESENT_MASK
@@ -23,7 +23,7 @@ def plain_vm(host_page_level: int = 1):
     kvm = create_vm(VmConfig(mem_bytes=16 << 20, host_page_level=host_page_level))
     vcpu = kvm.vcpus[0]
     for gpa in (0, 0x1000, M2 + 0x5000, 3 * M2):
-        assert kvm_mmu_do_page_fault(vcpu, gpa, ept_violation_error_code(write=True)) in (5, 6)
+        assert kvm_mmu_page_fault(vcpu, gpa, ept_violation_error_code(write=True)) in (5, 6)
     return kvm
 
 

@@ -53,12 +53,17 @@ def test_make_spte_prefetch_and_readonly():
     # prefetch: no A; not host-writable: no W, no mmu-W, no D.
     assert spte == 0x8000000000005805
     assert not S.is_accessed_spte(EPT, spte)
-    # Re-making over an already writable SPTE does not set D again.
+    # 6.13+ (cc7ed3358e41): a writable SPTE always gets D, even over a writable leaf;
+    # older kernels skipped D there (but not over a writable *table*, e.g. promotion).
     old = 0x8600000001000B37
-    again = S.make_spte(EPT, level=1, ad_disabled=False, pte_access=S.ACC_ALL, pfn=0x1000,
-                        old_spte=old, prefetch=False, host_writable=True,
-                        nx_huge_page_enabled=False, mt_mask=0x30)
-    assert again == old & ~S.VMX_EPT_DIRTY_BIT
+    args = dict(level=1, ad_disabled=False, pte_access=S.ACC_ALL, pfn=0x1000, old_spte=old,
+                prefetch=False, host_writable=True, nx_huge_page_enabled=False, mt_mask=0x30)
+    assert S.make_spte(EPT, **args) == old
+    assert S.make_spte(EPT, **args, always_dirty=False) == old & ~S.VMX_EPT_DIRTY_BIT
+    table = S.make_nonleaf_spte(EPT, 0x1234, ad_disabled=False)
+    args.update(level=2, pfn=0x200, old_spte=table)
+    assert S.make_spte(EPT, **args, always_dirty=False) == S.make_spte(EPT, **args)
+    assert S.make_spte(EPT, **args) == 0x8600000000200BB7
 
 
 def test_make_nonleaf_spte():

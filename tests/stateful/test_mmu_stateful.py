@@ -24,7 +24,7 @@ from tdpsim.model.kvm_main import (
 )
 from tdpsim.model.memslot import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMORY_ATTRIBUTE_PRIVATE
 from tdpsim.model.mmu import kvm_mmu_max_mapping_level
-from tdpsim.model.mmu_fault import ept_violation_error_code, kvm_mmu_do_page_fault
+from tdpsim.model.mmu_fault import ept_violation_error_code, kvm_mmu_page_fault
 from tdpsim.model.policy import Policy
 from tdpsim.model.tdp_mmu import kvm_tdp_mmu_zap_leafs
 from tdpsim.model.vmm import VmConfig, create_vm
@@ -57,7 +57,7 @@ class MmuMachine(RuleBasedStateMachine):
             gpa |= self.kvm.gfn_direct_bits << 12
             exec = False  # a shared exec fault on a TD is a KVM bug by design
         err = ept_violation_error_code(write=write, exec=exec and not private, private=private)
-        r = kvm_mmu_do_page_fault(self.kvm.vcpus[vcpu], gpa, err)
+        r = kvm_mmu_page_fault(self.kvm.vcpus[vcpu], gpa, err)
         assert r in (1, 5, 6), r  # RETRY, FIXED, SPURIOUS
 
     @rule(g=gfns, n=st.integers(1, 1024))

@@ -7,7 +7,7 @@ import io
 
 from tdpsim.model import events as ev
 from tdpsim.model.kvm import RecordingExternalOps
-from tdpsim.model.mmu_fault import ept_violation_error_code, kvm_mmu_do_page_fault
+from tdpsim.model.mmu_fault import ept_violation_error_code, kvm_mmu_page_fault
 from tdpsim.model.policy import Policy
 from tdpsim.model.vmm import VmConfig, create_vm
 from tdpsim.trace.emit import TraceEmitter
@@ -40,7 +40,7 @@ class Driver:
             # TDX private faults report exit qualification 0x2 style codes; the model's
             # error code is what kvm_mmu_page_fault receives.
             self.em(ev.KvmPageFault(vcpu, 0, gpa, err & 0xFFFFFFFF))
-            return kvm_mmu_do_page_fault(kvm.vcpus[vcpu], gpa, err)
+            return kvm_mmu_page_fault(kvm.vcpus[vcpu], gpa, err)
 
     def text(self) -> str:
         return self.buf.getvalue()

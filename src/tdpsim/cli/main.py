@@ -135,7 +135,7 @@ def fault(accesses: List[str] = typer.Argument(..., metavar="GFN[:FLAGS]...", he
     The quickest way to see what the fault path decides."""
     from ..model.dump import root_name, walk_root
     from ..model.kvm import RecordingExternalOps
-    from ..model.mmu_fault import ept_violation_error_code, kvm_mmu_do_page_fault
+    from ..model.mmu_fault import ept_violation_error_code, kvm_mmu_page_fault
     from ..model.mmu_internal import ERRNO_NAMES, RET_PF_NAMES
     from ..model.policy import MIRROR_PROMOTION_CHOICES, Policy
     from ..model.vmm import VmConfig, create_vm
@@ -162,7 +162,7 @@ def fault(accesses: List[str] = typer.Argument(..., metavar="GFN[:FLAGS]...", he
         if tdx and not private:
             gpa |= kvm.gfn_direct_bits << 12
         err = ept_violation_error_code(write="w" in flags, exec="x" in flags, private=private)
-        r = kvm_mmu_do_page_fault(kvm.vcpus[0], gpa, err)
+        r = kvm_mmu_page_fault(kvm.vcpus[0], gpa, err)
         faults.append({"gfn": gfn, "flags": flags, "private": private,
                        "result": RET_PF_NAMES.get(r) or "-" + ERRNO_NAMES.get(-r, str(-r))})
     roots = [(root_name(root), list(walk_root(kvm, root, lo, hi))) for root in kvm.tdp_mmu_roots]

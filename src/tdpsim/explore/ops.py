@@ -27,7 +27,7 @@ from tdpsim.model.kvm_main import (
 from tdpsim.model.memslot import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMORY_ATTRIBUTE_PRIVATE
 from tdpsim.model.mmu_fault import (
     ept_violation_error_code,
-    kvm_mmu_do_page_fault,
+    kvm_mmu_page_fault,
     kvm_mmu_load,
 )
 from tdpsim.model.mmu_internal import RET_PF_RETRY
@@ -94,7 +94,7 @@ class OpContext:
 
 def op_fault(ctx: OpContext, vcpu: int, gfn: int, write: bool = True, exec: bool = False,
              private: Optional[bool] = None) -> int:
-    """A vCPU's EPT violation on ``gfn`` → ``kvm_mmu_do_page_fault``, retried locally while
+    """A vCPU's EPT violation on ``gfn`` → ``kvm_mmu_page_fault``, retried locally while
     it returns RET_PF_RETRY (as ``tdx_handle_ept_violation`` / ``vcpu_enter_guest`` re-entry
     would).  ``private`` defaults to the gfn's current attribute.  Returns the RET_PF_* value
     or -errno of the last attempt."""
@@ -118,7 +118,7 @@ def op_fault(ctx: OpContext, vcpu: int, gfn: int, write: bool = True, exec: bool
             # the loop is this one, which parks the vCPU between attempts.
             r = ctx.tdx.tdx_handle_ept_violation(v, gpa)
         else:
-            r = kvm_mmu_do_page_fault(v, gpa, err)
+            r = kvm_mmu_page_fault(v, gpa, err)
         ctx.srcu_read_unlock(vcpu)
         if r != RET_PF_RETRY:
             return r

@@ -8,7 +8,7 @@ same shape (``pages`` relative to the post-warm-up baseline, ``counters`` with
 ``pf_taken``/``pf_fixed``, ``dirty_pages``).
 
 Which MMU: the host's ``kvm.tdp_mmu`` parameter; ``Y`` → the TDP MMU model
-(``tdpsim.model.tdp_mmu`` via ``kvm_mmu_do_page_fault``), ``N`` → the shadow MMU model
+(``tdpsim.model.tdp_mmu`` via ``kvm_mmu_page_fault``), ``N`` → the shadow MMU model
 (:mod:`tdpsim.model.shadow_mmu`).  ``nx_huge_pages`` and ``eager_page_split`` come from
 the parameters as well.
 

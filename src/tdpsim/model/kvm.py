@@ -202,7 +202,8 @@ class Kvm:
                  nr_vcpus: int = 1, root_level: int = 4,
                  x86_ops: KvmX86Ops | None = None, sched: SchedPoints | None = None,
                  tracer: Callable[[object], None] | None = None,
-                 profile: KernelProfile = DEFAULT_PROFILE, vendor: str = "intel") -> None:
+                 profile: KernelProfile = DEFAULT_PROFILE, vendor: str = "intel",
+                 host_maxphyaddr: int = 52) -> None:
         if root_level not in (4, 5):
             raise ValueError("root_level must be 4 or 5 (TDP walk length)")
         if vm_type == KVM_X86_TDX_VM and vendor != "intel":
@@ -231,6 +232,8 @@ class Kvm:
         self.vendor = vendor
         self.masks = vendor_spte_masks(vendor, profile)
         self.root_level = root_level
+        # kvm_host.maxphyaddr: KVM never installs SPTEs for gfns above it (kvm_mmu_max_gfn).
+        self.host_maxphyaddr = host_maxphyaddr
         self.sched = sched or SchedPoints()
         self.tracer = tracer
         self.x86_ops = x86_ops or KvmX86Ops()
@@ -240,7 +243,8 @@ class Kvm:
         self.rcu = Rcu(self.sched)
         self.tdp_mmu_roots: list[KvmMmuPage] = []
         self.tdp_mmu_pages = 0
-        self.possible_nx_huge_pages: list[KvmMmuPage] = []
+        # One list per enum kvm_mmu_type (shadow, TDP MMU); see mmu.possible_nx_huge_pages.
+        self.possible_nx_huge_pages: list[list[KvmMmuPage]] = [[], []]
         self.stat = KvmVmStat()
         # Not in the kernel: what disallowed_hugepage_adjust decided (the metrics), and an
         # audit hook that sees each fault's decisions (``tdpsim equiv``; None: off).

@@ -45,7 +45,7 @@ from .tdp_mmu import (
     need_resched,
     KVM_DIRECT_ROOTS,
 )
-from .mmu import untrack_possible_nx_huge_page
+from .mmu import KVM_TDP_MMU, possible_nx_huge_pages, untrack_possible_nx_huge_page
 from .sched import MMU_INVALIDATE, MMU_INVALIDATE_KEY
 from .dirty_log import (
     kvm_alloc_dirty_bitmap,
@@ -462,13 +462,14 @@ def kvm_nx_huge_page_recovery_worker(kvm: "Kvm", now_ms: int) -> bool:
 
 
 def kvm_recover_nx_huge_pages(kvm: "Kvm", ratio: Optional[int] = None) -> int:
-    """``kvm_recover_nx_huge_pages`` (TDP MMU): zap ``DIV_ROUND_UP(nx_lpage_splits,
-    ratio)`` tracked SPs, oldest first, so the next fault may map a huge page again
-    (ratio 0: none).  ``ratio`` overrides ``nx_huge_pages_recovery_ratio``.  SPs in
-    dirty-logged slots are only untracked.  Returns how many were zapped."""
+    """``kvm_recover_nx_huge_pages`` for the TDP MMU: zap ``nx_huge_pages_to_zap`` tracked
+    SPs, oldest first, so the next fault may map a huge page again (ratio 0: none).
+    ``ratio`` overrides ``nx_huge_pages_recovery_ratio``.  SPs in dirty-logged slots are
+    only untracked.  Returns how many were zapped.  The shadow MMU's list is tracked but
+    not recovered here (its model has no ``kvm_mmu_prepare_zap_page``)."""
     if ratio is None:
         ratio = kvm.policy.nx_huge_pages_recovery_ratio
-    to_zap = -(-kvm.stat.nx_lpage_splits // ratio) if ratio else 0
+    to_zap = nx_huge_pages_to_zap(kvm, KVM_TDP_MMU, ratio)
     if kvm.profile.recover_nx_huge_pages_under_read_lock:
         return _recover_nx_huge_pages_shared(kvm, to_zap)
     return _recover_nx_huge_pages_exclusive(kvm, to_zap)
@@ -483,19 +484,20 @@ def _nx_huge_page_recoverable(kvm: "Kvm", sp) -> bool:
 def _recover_nx_huge_pages_shared(kvm: "Kvm", to_zap: int) -> int:
     """v6.18+: mmu_lock for read, each SP untracked under tdp_mmu_pages_lock, then zapped
     only if its parent SPTE still points to it."""
+    nx_huge_pages = possible_nx_huge_pages(kvm, KVM_TDP_MMU)
     zapped = 0
     flush = False
     kvm.mmu_lock.read_lock()
     for _ in range(to_zap):
         kvm.tdp_mmu_pages_lock.lock()
-        if not kvm.possible_nx_huge_pages:
+        if not nx_huge_pages:
             kvm.tdp_mmu_pages_lock.unlock()
             break
-        sp = kvm.possible_nx_huge_pages[0]
+        sp = nx_huge_pages[0]
         kvm.WARN_ON_ONCE(not sp.nx_huge_page_disallowed, "kvm_recover_nx_huge_pages",
                          "tracked SP not NX-disallowed")
         sp.nx_huge_page_disallowed = False  # unaccount_nx_huge_page
-        untrack_possible_nx_huge_page(kvm, sp)
+        untrack_possible_nx_huge_page(kvm, sp, KVM_TDP_MMU)
         kvm.tdp_mmu_pages_lock.unlock()
         if _nx_huge_page_recoverable(kvm, sp):
             if kvm_tdp_mmu_zap_possible_nx_huge_page(kvm, sp):
@@ -517,19 +519,20 @@ def _recover_nx_huge_pages_shared(kvm: "Kvm", to_zap: int) -> int:
 def _recover_nx_huge_pages_exclusive(kvm: "Kvm", to_zap: int) -> int:
     """Up to v6.17: mmu_lock for write and RCU held across the loop; the zap
     (``kvm_tdp_mmu_zap_sp``) untracks the SP while tearing its table down."""
+    nx_huge_pages = possible_nx_huge_pages(kvm, KVM_TDP_MMU)
     zapped = 0
     flush = False
     kvm.mmu_lock.write_lock()
     kvm.rcu.rcu_read_lock()  # zapped TDP MMU tables are freed via RCU callback
     for _ in range(to_zap):
-        if not kvm.possible_nx_huge_pages:
+        if not nx_huge_pages:
             break
-        sp = kvm.possible_nx_huge_pages[0]
+        sp = nx_huge_pages[0]
         kvm.WARN_ON_ONCE(not sp.nx_huge_page_disallowed, "kvm_recover_nx_huge_pages",
                          "tracked SP not NX-disallowed")
         if not _nx_huge_page_recoverable(kvm, sp):
             sp.nx_huge_page_disallowed = False  # unaccount_nx_huge_page
-            untrack_possible_nx_huge_page(kvm, sp)
+            untrack_possible_nx_huge_page(kvm, sp, KVM_TDP_MMU)
         elif kvm_tdp_mmu_zap_sp(kvm, sp):
             flush = True
             zapped += 1
@@ -549,3 +552,13 @@ def _recover_nx_huge_pages_exclusive(kvm: "Kvm", to_zap: int) -> int:
     kvm.rcu.rcu_read_unlock()
     kvm.mmu_lock.write_unlock()
     return zapped
+
+
+def nx_huge_pages_to_zap(kvm: "Kvm", mmu_type: int, ratio: int) -> int:
+    """``nx_huge_pages_to_zap`` (6.18): ``DIV_ROUND_UP(nr_pages, ratio)`` of this MMU
+    type's list; before the per-type lists, of all ``nx_lpage_splits``."""
+    if kvm.profile.possible_nx_huge_pages_per_mmu_type:
+        pages = len(possible_nx_huge_pages(kvm, mmu_type))
+    else:
+        pages = kvm.stat.nx_lpage_splits
+    return -(-pages // ratio) if ratio else 0

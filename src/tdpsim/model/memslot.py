@@ -33,6 +33,8 @@ from .spte import (
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1
 KVM_MEM_GUEST_MEMFD = 1 << 2
+# KVM-internal (include/linux/kvm_host.h): set while a slot is being deleted or moved.
+KVM_MEMSLOT_INVALID = 1 << 16
 
 KVM_MEMORY_ATTRIBUTE_PRIVATE = 1 << 3
 

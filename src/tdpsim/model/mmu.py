@@ -144,20 +144,33 @@ def _mirror_disallows(kvm: "Kvm", child: "KvmMmuPage", is_mirror: bool) -> bool:
     return False
 
 
-def track_possible_nx_huge_page(kvm: "Kvm", sp: "KvmMmuPage") -> None:
+# enum kvm_mmu_type (mmu_internal.h, 6.18).
+KVM_SHADOW_MMU = 0
+KVM_TDP_MMU = 1
+
+
+def possible_nx_huge_pages(kvm: "Kvm", mmu_type: int) -> list:
+    """``kvm->arch.possible_nx_huge_pages[mmu_type].pages`` (6.18); before it the two MMU
+    types shared one list (``KernelProfile.possible_nx_huge_pages_per_mmu_type``)."""
+    if not kvm.profile.possible_nx_huge_pages_per_mmu_type:
+        mmu_type = KVM_SHADOW_MMU
+    return kvm.possible_nx_huge_pages[mmu_type]
+
+
+def track_possible_nx_huge_page(kvm: "Kvm", sp: "KvmMmuPage", mmu_type: int) -> None:
     """``track_possible_nx_huge_page``: the SP is the only thing stopping a huge page; NX
     recovery may zap it later."""
     if sp.possible_nx_huge_page:
         return
     kvm.stat.nx_lpage_splits += 1
     sp.possible_nx_huge_page = True
-    kvm.possible_nx_huge_pages.append(sp)
+    possible_nx_huge_pages(kvm, mmu_type).append(sp)
 
 
-def untrack_possible_nx_huge_page(kvm: "Kvm", sp: "KvmMmuPage") -> None:
+def untrack_possible_nx_huge_page(kvm: "Kvm", sp: "KvmMmuPage", mmu_type: int) -> None:
     """``untrack_possible_nx_huge_page``."""
     if not sp.possible_nx_huge_page:
         return
     kvm.stat.nx_lpage_splits -= 1
     sp.possible_nx_huge_page = False
-    kvm.possible_nx_huge_pages.remove(sp)
+    possible_nx_huge_pages(kvm, mmu_type).remove(sp)

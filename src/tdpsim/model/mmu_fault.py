@@ -4,10 +4,11 @@
 ``kvm_tdp_mmu_map_private_pfn`` from ``arch/x86/kvm/mmu/mmu.c``.
 
 Simplifications (one line each):
-- ``fast_page_fault`` only fixes write-protected (dirty-logged) direct leaves; access
-  tracking is never used (hardware A/D bits are on).
+- ``kvm_mmu_page_fault``'s RSVD (EPT misconfig → ``handle_mmio_page_fault``) and
+  RET_PF_WRITE_PROTECTED paths are not modelled: the TDP MMU never returns the latter.
 - Userspace memory is always host-writable; ``map_writable`` is only cleared by read-only
-  memslots.
+  memslots.  No page is hwpoisoned and no signal is pending (KVM_PFN_ERR_HWPOISON /
+  SIGPENDING never occur).
 - ``mmu_topup_memory_caches`` cannot fail, so it is not modelled.
 """
 
@@ -17,12 +18,14 @@ from typing import TYPE_CHECKING, Optional
 
 from .kvm import KVM_X86_SW_PROTECTED_VM
 from .mmu_internal import (
+    EAGAIN,
     EFAULT,
     EINTR,
     EINVAL,
     EIO,
     ENOENT,
     EOPNOTSUPP,
+    KVM_PFN_ERR_RO_FAULT,
     KVM_PFN_NOSLOT,
     PFERR_FETCH_MASK,
     PFERR_GUEST_FINAL_MASK,
@@ -39,18 +42,21 @@ from .mmu_internal import (
     RET_PF_SPURIOUS,
     RET_PF_WRITE_PROTECTED,
     KvmPageFault,
+    is_error_pfn,
 )
-from .memslot import KVM_MEM_READONLY, kvm_max_level_for_order
+from .memslot import KVM_MEM_READONLY, KVM_MEMSLOT_INVALID, kvm_max_level_for_order
 from .spte import (
     KVM_MAX_HUGEPAGE_LEVEL,
     KVM_PAGES_PER_HPAGE,
     PAGE_SHIFT,
     PG_LEVEL_4K,
     PT_WRITABLE_MASK,
+    is_access_track_spte,
     is_last_spte,
     is_mmu_writable_spte,
     is_shadow_present_pte,
     is_writable_pte,
+    restore_acc_track_spte,
 )
 from .events import FastPageFault
 from .sched import MMU_INVALIDATE, MMU_INVALIDATE_KEY
@@ -60,6 +66,7 @@ from .tdp_mmu import (
     kvm_tdp_mmu_alloc_root,
     kvm_tdp_mmu_map,
     kvm_tdp_mmu_promote_mirror_spte,
+    kvm_mmu_max_gfn,
     kvm_tdp_mmu_put_root,
     try_cmpxchg64,
 )
@@ -126,9 +133,11 @@ def kvm_mmu_faultin_pfn(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
     if slot is None:
         if fault.is_private:
             return -EFAULT
-        fault.pfn = KVM_PFN_NOSLOT  # kvm_handle_noslot_fault: emulated MMIO
-        fault.map_writable = False
-        return RET_PF_CONTINUE
+        return kvm_handle_noslot_fault(kvm, fault)
+    # A slot being deleted or moved: retry until its old SPTEs are zapped (prefault
+    # punts to userspace instead, having no forward-progress guarantee).
+    if slot.flags & KVM_MEMSLOT_INVALID:
+        return -EAGAIN if fault.prefetch else RET_PF_RETRY
     if kvm.profile.faultin_pfn_retry_gfn_unsafe and \
             mmu_invalidate_retry_gfn_unsafe(kvm, fault.mmu_seq, fault.gfn):
         return RET_PF_RETRY
@@ -138,8 +147,12 @@ def kvm_mmu_faultin_pfn(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
             return -EFAULT
         fault.pfn, order = slot.gmem.kvm_gmem_get_pfn(fault.gfn - slot.base_gfn + slot.gmem_offset)
         fault.max_level = kvm_max_level_for_order(order)
+    elif fault.write and slot.flags & KVM_MEM_READONLY:
+        fault.pfn = KVM_PFN_ERR_RO_FAULT  # __gfn_to_hva_many → KVM_HVA_ERR_RO_BAD
     else:
         fault.pfn = slot.gfn_to_hva(fault.gfn) >> PAGE_SHIFT
+    if is_error_pfn(fault.pfn):
+        return kvm_handle_error_pfn(fault)
     # Again, purely to avoid contending mmu_lock with an invalidation that began while
     # the pfn was looked up (v6.8+ kvm_faultin_pfn).
     if kvm.profile.faultin_pfn_retry_gfn_unsafe and \
@@ -148,38 +161,102 @@ def kvm_mmu_faultin_pfn(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
     return RET_PF_CONTINUE
 
 
+def kvm_handle_noslot_fault(kvm: "Kvm", fault: KvmPageFault) -> int:
+    """``kvm_handle_noslot_fault``: emulated MMIO, cached as an MMIO SPTE — except for a
+    gfn above host.MAXPHYADDR, which is emulated every time without an SPTE."""
+    fault.pfn = KVM_PFN_NOSLOT
+    fault.map_writable = False
+    if fault.gfn > kvm_mmu_max_gfn(kvm):
+        return RET_PF_EMULATE
+    return RET_PF_CONTINUE
+
+
+def kvm_handle_error_pfn(fault: KvmPageFault) -> int:
+    """``kvm_handle_error_pfn``: a write to a read-only slot is emulated (userspace sees
+    KVM_EXIT_MMIO) and no SPTE is cached for it; any other error pfn is -EFAULT."""
+    if fault.pfn == KVM_PFN_ERR_RO_FAULT:
+        return RET_PF_EMULATE
+    return -EFAULT
+
+
+def page_fault_can_be_fast(kvm: "Kvm", fault: KvmPageFault) -> bool:
+    """``page_fault_can_be_fast``: not an MMIO (RSVD) fault, not a private/shared
+    mismatch on a VM with private memory; a not-present fault only with A/D bits off
+    (access tracking); a present one only if it is a write (write protection)."""
+    if fault.rsvd:
+        return False
+    if kvm.kvm_arch_has_private_mem() and fault.is_private != kvm.kvm_mem_is_private(fault.gfn):
+        return False
+    if not fault.present:
+        return not kvm.kvm_ad_enabled()
+    return fault.write
+
+
+def kvm_tdp_mmu_fast_pf_get_last_sptep(vcpu: "KvmVcpu", gfn: int) -> tuple:
+    """``kvm_tdp_mmu_fast_pf_get_last_sptep``: the last SPTE the walk of the *direct*
+    root visits (fast PF is not supported for mirror roots), as (sp, index, level)."""
+    last = None
+    for iter in for_each_tdp_pte(vcpu.kvm, vcpu.root, gfn, gfn + 1):
+        last = (iter.sp, iter.index, iter.level)
+    return last
+
+
+def fast_pf_fix_direct_spte(vcpu: "KvmVcpu", fault: KvmPageFault, sp, index: int,
+                            old_spte: int, new_spte: int) -> bool:
+    """``fast_pf_fix_direct_spte``: one cmpxchg; a newly writable SPTE logs
+    ``fault->gfn`` dirty.  D is not set: the CPU sets it on the write."""
+    ok, _ = try_cmpxchg64(vcpu.kvm, sp, index, old_spte, new_spte)
+    if not ok:
+        return False
+    if is_writable_pte(new_spte) and not is_writable_pte(old_spte):
+        fault.slot.mark_page_dirty_in_slot(fault.gfn)
+    return True
+
+
 def fast_page_fault(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
-    """``fast_page_fault`` (direct root, no mmu_lock): make a write-protected but
-    MMU-writable leaf writable again with one cmpxchg, logging the page dirty.  Private
-    faults never come here (``page_fault_can_be_fast``); the tracepoint fires whenever the
-    walk ran, as in the kernel."""
-    if fault.is_private or not fault.present or fault.slot is None:
-        return RET_PF_INVALID
+    """``fast_page_fault`` (direct root, no mmu_lock): a spurious fault, or an
+    MMU-writable leaf (4K, or huge outside dirty logging) made writable / an
+    access-tracked one restored with one cmpxchg, retried up to 4 times.  Counts
+    ``pf_fast`` for FIXED and SPURIOUS; traces whenever the walk ran."""
     kvm = vcpu.kvm
+    m = kvm.masks
+    if not page_fault_can_be_fast(kvm, fault):
+        return RET_PF_INVALID
     kvm.rcu.rcu_read_lock()
     ret = RET_PF_INVALID
-    sptep, spte, new_spte = 0, 0, 0
-    for iter in for_each_tdp_pte(kvm, vcpu.root, fault.gfn, fault.gfn + 1):
-        if not is_shadow_present_pte(iter.old_spte) or not is_last_spte(iter.old_spte, iter.level):
-            continue
-        sptep, spte = sptep_address(iter.sp, iter.index), iter.old_spte
-        new_spte = spte
-        if is_access_allowed(kvm.masks, fault, spte):
+    retry_count = 0
+    while True:
+        sp, index, level = kvm_tdp_mmu_fast_pf_get_last_sptep(vcpu, fault.gfn)
+        spte = sp.spt[index]
+        if not is_shadow_present_pte(spte) or not is_last_spte(spte, level):
+            break
+        if is_access_allowed(m, fault, spte):
             ret = RET_PF_SPURIOUS
-        elif fault.write and not is_writable_pte(spte) and is_mmu_writable_spte(kvm.masks, spte) \
-                and iter.level == PG_LEVEL_4K:
-            new_spte = spte | PT_WRITABLE_MASK | kvm.masks.shadow_dirty_mask
-            ok, _ = try_cmpxchg64(kvm, iter.sp, iter.index, spte, new_spte)
-            if ok:
-                fault.slot.mark_page_dirty_in_slot(iter.gfn)  # fast_pf_fix_direct_spte
-                vcpu.stat.pf_fast += 1
-                ret = RET_PF_FIXED
-        break
-    kvm.rcu.rcu_read_unlock()
+            break
+        new_spte = spte
+        if not kvm.kvm_ad_enabled() and is_access_track_spte(m, spte):
+            new_spte = restore_acc_track_spte(m, new_spte) | m.shadow_accessed_mask
+        if fault.write and is_mmu_writable_spte(m, spte):
+            new_spte |= PT_WRITABLE_MASK
+            # Only the first page would be logged: let the slow path map 4K instead.
+            if level > PG_LEVEL_4K and fault.slot is not None \
+                    and fault.slot.kvm_slot_dirty_track_enabled():
+                break
+        if new_spte == spte or not is_access_allowed(m, fault, new_spte):
+            break
+        if fast_pf_fix_direct_spte(vcpu, fault, sp, index, spte, new_spte):
+            ret = RET_PF_FIXED
+            break
+        retry_count += 1
+        if retry_count > 4:
+            break  # pr_warn_once("Fast #PF retrying more than 4 times.")
     if kvm.tracer is not None:
         width = (1 << kvm.profile.fast_page_fault_error_code_bits) - 1
         kvm.tracer(FastPageFault(vcpu.vcpu_id, fault.addr, fault.error_code & width,
-                                 sptep, spte, new_spte, ret))
+                                 sptep_address(sp, index), spte, sp.spt[index], ret))
+    kvm.rcu.rcu_read_unlock()
+    if ret != RET_PF_INVALID:
+        vcpu.stat.pf_fast += 1
     return ret
 
 
@@ -231,11 +308,30 @@ def kvm_sw_protected_private_access(kvm: "Kvm", cr2_or_gpa: int, err: int) -> in
     return err
 
 
+def kvm_mmu_page_fault(vcpu: "KvmVcpu", cr2_or_gpa: int, error_code: int) -> int:
+    """``kvm_mmu_page_fault``: the handler every EPT violation reaches.  Since 6.11
+    (``KernelProfile.pf_stats_in_kvm_mmu_page_fault``) it counts ``pf_taken`` and the
+    result here, so TD-build and pre-fault maps count nothing.  Returns a RET_PF_* value
+    (6.15+ returns it instead of 1) or -errno."""
+    kvm = vcpu.kvm
+    counted_here = kvm.profile.pf_stats_in_kvm_mmu_page_fault
+    if counted_here:
+        vcpu.stat.pf_taken += 1
+    r = kvm_mmu_do_page_fault(vcpu, cr2_or_gpa, error_code)
+    if kvm.KVM_BUG_ON(r == RET_PF_INVALID, "kvm_mmu_page_fault", "RET_PF_INVALID"):
+        return -EIO
+    if r < 0:
+        return r
+    if counted_here:
+        kvm_mmu_count_pf_result(vcpu, r, False)
+    return r
+
+
 def kvm_mmu_do_page_fault(vcpu: "KvmVcpu", cr2_or_gpa: int, err: int,
                           prefetch: bool = False, level: Optional[list[int]] = None) -> int:
-    """``kvm_mmu_do_page_fault``: build ``struct kvm_page_fault``, run the TDP fault
-    handler, count the result in the vCPU stats.  Returns a RET_PF_* value or -errno;
-    ``level`` (the kernel's ``u8 *level``) receives the goal level."""
+    """``kvm_mmu_do_page_fault``: build ``struct kvm_page_fault`` and run the TDP fault
+    handler; before 6.11 it also counted the vCPU stats.  Returns a RET_PF_* value or
+    -errno; ``level`` (the kernel's ``u8 *level``) receives the goal level."""
     kvm = vcpu.kvm
     err = kvm_sw_protected_private_access(kvm, cr2_or_gpa, err)
     fault = KvmPageFault(
@@ -249,7 +345,8 @@ def kvm_mmu_do_page_fault(vcpu: "KvmVcpu", cr2_or_gpa: int, err: int,
     )
     fault.gfn = (cr2_or_gpa >> PAGE_SHIFT) & ~kvm.kvm_gfn_direct_bits()
     fault.slot = kvm.gfn_to_memslot(fault.gfn)
-    if not prefetch:
+    counted_here = not kvm.profile.pf_stats_in_kvm_mmu_page_fault
+    if counted_here and not prefetch:
         vcpu.stat.pf_taken += 1
     if kvm.audit is not None:
         kvm.audit(("fault", vcpu.vcpu_id, fault.gfn, fault.is_private, err))
@@ -258,15 +355,17 @@ def kvm_mmu_do_page_fault(vcpu: "KvmVcpu", cr2_or_gpa: int, err: int,
         level[:] = [fault.goal_level]
     if r == RET_PF_EMULATE and fault.is_private:
         r = -EFAULT  # "unexpected emulation request on private memory"
-    kvm_mmu_count_pf_result(vcpu, r, prefetch)
+    if counted_here:
+        kvm_mmu_count_pf_result(vcpu, r, prefetch)
     if kvm.audit is not None:
         kvm.audit(("ret", r))
     return r
 
 
 def kvm_mmu_count_pf_result(vcpu: "KvmVcpu", r: int, prefetch: bool) -> None:
-    """The stat tail of ``kvm_mmu_do_page_fault``: prefetch faults are neither spurious
-    nor emulated.  ``pf_retry`` is the model's own counter, not a kernel stat."""
+    """The stat tail of ``kvm_mmu_page_fault`` (``kvm_mmu_do_page_fault`` before 6.11):
+    prefetch faults are neither spurious nor emulated.  ``pf_retry`` is the model's own
+    counter, not a kernel stat."""
     if r == RET_PF_FIXED:
         vcpu.stat.pf_fixed += 1
     elif prefetch:

@@ -68,6 +68,12 @@ KVM_PFN_ERR_MASK = 0x7FF << 52
 KVM_PFN_ERR_NOSLOT_MASK = 0xFFF << 52
 KVM_PFN_NOSLOT = 0x1 << 63
 KVM_PFN_ERR_FAULT = KVM_PFN_ERR_MASK
+KVM_PFN_ERR_HWPOISON = KVM_PFN_ERR_MASK + 1
+KVM_PFN_ERR_RO_FAULT = KVM_PFN_ERR_MASK + 2
+
+
+def is_error_pfn(pfn: int) -> bool:
+    return bool(pfn & KVM_PFN_ERR_MASK)
 
 
 def is_error_noslot_pfn(pfn: int) -> bool:

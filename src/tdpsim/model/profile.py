@@ -103,6 +103,25 @@ class KernelProfile:
     # (kvm_arch_vcpu_ioctl: -EINVAL).
     KVM_PRE_FAULT_MEMORY: bool = True
 
+    # cc7ed3358e41 "KVM: x86/mmu: Always set SPTE's dirty bit if it's created as
+    # writable" (v6.13): make_spte() sets W, MMU-writable and D together.  Before it,
+    # D was skipped when overwriting a writable leaf (2867eb782cf7 "Skip the "try
+    # unsync" path iff the old SPTE was a leaf SPTE", v6.13, in 6.1.y/6.12.y stable).
+    make_spte_always_dirty: bool = True
+
+    # f5e7f00cf195 "KVM: x86/mmu: Account pf_{fixed,emulate,spurious} in callers of "do
+    # page fault"" and 5186ec223b68 "Bump pf_taken stat only in the "real" page fault
+    # handler" (v6.11): the fault stats are counted in kvm_mmu_page_fault(), so
+    # KVM_PRE_FAULT_MEMORY and the TD-build map path count nothing.  Before: in
+    # kvm_mmu_do_page_fault().
+    pf_stats_in_kvm_mmu_page_fault: bool = True
+
+    # James Houghton's NX-recovery series (v5, <20250707224720.4016504-1-jthoughton@
+    # google.com>, v6.18): possible_nx_huge_pages[KVM_NR_MMU_TYPES] (shadow, TDP MMU),
+    # each recovered with its own to_zap = DIV_ROUND_UP(nr_pages, ratio).  Before: one
+    # list, to_zap from the total nx_lpage_splits.
+    possible_nx_huge_pages_per_mmu_type: bool = True
+
     def with_(self, **changes: object) -> "KernelProfile":
         return replace(self, **changes)
 
@@ -122,6 +141,8 @@ KERNEL_6_12 = KERNEL_6_18_HP_V3.with_(
     recover_huge_pages_in_place=False,
     tdx_vm_type=False,
     recover_nx_huge_pages_under_read_lock=False,
+    make_spte_always_dirty=False,
+    possible_nx_huge_pages_per_mmu_type=False,
 )
 
 KERNEL_6_1 = KERNEL_6_12.with_(
@@ -138,6 +159,7 @@ KERNEL_6_1 = KERNEL_6_12.with_(
     KVM_SET_MEMORY_ATTRIBUTES=False,
     KVM_PRE_FAULT_MEMORY=False,
     faultin_pfn_retry_gfn_unsafe=False,
+    pf_stats_in_kvm_mmu_page_fault=False,
 )
 
 DEFAULT_PROFILE = KERNEL_6_18_HP_V3

@@ -415,7 +415,8 @@ class ShadowMmu:
         spte = make_spte(self.kvm.masks, level=level, ad_disabled=False, pte_access=pte_access, pfn=pfn,
                          old_spte=old_spte, prefetch=prefetch, host_writable=host_writable,
                          nx_huge_page_enabled=self.kvm.is_nx_huge_page_enabled(),
-                         mt_mask=self.kvm.mt_mask, synchronizing=synchronizing)
+                         mt_mask=self.kvm.mt_mask, synchronizing=synchronizing,
+                         always_dirty=self.kvm.profile.make_spte_always_dirty)
         if spte & PT_WRITABLE_MASK and slot.kvm_slot_dirty_track_enabled():
             slot.mark_page_dirty_in_slot(gfn)
         return wrprot, spte
@@ -604,7 +605,7 @@ class ShadowMmu:
         """``account_nx_huge_page``."""
         sp.nx_huge_page_disallowed = True
         if nx_huge_page_possible:
-            _mmu.track_possible_nx_huge_page(self.kvm, sp)
+            _mmu.track_possible_nx_huge_page(self.kvm, sp, _mmu.KVM_SHADOW_MMU)
 
     def FNAME_page_fault(self, fault: KvmPageFault) -> int:
         """``FNAME(page_fault)``: walk the guest tables, cap the SPTE size at the guest's

@@ -325,6 +325,15 @@ def mark_spte_for_access_track(m: SpteMasks, spte: int) -> int:
     return spte
 
 
+def restore_acc_track_spte(m: SpteMasks, spte: int) -> int:
+    """``restore_acc_track_spte``: put back the R/X bits ``mark_spte_for_access_track``
+    saved in the high bits."""
+    saved = (spte >> SHADOW_ACC_TRACK_SAVED_BITS_SHIFT) & SHADOW_ACC_TRACK_SAVED_BITS_MASK
+    spte &= ~m.shadow_acc_track_mask
+    spte &= ~(SHADOW_ACC_TRACK_SAVED_BITS_MASK << SHADOW_ACC_TRACK_SAVED_BITS_SHIFT)
+    return spte | saved
+
+
 def make_spte(
     m: SpteMasks,
     *,
@@ -338,12 +347,15 @@ def make_spte(
     nx_huge_page_enabled: bool,
     mt_mask: int,
     synchronizing: bool = False,
+    always_dirty: bool = True,
 ) -> int:
     """``make_spte()`` for the TDP MMU: returns the new SPTE.
 
     ``wrprot`` is always false here: ``mmu_try_to_unsync_pages()`` only refuses for
     shadow-MMU write-tracked gfns, which TDP-only VMs never have.  The dirty-bitmap side
     effect (``mark_page_dirty_in_slot``) is left to the caller, which owns the memslot.
+    ``always_dirty`` is ``KernelProfile.make_spte_always_dirty``: 6.13+ sets D with W
+    every time; older kernels skip D when overwriting a writable *leaf*.
     """
     spte = SPTE_MMU_PRESENT_MASK
     if ad_disabled:
@@ -367,7 +379,7 @@ def make_spte(
     spte |= pfn << PAGE_SHIFT
     if pte_access & ACC_WRITE_MASK:
         spte |= PT_WRITABLE_MASK | m.shadow_mmu_writable_mask
-        if not is_writable_pte(old_spte):
+        if always_dirty or not (is_last_spte(old_spte, level) and is_writable_pte(old_spte)):
             spte |= m.shadow_dirty_mask
     if prefetch and not synchronizing:
         spte = mark_spte_for_access_track(m, spte)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .events import KvmPageFault
-from .mmu_fault import kvm_mmu_do_page_fault
+from .mmu_fault import kvm_mmu_page_fault
 from .spte import (PAGE_SHIFT, PT_PRESENT_MASK, SPTE_INDEX, is_executable_pte, is_last_spte,
                    is_shadow_present_pte, is_writable_pte, spte_to_pfn)
 from .mmu_internal import (
@@ -54,7 +54,7 @@ def npf_interception(vcpu: "KvmVcpu", fault_address: int, error_code: int) -> in
     kvm = vcpu.kvm
     if kvm.tracer is not None:
         kvm.tracer(KvmPageFault(vcpu.vcpu_id, 0, fault_address, error_code))
-    return kvm_mmu_do_page_fault(vcpu, fault_address, error_code)
+    return kvm_mmu_page_fault(vcpu, fault_address, error_code)
 
 
 def leaf_spte(vcpu: "KvmVcpu", gfn: int) -> int:

@@ -45,6 +45,7 @@ from .mmu_internal import (
     is_mirror_sp,
 )
 from .mmu import (
+    KVM_TDP_MMU,
     disallowed_hugepage_adjust,
     kvm_mmu_hugepage_adjust,
     kvm_mmu_max_mapping_level,
@@ -289,7 +290,7 @@ def tdp_mmu_unlink_sp(kvm: "Kvm", sp: KvmMmuPage) -> None:
         return
     kvm.tdp_mmu_pages_lock.lock()
     sp.nx_huge_page_disallowed = False
-    untrack_possible_nx_huge_page(kvm, sp)
+    untrack_possible_nx_huge_page(kvm, sp, KVM_TDP_MMU)
     kvm.tdp_mmu_pages_lock.unlock()
 
 
@@ -575,9 +576,15 @@ def tdp_mmu_iter_cond_resched(kvm: "Kvm", iter: TdpIter, flush: bool, shared: bo
 
 # --- zapping -------------------------------------------------------------------------------
 
+def kvm_mmu_max_gfn(kvm: "Kvm") -> int:
+    """``kvm_mmu_max_gfn`` (mmu.h): the host MAXPHYADDR bounds every GPA a TDP SPTE can
+    map (with TDP enabled; not the walk width)."""
+    return (1 << (kvm.host_maxphyaddr - PAGE_SHIFT)) - 1
+
+
 def tdp_mmu_max_gfn_exclusive(kvm: "Kvm") -> int:
-    """``tdp_mmu_max_gfn_exclusive``: one past the largest gfn the walk can address."""
-    return 1 << (kvm.root_level * 9)
+    """``tdp_mmu_max_gfn_exclusive``: TDP MMU walks are bounded at host.MAXPHYADDR."""
+    return kvm_mmu_max_gfn(kvm) + 1
 
 
 def tdp_mmu_zap_leafs(kvm: "Kvm", root: KvmMmuPage, start: int, end: int, can_yield: bool,
@@ -760,7 +767,8 @@ def tdp_mmu_map_handle_target_level(vcpu: "KvmVcpu", fault: KvmPageFault, iter: 
                              pte_access=ACC_ALL, pfn=fault.pfn, old_spte=iter.old_spte,
                              prefetch=fault.prefetch, host_writable=fault.map_writable,
                              nx_huge_page_enabled=kvm.is_nx_huge_page_enabled(),
-                             mt_mask=kvm.mt_mask)
+                             mt_mask=kvm.mt_mask,
+                             always_dirty=kvm.profile.make_spte_always_dirty)
         make_spte_mark_dirty(kvm, fault.slot, iter.gfn, iter.level, new_spte)
     if new_spte == iter.old_spte:
         ret = RET_PF_SPURIOUS
@@ -941,7 +949,7 @@ def _install_child_sp(vcpu: "KvmVcpu", fault: KvmPageFault, iter: TdpIter) -> bo
     if fault.huge_page_disallowed and fault.req_level >= iter.level:
         kvm.tdp_mmu_pages_lock.lock()
         if sp.nx_huge_page_disallowed:
-            track_possible_nx_huge_page(kvm, sp)
+            track_possible_nx_huge_page(kvm, sp, KVM_TDP_MMU)
         kvm.tdp_mmu_pages_lock.unlock()
     return True
 
@@ -965,7 +973,8 @@ def kvm_tdp_mmu_promote_mirror_spte(vcpu: "KvmVcpu", fault: KvmPageFault) -> int
                              pte_access=ACC_ALL, pfn=fault.pfn, old_spte=iter.old_spte,
                              prefetch=fault.prefetch, host_writable=fault.map_writable,
                              nx_huge_page_enabled=kvm.is_nx_huge_page_enabled(),
-                             mt_mask=kvm.mt_mask)
+                             mt_mask=kvm.mt_mask,
+                             always_dirty=kvm.profile.make_spte_always_dirty)
         ret = kvm.x86_ops.promote_external_spte(kvm, iter.gfn, level, new_spte)
         if ret:
             return ret

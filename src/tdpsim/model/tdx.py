@@ -50,11 +50,13 @@ from .kvm_main import (
     kvm_range_has_memory_attributes,
     kvm_vm_set_mem_attributes,
 )
-from .memslot import KVM_MEMORY_ATTRIBUTE_PRIVATE, KvmMemorySlot
+from .memslot import KVM_MEMORY_ATTRIBUTE_PRIVATE, KVM_MEMSLOT_INVALID, KvmMemorySlot
 from .mmu_fault import kvm_mmu_load, kvm_tdp_mmu_map_private_pfn
 from .vmx import (
     EPT_VIOLATION_ACC_INSTR,
     EPT_VIOLATION_ACC_WRITE,
+    EPT_VIOLATION_EXEC_FOR_RING3_LIN,
+    EPT_VIOLATION_PROT_MASK,
 )
 # Imported under another name: a ``__name`` used inside a class body gets mangled.
 from .vmx import __vmx_handle_ept_violation as vmx_handle_ept_violation_common
@@ -136,6 +138,16 @@ TDX_PS_4K, TDX_PS_2M, TDX_PS_1G = 0, 1, 2
 SEPT_ZAP_KEY = ("tdx", "wait_for_sept_zap")
 
 
+def tdx_is_sept_violation_unexpected_pending(eeq: int, exit_qual: int) -> bool:
+    """``tdx_is_sept_violation_unexpected_pending``: a PENDING_EPT_VIOLATION exit is the
+    guest touching an unaccepted page only if the translation allowed nothing (no PROT
+    bits, not user-executable)."""
+    if eeq & 0xF != EEQ_TYPE_PENDING_EPT_VIOLATION:
+        return False
+    return not exit_qual & EPT_VIOLATION_PROT_MASK \
+        and not exit_qual & EPT_VIOLATION_EXEC_FOR_RING3_LIN
+
+
 def pg_level_to_tdx_sept_level(level: int) -> int:
     """``pg_level_to_tdx_sept_level``: KVM level 1 (4K) is TDX level 0."""
     return level - 1
@@ -167,7 +179,7 @@ class TdxStats:
     fault_busy: int = 0            # -EBUSY from AUG/ADD/SEPT.ADD (becomes RET_PF_RETRY)
     ept_violations: int = 0
     accept_exits: int = 0          # EPT violations with EEQ type ACCEPT
-    local_retries: int = 0         # extra kvm_mmu_do_page_fault calls in the retry loop
+    local_retries: int = 0         # extra kvm_mmu_page_fault calls in the retry loop
     accept_level_write_locks: int = 0  # write mmu_lock taken by tdx_honor_guest_accept_level
     accept_4k_where_2m_possible: int = 0
     vcpu_enters: int = 0
@@ -761,7 +773,8 @@ class KvmTdx(KvmX86Ops):
     def tdx_handle_ept_violation(self, vcpu: "KvmVcpu", gpa: int, eeq: int = 0,
                                  exit_qual: int = EPT_VIOLATION_ACC_WRITE, rip: int = 0) -> int:
         """``tdx_handle_ept_violation``: private GPA → fatal if the guest touched an
-        unaccepted page (EEQ PENDING_EPT_VIOLATION, ``kvm_vm_dead``); HP-v3 honours an
+        unaccepted page (EEQ PENDING_EPT_VIOLATION and ``exit_qual``, the hardware exit
+        qualification, shows no permission; ``kvm_vm_dead``); HP-v3 honours an
         ACCEPT's level; then fault as a write through ``__vmx_handle_ept_violation`` (which
         adds PFERR_PRIVATE_ACCESS), retrying locally while RET_PF_RETRY so the vCPU does not
         re-enter (zero-step).
@@ -773,8 +786,8 @@ class KvmTdx(KvmX86Ops):
         self.stats.ept_violations += 1
         gfn = (gpa >> PAGE_SHIFT) & ~kvm.kvm_gfn_direct_bits()
         if not kvm.kvm_is_addr_direct(gpa):
-            if eeq & 0xF == EEQ_TYPE_PENDING_EPT_VIOLATION:
-                # tdx_is_sept_violation_unexpected_pending(): "Guest access before accepting"
+            if tdx_is_sept_violation_unexpected_pending(eeq, exit_qual):
+                # "Guest access before accepting"
                 self._kvm_vm_dead(kvm)
                 return -EIO
             if eeq & 0xF == EEQ_TYPE_ACCEPT:
@@ -799,6 +812,10 @@ class KvmTdx(KvmX86Ops):
                 return ret
             if kvm.vm_dead:
                 return -EIO
+            # An invalid (being deleted/moved) memslot never faults in: let SRCU go.
+            slot = kvm.gfn_to_memslot(gfn)
+            if slot is not None and slot.flags & KVM_MEMSLOT_INVALID:
+                return ret
             tries += 1
             if tries > self.max_local_retries:
                 return ret  # re-enter; the guest faults again

@@ -44,6 +44,7 @@ class VmConfig:
     private: bool = True  # RAM of a VM with private memory starts private, as QEMU sets it
     profile: KernelProfile = DEFAULT_PROFILE  # the kernel generation the VM runs under
     vendor: str = "intel"  # kvm_intel (EPT) or kvm_amd (NPT)
+    host_maxphyaddr: int = 52  # kvm_host.maxphyaddr (CPUID 0x80000008): bounds TDP walks
 
 
 def create_vm(config: VmConfig, policy: Optional[Policy] = None,
@@ -59,7 +60,8 @@ def create_vm(config: VmConfig, policy: Optional[Policy] = None,
                KVM_X86_SW_PROTECTED_VM if config.sw_protected else KVM_X86_DEFAULT_VM)
     kvm = Kvm(vm_type=vm_type, policy=policy,
               nr_vcpus=config.nr_vcpus, root_level=config.root_level, x86_ops=x86_ops,
-              sched=sched, tracer=tracer, profile=config.profile, vendor=config.vendor)
+              sched=sched, tracer=tracer, profile=config.profile, vendor=config.vendor,
+              host_maxphyaddr=config.host_maxphyaddr)
     npages = config.mem_bytes >> PAGE_SHIFT
     hva = RAM_HVA_BASE + (config.base_gfn << PAGE_SHIFT) + config.hva_skew
     backing = HostBacking(hva=hva, size=config.mem_bytes, page_level=config.host_page_level)

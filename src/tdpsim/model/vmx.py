@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from .dirty_log import vmx_pml_log
 from .events import KvmPageFault
-from .mmu_fault import kvm_mmu_do_page_fault
+from .mmu_fault import kvm_mmu_page_fault
 from .sched import SPTE_CMPXCHG
 from .spte import (
     PAGE_SHIFT,
@@ -52,6 +52,7 @@ EPT_VIOLATION_PROT_READ = 1 << 3
 EPT_VIOLATION_PROT_WRITE = 1 << 4
 EPT_VIOLATION_PROT_EXEC = 1 << 5
 EPT_VIOLATION_PROT_MASK = EPT_VIOLATION_PROT_READ | EPT_VIOLATION_PROT_WRITE | EPT_VIOLATION_PROT_EXEC
+EPT_VIOLATION_EXEC_FOR_RING3_LIN = 1 << 6  # MBEC: user-mode executable
 EPT_VIOLATION_GVA_IS_VALID = 1 << 7
 EPT_VIOLATION_GVA_TRANSLATED = 1 << 8
 
@@ -87,7 +88,7 @@ def __vmx_handle_ept_violation(vcpu: "KvmVcpu", gpa: int, exit_qualification: in
     # vt_is_tdx_private_gpa(): a TD's GPA without the shared bit.
     if vcpu.kvm.kvm_has_mirrored_tdp() and not vcpu.kvm.kvm_is_addr_direct(gpa):
         error_code |= PFERR_PRIVATE_ACCESS
-    return kvm_mmu_do_page_fault(vcpu, gpa, error_code)
+    return kvm_mmu_page_fault(vcpu, gpa, error_code)
 
 
 def handle_ept_violation(vcpu: "KvmVcpu", gpa: int, exit_qualification: int) -> int:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from ..model.dump import LEVEL_NAMES, DumpRow, walk_root
 from ..model.kvm import Kvm
 from ..model.kvm_main import kvm_mmu_notifier_invalidate_range
-from ..model.mmu_fault import ept_violation_error_code, kvm_mmu_do_page_fault
+from ..model.mmu_fault import ept_violation_error_code, kvm_mmu_page_fault
 from ..model.mmu_internal import ERRNO_NAMES, RET_PF_NAMES
 from ..model.policy import Policy
 from ..model.profile import DEFAULT_PROFILE, KernelProfile
@@ -113,12 +113,12 @@ def run_direct(profile: KernelProfile = DEFAULT_PROFILE) -> SeedOutcome:
     kvm_mmu_notifier_invalidate_range(kvm, FRAME_GFN, end)
     out.steps.append(("host splits the THP (mmu_notifier zap)", "frame is 4K-only"))
     for gfn in (FRAME_GFN, FRAME_GFN + 1, FRAME_GFN + 2):
-        r = kvm_mmu_do_page_fault(kvm.vcpus[0], gfn << PAGE_SHIFT, err)
+        r = kvm_mmu_page_fault(kvm.vcpus[0], gfn << PAGE_SHIFT, err)
         out.steps.append((f"fault gfn {gfn:#x}", _result_name(r)))
     slot.backing.split_frames.discard(frame)
     kvm_mmu_notifier_invalidate_range(kvm, FRAME_GFN, end)
     out.steps.append(("khugepaged collapses the THP (mmu_notifier zap)", "4K leaves gone, table stays"))
-    r = kvm_mmu_do_page_fault(kvm.vcpus[0], X, err)
+    r = kvm_mmu_page_fault(kvm.vcpus[0], X, err)
     out.steps.append((f"fault gfn {X_GFN:#x}, 2M allowed", _result_name(r)))
     return _finish(out, kvm, kvm.vcpus[0].root)
 

@@ -10,7 +10,7 @@ for the same kernel events and parses back with :func:`tdpsim.trace.parse_trace`
         kvm = create_vm(VmConfig(), tracer=em)
         with em.task(vcpu=0):
             em(KvmPageFault(0, 0, gpa, err))     # what the EPT-violation handler traces
-            kvm_mmu_do_page_fault(kvm.vcpus[0], gpa, err)
+            kvm_mmu_page_fault(kvm.vcpus[0], gpa, err)
 
 Header: ``comm``/``pid``/``cpu`` come from the current task (default: the VMM thread
 ``qemu-system-x86``; :meth:`TraceEmitter.task` switches, e.g. to ``CPU 0/KVM``), and the
