@@ -89,10 +89,12 @@ def test_optimal_and_source_dpor_on_three_threads():
     src = explore(sc, DporScheduler(wakeup_trees=False))
     assert opt.exhausted and src.exhausted
     # Footprints miss a few model fields (tracking.py), so neither is exactly one per trace
-    # here; both reach the same final states.
+    # here; both reach the same final states.  Three, not five, since the issue-11 fault
+    # path fixes (8625419); which of them merges the two states is not pinned down (not the
+    # D bit, the fast-path gate, the NX lists or the stats location: each was toggled).
     assert (opt.executions, opt.pruned) == (141, 4)
     assert (src.executions, src.pruned) == (131, 1)
-    assert opt.states == src.states and len(opt.states) == 5
+    assert opt.states == src.states and len(opt.states) == 3
 
 
 def test_schedule_replays_to_identical_failure_twice(seed_failure, tmp_path):
