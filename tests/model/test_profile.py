@@ -280,7 +280,7 @@ def test_recover_nx_huge_pages_under_read_lock(profile, every, reads, writes):
     assert kvm.mmu_lock.read_acquisitions - r0 == reads
     assert kvm.mmu_lock.write_acquisitions - w0 == writes
     assert kvm.stat.nx_lpage_splits == 0 and kvm.stat.pages == [0, 0, 0]
-    assert not kvm.possible_nx_huge_pages and not kvm.warnings and not kvm.bugs
+    assert not any(kvm.possible_nx_huge_pages) and not kvm.warnings and not kvm.bugs
 
 
 def _invalidate_begin(kvm, gfn):
