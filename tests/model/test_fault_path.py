@@ -5,7 +5,9 @@ from kvm_helpers import fault, leaf_at
 from tdpsim.model import spte as S
 from tdpsim.model.kvm import RecordingExternalOps
 from tdpsim.model.kvm_main import kvm_recover_nx_huge_pages
-from tdpsim.model.mmu_internal import RET_PF_FIXED, RET_PF_SPURIOUS
+from tdpsim.model.mmu_internal import (
+    POISON_FREE_SPTE, RET_PF_FIXED, RET_PF_SPURIOUS, SP_FREED, SP_RCU_PENDING,
+)
 from tdpsim.model.policy import Policy
 from tdpsim.model.profile import DEFAULT_PROFILE
 from tdpsim.model.tdp_iter import spte_to_child_sp
@@ -77,15 +79,19 @@ def test_direct_root_promotes(make_vm):
     pt = table_4k_of(kvm, root, 0x200)
     unforce_4k(kvm, 0x200)
     assert kvm.tdp_mmu_pages == 3
+    kvm.rcu.rcu_read_lock()  # a concurrent RCU reader holds the grace period open
     r = _populate_4k_then_fault_2m(kvm, root, gfns=(0x201, 0x202, 0x203))
     assert r == RET_PF_FIXED
+    assert pt.rcu_state == SP_RCU_PENDING and pt.spt_pfn in kvm.sp_by_pfn
+    assert set(pt.spt) == {DEFAULT_PROFILE.FROZEN_SPTE}  # its entries were frozen on the way out
+    kvm.rcu.rcu_read_unlock()
     level, spte = leaf_at(kvm, root, 0x200)
     assert level == 2 and S.is_large_pte(spte)
     assert S.spte_to_pfn(spte) == (0x200 + (64 << 30 >> 12))  # 2M-aligned host pfn
     assert kvm.stat.pages == [0, 1, 0]  # the 4 small leaves went with their table
     assert kvm.tdp_mmu_pages == 2  # the 4K table was unlinked...
     assert pt.spt_pfn not in kvm.sp_by_pfn  # ...and freed after the grace period
-    assert set(pt.spt) == {DEFAULT_PROFILE.FROZEN_SPTE}  # its entries were frozen on the way out
+    assert pt.rcu_state == SP_FREED and set(pt.spt) == {POISON_FREE_SPTE}
     assert kvm.stat.remote_tlb_flush_requests == 1  # the stale 4K translations flushed
     assert kvm.vm_bugged is False
 

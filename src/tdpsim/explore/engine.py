@@ -246,6 +246,7 @@ class Engine:
         self._nwarn = len(self.kvm.warnings)
         self._nbugs = len(self.kvm.bugs)
         self._sp_by_pfn = self.kvm.sp_by_pfn
+        self._sched = self.kvm.sched
         # Trace digest input, one record per step, hashed once at the end (the same bytes
         # the per-step ``update`` calls used to feed: the digest is unchanged).
         self._trace_parts: list[bytes] = []
@@ -302,14 +303,15 @@ class Engine:
     # ------------------------------------------------------------------ threads
     def _make_body(self, t: ModelThread) -> Callable[[], None]:
         def body() -> None:
+            self._sched.cpu = t.tid
             try:
                 t.result = t.fn()
             except _Abort:
                 return
             except RetryBoundExceeded as e:
                 self._fail("RETRY_BOUND", f"unbounded RET_PF_RETRY loop: {e}", t)
-            except KernelBUG as e:
-                self._fail("KERNEL_BUG", str(e), t)
+            except KernelBUG as e:  # BUG(), or a KASAN / PROVE_RCU report (its own kind)
+                self._fail(e.kind, str(e), t)
             except Exception as e:  # a model exception is a finding, not an engine crash
                 self._fail("EXCEPTION", f"{type(e).__name__}: {e}", t)
             t.done = True
@@ -358,6 +360,7 @@ class Engine:
 
     def _begin_step(self, t: ModelThread) -> None:
         """Just before ``t`` performs the access its point named."""
+        self._sched.cpu = t.tid  # smp_processor_id() of the code that resumes
         if t.kind in _SPTE_KINDS:
             key = t.key
             sp = self._sp_by_pfn.get(key[1])
@@ -406,6 +409,9 @@ class Engine:
             # locks): the race to reverse is acquisition vs acquisition, and a path
             # through the release would hide it.
             fp = {(("release", key[1]) if kind == S.LOCK_RELEASE else key, write)}
+            if kind in _SPTE_KINDS:
+                # Every access to a table depends on its RCU free (("pt", pfn) written).
+                fp.add((("pt", key[1]), False))
             fp.update(extras)
             if kind == RETRY_WAIT:
                 # The retry was enabled by a write to something the failed attempt read:
@@ -457,12 +463,13 @@ class Engine:
     def _step_checks(self, t: ModelThread) -> None:
         kvm = self.kvm
         if len(kvm.bugs) != self._nbugs or (kvm.vm_bugged and not self._nbugs):
-            bug = kvm.bugs[-1] if kvm.bugs else None
+            # The first KVM_BUG_ON of the step is the cause; later ones are consequences.
+            bug = kvm.bugs[self._nbugs] if len(kvm.bugs) > self._nbugs else None
             self._nbugs = len(kvm.bugs)
             self._fail("KVM_BUG", f"KVM_BUG_ON in {bug.function}: {bug.message}" if bug
                        else "VM bugged", t)
         if self.world.fail_on_warn and len(kvm.warnings) != self._nwarn:
-            w = kvm.warnings[-1]
+            w = kvm.warnings[self._nwarn]
             self._nwarn = len(kvm.warnings)
             self._fail("WARN", f"WARN_ON_ONCE in {w.function}: {w.message}", t)
         tdx = self.world.tdx

@@ -123,6 +123,9 @@ class Scenario:
         else:
             x86_ops = RecordingExternalOps(self.private_max_level) if self.vm.tdx else None
             kvm = create_vm(self.vm, self.policy, x86_ops)
+        # Freed page-table frames back the next tables, as the page allocator would hand
+        # them out: a walker that outlives a grace period then reads someone else's table.
+        kvm.pt_frame_reuse = True
         ctx = OpContext(kvm, tdx, self.retry_bound)
         for i, spec in enumerate(self.setup):
             try:

@@ -168,6 +168,17 @@ class RecordingExternalOps(KvmX86Ops):
 class KernelBUG(Exception):
     """``BUG()``: the kernel would crash the host here.  Engines report it and stop."""
 
+    kind = "KERNEL_BUG"
+
+
+class MemorySafetyBUG(KernelBUG):
+    """What KASAN (use-after-free) or PROVE_RCU (suspicious RCU usage) would report; raised
+    only under a scheduling hook, i.e. by the explorer's runs.  ``kind`` names the class."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
 
 class KvmVcpu:
     """``struct kvm_vcpu`` with the MMU roots of ``vcpu->arch.mmu``."""
@@ -266,6 +277,10 @@ class Kvm:
         self.bug_counts: dict[tuple[str, str], int] = {}
         self.sp_by_pfn: dict[int, KvmMmuPage] = {}
         self.next_pt_pfn = PT_PFN_BASE
+        # Frames of freed page tables, reused LIFO by alloc_pt_pfn when pt_frame_reuse is on
+        # (the explorer turns it on; sequential runs keep fresh pfns so traces stay stable).
+        self.pt_frame_reuse = False
+        self.free_pt_pfns: list[int] = []
         self.vcpus = [KvmVcpu(self, i) for i in range(nr_vcpus)]
         if self.kvm_has_mirrored_tdp():
             # tdx_vm_init(): MMIO SPTEs get value 0 so the access reaches the TD as #VE;
@@ -323,6 +338,8 @@ class Kvm:
     # --- page-table page allocator ----------------------------------------------------
 
     def alloc_pt_pfn(self) -> int:
+        if self.free_pt_pfns:
+            return self.free_pt_pfns.pop()
         pfn = self.next_pt_pfn
         self.next_pt_pfn += 1
         return pfn

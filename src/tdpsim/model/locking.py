@@ -4,9 +4,12 @@ Mirrors the locking of ``arch/x86/kvm/mmu/tdp_mmu.c`` (``kvm->mmu_lock`` is an r
 x86, ``KVM_HAVE_MMU_RWLOCK``; ``kvm->arch.tdp_mmu_pages_lock`` a spinlock) and the RCU
 protection of page-table pages (``call_rcu(tdp_mmu_free_sp_rcu_callback)``).
 
+RCU is per CPU as in the kernel: ``call_rcu`` waits for the CPUs (``SchedPoints.cpu``) that
+were inside a read-side section when it was called, and the callback runs as soon as the
+last of them leaves it (the earliest moment the kernel may run it).
+
 Simplifications (one line each):
-- A grace period ends when no RCU reader is left at all (conservative: real grace periods
-  only wait for readers that started before ``call_rcu``).
+- Callbacks run at the end of the grace period on the CPU that ended it, not from softirq.
 - ``lockdep_assert_held*`` are real checks; a failure is reported through
   ``lockdep_report`` (the owning ``Kvm`` records it as a warning, like a lockdep splat that
   lets the kernel carry on) or, with no reporter, raises ``LockingError``.
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .sched import LOCK_ACQUIRE, LOCK_RELEASE, LOCK_WAIT, RCU, SchedPoints
+from .sched import LOCK_ACQUIRE, LOCK_RELEASE, LOCK_RELEASED, LOCK_WAIT, RCU, SchedPoints
 
 
 class LockingError(AssertionError):
@@ -35,12 +38,13 @@ def _block(sched: SchedPoints, name: str, key: tuple, write: bool) -> None:
 class RwLock:
     """``rwlock_t`` with acquisition counters (the metrics read them)."""
 
-    __slots__ = ("name", "key", "readers", "writer", "read_acquisitions",
+    __slots__ = ("name", "key", "after", "readers", "writer", "read_acquisitions",
                  "write_acquisitions", "_sp", "lockdep_report")
 
     def __init__(self, name: str, sched: SchedPoints) -> None:
         self.name = name
         self.key = ("lock", name)
+        self.after = ("lock", name, "after")
         self.readers = 0
         self.writer = False
         self.read_acquisitions = 0
@@ -60,6 +64,7 @@ class RwLock:
             raise LockingError(f"read_unlock({self.name}) without read_lock")
         self._sp.point(LOCK_RELEASE, self.key, False)
         self.readers -= 1
+        self._sp.point(LOCK_RELEASED, self.after, False)
 
     def write_lock(self) -> None:
         self._sp.point(LOCK_ACQUIRE, self.key, True)
@@ -73,6 +78,7 @@ class RwLock:
             raise LockingError(f"write_unlock({self.name}) without write_lock")
         self._sp.point(LOCK_RELEASE, self.key, True)
         self.writer = False
+        self._sp.point(LOCK_RELEASED, self.after, False)
 
     def _lockdep(self, ok: bool, what: str) -> None:
         if ok:
@@ -102,11 +108,12 @@ class RwLock:
 class SpinLock:
     """``spinlock_t``."""
 
-    __slots__ = ("name", "key", "held", "_sp")
+    __slots__ = ("name", "key", "after", "held", "_sp")
 
     def __init__(self, name: str, sched: SchedPoints) -> None:
         self.name = name
         self.key = ("lock", name)
+        self.after = ("lock", name, "after")
         self.held = False
         self._sp = sched
 
@@ -121,37 +128,64 @@ class SpinLock:
             raise LockingError(f"spin_unlock({self.name}) without spin_lock")
         self._sp.point(LOCK_RELEASE, self.key, True)
         self.held = False
+        self._sp.point(LOCK_RELEASED, self.after, False)
 
 
 class Rcu:
-    """RCU read-side sections and ``call_rcu`` callbacks."""
+    """RCU read-side sections (per CPU) and ``call_rcu`` callbacks with real grace periods:
+    a callback waits only for the CPUs that were readers when it was queued."""
 
-    __slots__ = ("readers", "pending", "_sp")
+    __slots__ = ("nesting", "pending", "_sp")
 
     KEY = ("rcu",)
+    AFTER = ("rcu", "after")
 
     def __init__(self, sched: SchedPoints) -> None:
-        self.readers = 0
-        self.pending: list[Callable[[], None]] = []
+        self.nesting: dict[int, int] = {}  # cpu -> rcu_read_lock depth
+        # (callback, CPUs whose read-side section must end first), in call_rcu order.
+        self.pending: list[tuple[Callable[[], None], set[int]]] = []
         self._sp = sched
+
+    @property
+    def readers(self) -> int:
+        """CPUs inside a read-side section."""
+        return sum(1 for n in self.nesting.values() if n)
+
+    def rcu_read_lock_held(self) -> bool:
+        """``rcu_read_lock_held()`` on the current CPU."""
+        return self.nesting.get(self._sp.cpu, 0) > 0
 
     def rcu_read_lock(self) -> None:
         self._sp.point(RCU, self.KEY, False)
-        self.readers += 1
+        cpu = self._sp.cpu
+        self.nesting[cpu] = self.nesting.get(cpu, 0) + 1
 
     def rcu_read_unlock(self) -> None:
         self._sp.point(RCU, self.KEY, False)
-        self.readers -= 1
-        if self.readers == 0 and self.pending:
-            self.rcu_barrier()
+        cpu = self._sp.cpu
+        depth = self.nesting.get(cpu, 0) - 1
+        if depth < 0:
+            raise LockingError("rcu_read_unlock without rcu_read_lock")
+        self.nesting[cpu] = depth
+        if depth == 0 and self.pending:
+            self._quiescent(cpu)
+        self._sp.point(LOCK_RELEASED, self.AFTER, False)
 
     def call_rcu(self, callback: Callable[[], None]) -> None:
-        self.pending.append(callback)
-        if self.readers == 0:
-            self.rcu_barrier()
+        waiting = {c for c, n in self.nesting.items() if n}
+        if waiting:
+            self.pending.append((callback, waiting))
+        else:
+            callback()
 
-    def rcu_barrier(self) -> None:
-        """Run every callback whose grace period has ended."""
-        pending, self.pending = self.pending, []
-        for callback in pending:
+    def _quiescent(self, cpu: int) -> None:
+        """``cpu`` left its read-side section: run every callback whose grace period ended
+        (in queueing order)."""
+        ready = []
+        keep = []
+        for callback, waiting in self.pending:
+            waiting.discard(cpu)
+            (keep if waiting else ready).append((callback, waiting))
+        self.pending = keep
+        for callback, _ in ready:
             callback()

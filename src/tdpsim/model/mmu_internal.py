@@ -124,12 +124,21 @@ class KvmMmuPageRole:
                               access=self.access, invalid=self.invalid)
 
 
+# Lifetime of a page-table page (``KvmMmuPage.rcu_state``): linked or being torn down,
+# queued by ``call_rcu(tdp_mmu_free_sp_rcu_callback)``, freed (table poisoned, frame free).
+SP_LIVE = 0
+SP_RCU_PENDING = 1
+SP_FREED = 2
+# SLUB's POISON_FREE byte: what a freed table reads as.
+POISON_FREE_SPTE = 0x6B6B6B6B6B6B6B6B
+
+
 class KvmMmuPage:
     """``struct kvm_mmu_page`` as the TDP MMU uses it."""
 
     __slots__ = ("role", "gfn", "spt", "spt_pfn", "parent", "parent_index", "external_spt",
                  "nx_huge_page_disallowed", "tdp_mmu_root_count",
-                 "tdp_mmu_scheduled_root_to_zap", "possible_nx_huge_page")
+                 "tdp_mmu_scheduled_root_to_zap", "possible_nx_huge_page", "rcu_state")
 
     def __init__(self, spt_pfn: int, init_value: int) -> None:
         """``tdp_mmu_alloc_sp``'s allocation; ``tdp_mmu_init_sp`` fills in the rest."""
@@ -146,6 +155,7 @@ class KvmMmuPage:
         self.tdp_mmu_root_count = 0
         self.tdp_mmu_scheduled_root_to_zap = False
         self.possible_nx_huge_page = False
+        self.rcu_state = SP_LIVE
 
     @property
     def level(self) -> int:

@@ -3,7 +3,11 @@
 Mirrors no kernel file: it marks the kernel's atomic steps (reference §7 "Atomic steps to
 model individually").  Every SPTE read, cmpxchg, xchg and freeze, every SEAMCALL / TDCALL,
 every mmu_lock / tdp_mmu_pages_lock acquire and release and every RCU read-side section
-boundary calls ``SchedPoints.point(kind, key, write)`` *before* the access happens.
+boundary calls ``SchedPoints.point(kind, key, write)`` *before* the access happens.  Lock
+releases (and ``rcu_read_unlock``) also have a point right *after* the release
+(``LOCK_RELEASED``), so code just outside a critical section is a step of its own; so do the
+barriers the kernel relies on (``BARRIER``: the ``smp_mb`` of vCPU mode changes, the
+``smp_rmb`` after reading ``mmu_invalidate_seq``).
 
 In sequential runs ``hook`` is None and a point costs one attribute load and a test.  The
 concurrency explorer installs a hook that switches between model threads (greenlets), and
@@ -17,6 +21,13 @@ Keys are plain tuples of ints/strings, deterministic across runs (never ``id()``
   ("tdx", resource)              a TDX-module-wide resource (epoch, op_state, sept_tree)
   ("rcu",)                       RCU grace-period state
   ("kvm", "mmu_invalidate")      mmu_invalidate_seq / _in_progress / _range_start/end
+  ("lock", name, "after")        the point just after a release (touches nothing)
+  ("pt", table_pfn)              a whole page-table page (its RCU free)
+  ("vcpu", id, field)            vcpu->mode / vcpu->requests of one vCPU
+
+``cpu`` is the context the model is running on (``smp_processor_id()``): 0 in sequential
+runs; the explorer sets it to the running model thread so per-CPU state (RCU read-side
+nesting) is per thread.
 """
 
 from __future__ import annotations
@@ -38,6 +49,9 @@ VCPU = "vcpu"
 MMU_INVALIDATE = "mmu_invalidate"
 
 MMU_INVALIDATE_KEY = ("kvm", "mmu_invalidate")
+LOCK_RELEASED = "lock_released"
+BARRIER = "barrier"
+RCU_FREE = "rcu_free"
 
 SchedHook = Callable[[str, Hashable, bool], None]
 
@@ -50,10 +64,11 @@ class SchedPoints:
     the point, exactly as kernel code re-reads memory after a preemption.
     """
 
-    __slots__ = ("hook",)
+    __slots__ = ("hook", "cpu")
 
     def __init__(self, hook: SchedHook | None = None) -> None:
         self.hook = hook
+        self.cpu = 0
 
     def point(self, kind: str, key: Hashable, write: bool = False) -> None:
         hook = self.hook

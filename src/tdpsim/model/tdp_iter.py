@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterator
 
-from .mmu_internal import KvmMmuPage
+from .mmu_internal import SP_FREED, KvmMmuPage
 from .sched import SPTE_READ
 from .spte import (
     KVM_PAGES_PER_HPAGE,
@@ -39,7 +39,25 @@ def kvm_tdp_mmu_read_spte(kvm: "Kvm", sp: KvmMmuPage, index: int) -> int:
     hook = kvm.sched.hook
     if hook is not None:
         hook(SPTE_READ, ("spte", sp.spt_pfn, index), False)
+        if sp.rcu_state:
+            rcu_check_sptep(kvm, sp, index, "read")
     return sp.spt[index]
+
+
+def rcu_check_sptep(kvm: "Kvm", sp: KvmMmuPage, index: int, access: str) -> None:
+    """An access to a table that left the paging structure (explorer runs only): KASAN's
+    use-after-free once ``tdp_mmu_free_sp_rcu_callback`` ran, PROVE_RCU's "suspicious RCU
+    usage" while it is queued and this CPU is outside ``rcu_read_lock`` (nothing would stop
+    the grace period, and so the free, from happening under the access)."""
+    from .kvm import MemorySafetyBUG
+
+    where = f"spte[{sp.spt_pfn:#x}][{index}] (L{sp.role.level} gfn {sp.gfn:#x})"
+    if sp.rcu_state == SP_FREED:
+        raise MemorySafetyBUG("USE_AFTER_FREE", f"KASAN: use-after-free {access} of {where}, "
+                                                "freed by tdp_mmu_free_sp_rcu_callback")
+    if not kvm.rcu.rcu_read_lock_held():
+        raise MemorySafetyBUG("RCU", f"suspicious RCU usage: {access} of {where} outside "
+                                     "rcu_read_lock; the table awaits its RCU grace period")
 
 
 def spte_to_child_sp(kvm: "Kvm", spte: int) -> KvmMmuPage:

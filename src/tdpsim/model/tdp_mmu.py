@@ -42,6 +42,9 @@ from .mmu_internal import (
     KvmMmuPage,
     KvmMmuPageRole,
     KvmPageFault,
+    POISON_FREE_SPTE,
+    SP_FREED,
+    SP_RCU_PENDING,
     is_mirror_sp,
 )
 from .mmu import (
@@ -52,7 +55,7 @@ from .mmu import (
     track_possible_nx_huge_page,
     untrack_possible_nx_huge_page,
 )
-from .sched import SPTE_CMPXCHG, SPTE_WRITE, SPTE_XCHG
+from .sched import RCU_FREE, SPTE_CMPXCHG, SPTE_WRITE, SPTE_XCHG
 from .spte import (
     ACC_ALL,
     KVM_MAX_HUGEPAGE_LEVEL,
@@ -88,12 +91,15 @@ from .tdp_iter import (
     for_each_tdp_pte,
     for_each_tdp_pte_min_level,
     kvm_tdp_mmu_read_spte,
+    rcu_check_sptep,
     spte_to_child_pt,
     spte_to_child_sp,
     sptep_address,
 )
 
 from .kvm import KernelBUG
+
+_POISONED_TABLE = array("Q", [POISON_FREE_SPTE]) * SPTE_ENT_PER_PAGE
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kvm import Kvm, KvmVcpu
@@ -117,6 +123,8 @@ def kvm_tdp_mmu_write_spte_atomic(kvm: "Kvm", sp: KvmMmuPage, index: int, new_sp
     """``kvm_tdp_mmu_write_spte_atomic``: ``xchg``, returns the old value."""
     if kvm.sched.hook is not None:
         kvm.sched.hook(SPTE_XCHG, ("spte", sp.spt_pfn, index), True)
+        if sp.rcu_state:
+            rcu_check_sptep(kvm, sp, index, "xchg")
     old = sp.spt[index]
     sp.spt[index] = new_spte
     return old
@@ -126,6 +134,8 @@ def __kvm_tdp_mmu_write_spte(kvm: "Kvm", sp: KvmMmuPage, index: int, new_spte: i
     """``__kvm_tdp_mmu_write_spte``: a plain ``WRITE_ONCE``."""
     if kvm.sched.hook is not None:
         kvm.sched.hook(SPTE_WRITE, ("spte", sp.spt_pfn, index), True)
+        if sp.rcu_state:
+            rcu_check_sptep(kvm, sp, index, "write")
     sp.spt[index] = new_spte
 
 
@@ -144,6 +154,8 @@ def try_cmpxchg64(kvm: "Kvm", sp: KvmMmuPage, index: int, old_spte: int,
     """``try_cmpxchg64(sptep, &old, new)``: (success, current value)."""
     if kvm.sched.hook is not None:
         kvm.sched.hook(SPTE_CMPXCHG, ("spte", sp.spt_pfn, index), True)
+        if sp.rcu_state:
+            rcu_check_sptep(kvm, sp, index, "cmpxchg")
     cur = sp.spt[index]
     if cur != old_spte:
         return False, cur
@@ -187,15 +199,28 @@ def tdp_mmu_init_child_sp(kvm: "Kvm", child_sp: KvmMmuPage, iter: TdpIter) -> No
 
 
 def tdp_mmu_free_sp(kvm: "Kvm", sp: KvmMmuPage) -> None:
-    """``tdp_mmu_free_sp``."""
-    if kvm.sp_by_pfn.get(sp.spt_pfn) is sp:
-        del kvm.sp_by_pfn[sp.spt_pfn]
+    """``tdp_mmu_free_sp``: ``free_page(sp->spt)``.  The table reads as slab poison from now
+    on and its frame may back the next table allocated (``Kvm.pt_frame_reuse``)."""
+    pfn = sp.spt_pfn
+    kvm.sched.point(RCU_FREE, ("pt", pfn), True)
+    if kvm.sp_by_pfn.get(pfn) is sp:
+        del kvm.sp_by_pfn[pfn]
+        if kvm.pt_frame_reuse:
+            kvm.free_pt_pfns.append(pfn)
+    sp.rcu_state = SP_FREED
+    sp.spt = _POISONED_TABLE[:]
+
+
+def tdp_mmu_free_sp_rcu_callback(kvm: "Kvm", sp: KvmMmuPage) -> None:
+    """``tdp_mmu_free_sp_rcu_callback``."""
+    tdp_mmu_free_sp(kvm, sp)
 
 
 def tdp_mmu_free_sp_rcu(kvm: "Kvm", sp: KvmMmuPage) -> None:
     """``call_rcu(&sp->rcu_head, tdp_mmu_free_sp_rcu_callback)``: concurrent RCU walkers
     may still read the (frozen) table until the grace period ends."""
-    kvm.rcu.call_rcu(lambda: tdp_mmu_free_sp(kvm, sp))
+    sp.rcu_state = SP_RCU_PENDING
+    kvm.rcu.call_rcu(lambda: tdp_mmu_free_sp_rcu_callback(kvm, sp))
 
 
 def kvm_tdp_mmu_get_root(root: KvmMmuPage) -> bool:
