@@ -134,9 +134,13 @@ def test_vcpu_mode_mismatch_bug_and_punched_page():
     kvm, tdx, g = finalized_td()
     v = kvm.vcpus[1]
     assert v.mode != IN_GUEST_MODE
-    v.mode = IN_GUEST_MODE
-    assert any("vCPU 1: KVM mode" in s for s in check_tdx_invariants(kvm, tdx))
+    v.mode = IN_GUEST_MODE  # mid-entry is fine, at rest it is not
+    assert not any("vCPU 1: KVM mode" in s for s in check_tdx_invariants(kvm, tdx))
+    assert any("vCPU 1: KVM mode" in s for s in check_tdx_invariants(kvm, tdx, True))
     v.mode = 0
+    tdx.module.vcpus[1].in_guest = True  # in the TD behind KVM's back: always wrong
+    assert any("vCPU 1: KVM mode" in s for s in check_tdx_invariants(kvm, tdx))
+    tdx.module.vcpus[1].in_guest = False
     kvm.KVM_BUG_ON(True, "somewhere", "injected")
     assert "KVM_BUG_ON in somewhere: injected" in check_tdx_invariants(kvm, tdx)
     kvm.bugs.clear()

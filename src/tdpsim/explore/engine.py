@@ -185,7 +185,7 @@ class World:
     step_checks: list[Callable[[], Optional[tuple[str, str]]]] = field(default_factory=list)
     fail_on_warn: bool = True
     retry_bound: int = 16
-    conditions: dict = field(default_factory=dict)  # WAIT_COND name -> predicate
+    conditions: dict = field(default_factory=dict)  # WAIT_COND key -> predicate
     # Per-execution values computed once and shared between the engine and the checks
     # ("digests": ``table_digests`` of the final state, set before the end checks run).
     cache: dict = field(default_factory=dict)
@@ -520,7 +520,7 @@ class Engine:
                             return True
             return False
         if kind == WAIT_COND:
-            return self.world.conditions[t.key[1]]()
+            return self.world.conditions[t.key]()
         return True
 
     def _pick(self, cur: Optional[ModelThread]) -> Optional[ModelThread]:
@@ -555,7 +555,9 @@ class Engine:
             if t.kind == RETRY_WAIT:
                 waits.append(f"{t.name} retrying (RET_PF_RETRY) with nothing left to change")
             elif t.kind == WAIT_COND:
-                waits.append(f"{t.name} waiting for {t.key[1]}")
+                what = "an IPI acknowledgement from vCPU %s" % t.key[1] \
+                    if t.key[0] == "vcpu" else t.key[1]
+                waits.append(f"{t.name} waiting for {what}")
             elif t.kind in _LOCK_KINDS:
                 waits.append(f"{t.name} waiting for {t.key[1]}")
             else:

@@ -15,7 +15,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from tdpsim.model.kvm import Kvm
+from tdpsim.model.kvm import Kvm, kvm_vcpu_guest_exited, kvm_vcpu_insn_end
 from tdpsim.model.kvm_main import (
     kvm_gmem_punch_hole,
     kvm_mmu_notifier_invalidate_range,
@@ -31,13 +31,15 @@ from tdpsim.model.mmu_fault import (
     kvm_mmu_load,
 )
 from tdpsim.model.mmu_internal import RET_PF_RETRY
+from tdpsim.model.sched import WAIT_COND
 from tdpsim.model.tdp_mmu import kvm_tdp_mmu_zap_leafs
 from tdpsim.model.spte import PAGE_SHIFT
+from tdpsim.model.tlb import guest_memory_access
+from tdpsim.model.vmx import vcpu_enter_guest
 
 from .tracking import TRACKER
 
 RETRY_WAIT = "retry_wait"  # a vCPU parks between two RET_PF_RETRY attempts
-WAIT_COND = "wait_cond"  # a thread waits for a named condition (key (_, name))
 HOST_MM = "host_mm"  # a primary-MMU page-table update (kind of scheduling point)
 KEY_SRCU = ("lock", "srcu")  # a wait condition; like a lock, not data a fault reads
 KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
@@ -125,6 +127,81 @@ def op_fault(ctx: OpContext, vcpu: int, gfn: int, write: bool = True, exec: bool
         kvm.sched.point(RETRY_WAIT, ("vcpu", vcpu), False)
     raise RetryBoundExceeded(f"vCPU {vcpu}: gfn {gfn:#x} still RET_PF_RETRY after "
                              f"{ctx.retry_bound} retries")
+
+
+def _enter(ctx: OpContext, v: Any) -> int:
+    """Get vCPU ``v`` into guest mode: ``tdx_vcpu_run`` for a TD, ``vcpu_enter_guest``
+    otherwise; retried while entry is cancelled or refused.  0 or -errno."""
+    for _ in range(ctx.retry_bound + 1):
+        if v.in_guest:
+            return 0
+        if ctx.tdx is not None:
+            r = ctx.tdx.tdx_vcpu_run(v)
+        else:
+            r = vcpu_enter_guest(v)
+        if r < 0:
+            return r
+        if not v.in_guest:
+            ctx.kvm.sched.point(RETRY_WAIT, ("vcpu", v.vcpu_id), False)
+    raise RetryBoundExceeded(f"vCPU {v.vcpu_id}: entry still refused after "
+                             f"{ctx.retry_bound} attempts")
+
+
+def op_guest_access(ctx: OpContext, vcpu: int, gfn: int, write: bool = False,
+                    exec: bool = False, private: Optional[bool] = None) -> int:
+    """The guest on ``vcpu`` loads/stores/fetches ``gfn`` (entering guest mode first): a
+    TLB hit or the CPU's EPT walk (``tlb.guest_memory_access``); on an EPT violation the
+    vCPU exits, KVM handles the fault (``op_fault``) and the access runs again.  A TD's
+    private gfn goes through the TDX module (``TdGuest.touch``, #VE accepted).  The vCPU
+    stays in guest mode afterwards.  Returns the host pfn reached, or -errno."""
+    kvm = ctx.kvm
+    v = kvm.vcpus[vcpu]
+    if private is None:
+        private = kvm.kvm_has_mirrored_tdp() and kvm.kvm_mem_is_private(gfn)
+    if private:
+        if ctx.tdx is None:
+            raise ValueError("a private access needs a TD with the TDX glue")
+        from tdpsim.model.tdx import TdGuest
+
+        res = TdGuest(kvm, ctx.tdx, vcpu).touch(gfn << PAGE_SHIFT, write, accept_on_ve=True)
+        return res.pfn if res.pfn is not None else -14  # -EFAULT
+    gfn_bits = kvm.gfn_direct_bits
+    for _ in range(ctx.retry_bound + 1):
+        r = _enter(ctx, v)
+        if r < 0:
+            return r
+        v.guest_busy = True
+        pfn = guest_memory_access(v, gfn | gfn_bits, write, exec)
+        if pfn is not None:
+            kvm_vcpu_insn_end(v)
+            return pfn
+        # EPT violation: VM exit (a TD exit for a TD), then KVM's fault handling.
+        if ctx.tdx is not None:
+            ctx.tdx._td_exit(v)
+        else:
+            kvm_vcpu_guest_exited(v)
+        v.guest_busy = False
+        r = op_fault(ctx, vcpu, gfn, write=write, exec=exec, private=False)
+        if r < 0:
+            return r
+    raise RetryBoundExceeded(f"vCPU {vcpu}: guest access to gfn {gfn:#x} still faulting "
+                             f"after {ctx.retry_bound} tries")
+
+
+def op_guest_exit(ctx: OpContext, vcpu: int) -> None:
+    """The guest on ``vcpu`` leaves guest mode on its own (HLT, a TDVMCALL)."""
+    v = ctx.kvm.vcpus[vcpu]
+    if not v.in_guest:
+        return
+    if ctx.tdx is not None:
+        ctx.tdx.tdx_vcpu_exit(v)
+    else:
+        kvm_vcpu_guest_exited(v)
+
+
+def op_flush(ctx: OpContext) -> None:
+    """``kvm_flush_remote_tlbs`` (e.g. from a memslot change or an MMU notifier's flush)."""
+    ctx.kvm.kvm_flush_remote_tlbs()
 
 
 def op_accept(ctx: OpContext, vcpu: int, gfn: int, npages: int = 1) -> bool:
@@ -226,6 +303,9 @@ OPS: dict[str, Callable[..., Any]] = {
     "invalidate_roots": op_invalidate_roots,
     "nx_recovery": op_nx_recovery,
     "dirty_log": op_dirty_log,
+    "guest_access": op_guest_access,
+    "guest_exit": op_guest_exit,
+    "flush": op_flush,
 }
 
 

@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from tdpsim.model.invariants import check_invariants
-from tdpsim.model.kvm import IN_GUEST_MODE, RecordingExternalOps
+from tdpsim.model.kvm import (
+    KVM_REQ_TLB_FLUSH, MemorySafetyBUG, RecordingExternalOps,
+)
+from tdpsim.model.tlb import tlb_entry_is_stale
 from tdpsim.model.tdx import create_td
 import numpy as np
 
@@ -34,7 +37,7 @@ from tdpsim.model.vmm import VmConfig, create_vm
 from tdpsim.userfile import NotTextError, read_user_text
 
 from .engine import ExplorerError, World, table_digests
-from .ops import OPS, OpContext, RetryBoundExceeded, op_params
+from .ops import KEY_SRCU, OPS, OpContext, RetryBoundExceeded, op_params
 from .snapshot import Snapshot
 from .tracking import TRACKER, track
 
@@ -141,7 +144,8 @@ class Scenario:
     def _world(self, ctx: OpContext) -> World:
         kvm, tdx = ctx.kvm, ctx.tdx
         tracker = TRACKER
-        threads = [(name, _thread_body(ctx, ops)) for name, ops in self.threads]
+        threads = [(name, _thread_body(ctx, tid, ops))
+                   for tid, (name, ops) in enumerate(self.threads)]
         locks = {kvm.mmu_lock.key: kvm.mmu_lock,
                  kvm.tdp_mmu_pages_lock.key: kvm.tdp_mmu_pages_lock}
         cache: dict = {}
@@ -149,10 +153,19 @@ class Scenario:
         return World(kvm=kvm, threads=threads, locks=locks, tracker=tracker, tdx=tdx,
                      end_checks=end_checks, step_checks=step_checks,
                      fail_on_warn=self.fail_on_warn, retry_bound=self.retry_bound,
-                     conditions={"srcu": ctx.srcu_quiescent}, cache=cache)
+                     conditions=_conditions(ctx), cache=cache)
 
     def as_params(self) -> dict[str, Any]:
         return dict(self.params)
+
+
+def _conditions(ctx: OpContext) -> dict:
+    """What WAIT_COND points wait for: SRCU readers gone, each vCPU's IPI acknowledged."""
+    conds = {KEY_SRCU: ctx.srcu_quiescent}
+    for vcpu in ctx.kvm.vcpus:
+        conds[vcpu.mode_key] = vcpu.kvm_ipi_acked
+        conds[vcpu.exit_key] = vcpu.exit_done
+    return conds
 
 
 def _memo_key(kvm: Any, tdx: Any, cache: dict) -> bytes:
@@ -232,10 +245,8 @@ def _checks(kvm: Any, tdx: Any, mode: str, memo: dict, cache: dict) -> tuple[lis
     def tlb() -> Optional[tuple[str, str]]:
         module = tdx.module
         for vcpu in kvm.vcpus:
-            if vcpu.mode != IN_GUEST_MODE:
-                continue
             v = module.vcpus.get(vcpu.vcpu_id)
-            if v is None or not v.tlb or v.epoch >= module.td_epoch:
+            if v is None or not v.in_guest or not v.tlb or v.epoch >= module.td_epoch:
                 continue
             for gfn, pfn in v.tlb.items():
                 e = module.lookup(gfn << 12)
@@ -253,13 +264,53 @@ def _checks(kvm: Any, tdx: Any, mode: str, memo: dict, cache: dict) -> tuple[lis
         end.append(invariants_end)
     if tdx is not None:
         step.append(tlb)
+    step.append(_tlb_step(kvm))
     return end, step
 
 
-def _thread_body(ctx: OpContext, ops: tuple[OpSpec, ...]) -> Callable[[], Any]:
+def _thread_body(ctx: OpContext, tid: int, ops: tuple[OpSpec, ...]) -> Callable[[], Any]:
     def body() -> list[Any]:
-        return [OPS[s.op](ctx, **s.args) for s in ops]
+        out = []
+        for s in ops:
+            out.append(OPS[s.op](ctx, **s.args))
+            tlb_flush_owed(ctx.kvm, tid, s)
+        return out
     return body
+
+
+def _tlb_step(kvm: Any) -> Callable[[], Optional[tuple[str, str]]]:
+    """Step check: an entry of a vCPU's TLB that the step just made stale remembers who
+    did it (``sched.cpu`` is the thread that ran the step)."""
+    vcpus = kvm.vcpus
+
+    def check() -> Optional[tuple[str, str]]:
+        for v in vcpus:
+            entries = v.tlb.entries
+            if not entries:
+                continue
+            for gfn, e in entries.items():
+                if e.stale_by < 0 and tlb_entry_is_stale(kvm, e, gfn):
+                    e.stale_by = kvm.sched.cpu
+        return None
+    return check
+
+
+def tlb_flush_owed(kvm: Any, tid: int, spec: OpSpec) -> None:
+    """Op-end check: when an operation returns, every translation its SPTE changes took
+    away must be flushed from any vCPU that could still use it (in guest mode, or about to
+    enter without a KVM_REQ_TLB_FLUSH pending).  Otherwise the guest keeps reaching a page
+    KVM unmapped (and the host may free) — the TLB flush KVM owed was not done."""
+    for v in kvm.vcpus:
+        if not v.tlb.entries or (not v.in_guest and KVM_REQ_TLB_FLUSH in v.requests):
+            continue
+        for gfn, e in v.tlb.entries.items():
+            if e.stale_by == tid and e.root is v.root and tlb_entry_is_stale(kvm, e, gfn):
+                raise MemorySafetyBUG(
+                    "TLB", f"{spec.describe()} returned while vCPU {v.vcpu_id} "
+                           f"({'in guest mode' if v.in_guest else 'no flush pending'}) still "
+                           f"caches gfn {gfn:#x} -> pfn {e.pfn:#x}"
+                           f"{' writable' if e.writable else ''}, which its SPTE change took "
+                           "away: the TLB flush KVM owed was not done")
 
 
 # ---------------------------------------------------------------------------- loading

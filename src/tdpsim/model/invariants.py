@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
-from .kvm import IN_GUEST_MODE
+from .kvm import IN_GUEST_MODE, OUTSIDE_GUEST_MODE
 from .mmu_internal import KvmMmuPage
 from .spte import (
     KVM_MAX_HUGEPAGE_LEVEL,
@@ -181,7 +181,10 @@ def check_tdx_invariants(kvm: "Kvm", tdx: "KvmTdx", quiescent: bool = False) -> 
     for vcpu in kvm.vcpus:
         mv = module.vcpus.get(vcpu.vcpu_id)
         in_guest = mv is not None and mv.in_guest
-        if in_guest != (vcpu.mode == IN_GUEST_MODE):
+        # Mid-entry IN_GUEST_MODE precedes TDH.VP.ENTER (the kick relies on it); inside
+        # the TD while OUTSIDE_GUEST_MODE is never right.
+        if (in_guest != (vcpu.mode == IN_GUEST_MODE)) if quiescent else \
+                (in_guest and vcpu.mode == OUTSIDE_GUEST_MODE):
             out.append(f"vCPU {vcpu.vcpu_id}: KVM mode {vcpu.mode} but module in_guest "
                        f"{in_guest}")
     if tdx.torn_down:

@@ -7,8 +7,11 @@ a pure function of its inputs.
 
 Simplifications (one line each):
 - One address space (as_id 0): SMM is not modelled.
-- ``kvm_make_all_cpus_request`` sets the request on every vCPU and counts the ones that
-  were in guest mode as IPI'd; it does not wait (the engines decide when vCPUs exit).
+- Every modelled request is KVM_REQUEST_WAIT.  The IPI to a vCPU idle in guest mode is
+  handled at once: KVM_REQ_OUTSIDE_GUEST_MODE exits it (the vendor's ``vcpu_kick_exit``);
+  for any other request the exit, service and re-entry collapse into servicing it in place
+  (a TLB flush), so TD counters do not move.  A vCPU in its entry window or inside a guest
+  instruction takes the IPI at its next interrupt window and the requester waits for that.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from .memslot import KvmMemorySlot, RangeSet
 from .mmu_internal import HugepageAdjustStats, KvmMmuPage
 from .policy import Policy
 from .profile import DEFAULT_PROFILE, KernelProfile
-from .sched import SchedPoints
+from .sched import BARRIER, VCPU, WAIT_COND, SchedPoints
+from .tlb import Tlb
 from .spte import (
     KVM_PAGES_PER_HPAGE,
     MTRR_TYPE_WRBACK,
@@ -45,6 +49,7 @@ KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
 
 OUTSIDE_GUEST_MODE = 0
 IN_GUEST_MODE = 1
+EXITING_GUEST_MODE = 2
 
 # Host pfns of page-table pages come from here; guest memory lives far above (see
 # workloads), so the two never collide.
@@ -125,6 +130,11 @@ class KvmX86Ops:
     def gmem_max_mapping_level(self, kvm: "Kvm", pfn: int, is_private: bool) -> int:
         return 0
 
+    def vcpu_kick_exit(self, vcpu: "KvmVcpu") -> None:
+        """The VM exit a kick IPI forces on a vCPU idle in guest mode (VMX: nothing more
+        than the exit itself)."""
+        kvm_vcpu_guest_exited(vcpu)
+
 
 class RecordingExternalOps(KvmX86Ops):
     """A fake TDX side that accepts every call and records it, for core-model tests.
@@ -184,7 +194,8 @@ class KvmVcpu:
     """``struct kvm_vcpu`` with the MMU roots of ``vcpu->arch.mmu``."""
 
     __slots__ = ("kvm", "vcpu_id", "stat", "root", "mirror_root", "requests", "mode",
-                 "pml_buffer")
+                 "pml_buffer", "in_guest", "irqs_disabled", "guest_busy",
+                 "ipi_pending", "tlb", "mode_key", "req_key", "exit_key")
 
     def __init__(self, kvm: "Kvm", vcpu_id: int) -> None:
         self.kvm = kvm
@@ -193,17 +204,90 @@ class KvmVcpu:
         self.root: Optional[KvmMmuPage] = None
         self.mirror_root: Optional[KvmMmuPage] = None
         self.requests: set[str] = set()
-        self.mode = OUTSIDE_GUEST_MODE
+        self.mode = OUTSIDE_GUEST_MODE  # vcpu->mode
+        # The CPU side: in VMX non-root / inside the TD; interrupts off from just before
+        # IN_GUEST_MODE until after the exit; running a guest instruction the model
+        # executes (an IPI waits for its end); an IPI not yet acknowledged.
+        self.in_guest = False
+        self.irqs_disabled = False
+        self.guest_busy = False
+        self.ipi_pending = False
+        self.tlb = Tlb()
+        self.mode_key = ("vcpu", vcpu_id, "mode")
+        self.req_key = ("vcpu", vcpu_id, "requests")
+        self.exit_key = ("vcpu", vcpu_id, "exit")
         self.pml_buffer: list[int] = []  # VMX page-modification log (GPAs)
 
     def kvm_make_request(self, req: str) -> None:
         self.requests.add(req)
+
+    def exit_done(self) -> bool:
+        """No exit of this vCPU is in flight."""
+        return not self.irqs_disabled or self.in_guest
+
+    def kvm_ipi_acked(self) -> bool:
+        """The requester's wait for this vCPU is over: the IPI was acknowledged, or the
+        vCPU is now idle in guest mode (where the IPI takes it out at once)."""
+        return not self.ipi_pending or (self.in_guest and not self.guest_busy)
 
     def kvm_check_request(self, req: str) -> bool:
         if req in self.requests:
             self.requests.discard(req)
             return True
         return False
+
+
+def kvm_vcpu_enter_guest_mode(vcpu: KvmVcpu) -> bool:
+    """The part of ``vcpu_enter_guest`` between servicing requests and the vendor's
+    ``vcpu_run``: ``local_irq_disable``, ``smp_store_release(&vcpu->mode, IN_GUEST_MODE)``,
+    ``kvm_vcpu_srcu_read_unlock`` + ``smp_mb__after_srcu_read_unlock`` (mode is visible
+    before requests are read: pairs with the barrier in ``kvm_make_all_cpus_request``), then
+    ``kvm_vcpu_exit_request``.  False when entry is cancelled (mode back to OUTSIDE)."""
+    sp = vcpu.kvm.sched
+    sp.point(VCPU, vcpu.mode_key, True)
+    vcpu.irqs_disabled = True
+    vcpu.mode = IN_GUEST_MODE
+    sp.point(BARRIER, vcpu.req_key, False)
+    if vcpu.mode == EXITING_GUEST_MODE or vcpu.requests:
+        kvm_vcpu_guest_exited(vcpu)
+        return False
+    return True
+
+
+def kvm_vcpu_guest_entered(vcpu: KvmVcpu) -> None:
+    """VM-entry succeeded: the CPU runs the guest."""
+    vcpu.kvm.sched.point(VCPU, vcpu.mode_key, True)
+    vcpu.in_guest = True
+
+
+def kvm_vcpu_guest_exited(vcpu: KvmVcpu) -> None:
+    """After a VM exit (or a cancelled entry): ``vcpu->mode = OUTSIDE_GUEST_MODE`` +
+    ``smp_wmb``, then ``local_irq_enable`` — where a pending IPI is acknowledged."""
+    vcpu.in_guest = False  # the CPU left the guest before anything else happens
+    vcpu.kvm.sched.point(VCPU, vcpu.mode_key, True)
+    vcpu.mode = OUTSIDE_GUEST_MODE
+    vcpu.irqs_disabled = False
+    vcpu.ipi_pending = False
+
+
+def kvm_vcpu_insn_end(vcpu: KvmVcpu) -> None:
+    """A guest instruction the model ran has retired: an IPI that arrived meanwhile exits
+    the guest now (the instruction boundary is the interrupt window)."""
+    vcpu.kvm.sched.point(VCPU, vcpu.mode_key, True)
+    if vcpu.ipi_pending and vcpu.in_guest:
+        vcpu.in_guest = False
+        vcpu.kvm.x86_ops.vcpu_kick_exit(vcpu)
+    vcpu.guest_busy = False
+
+
+def kvm_vcpu_wait_exit_done(vcpu: KvmVcpu) -> None:
+    """Before entering again: an exit forced by an IPI may still be in flight on this
+    vCPU (interrupts still off); the CPU finishes it first."""
+    sp = vcpu.kvm.sched
+    while vcpu.irqs_disabled and not vcpu.in_guest:
+        if sp.hook is None:
+            raise RuntimeError("vCPU entry while its exit is in flight in a sequential run")
+        sp.point(WAIT_COND, vcpu.exit_key, False)
 
 
 class Kvm:
@@ -379,12 +463,47 @@ class Kvm:
         return cond
 
     def kvm_make_all_cpus_request(self, req: str) -> bool:
-        """Returns whether any vCPU had to be IPI'd (was in guest mode)."""
-        called = False
+        """``kvm_make_all_cpus_request``: set ``req`` on every vCPU (not for the no-action
+        KVM_REQ_OUTSIDE_GUEST_MODE), ``kvm_request_needs_ipi`` (``smp_mb__before_atomic`` +
+        ``cmpxchg(mode, IN_GUEST_MODE, EXITING_GUEST_MODE)``; WAIT: IPI unless
+        OUTSIDE_GUEST_MODE), then IPI and wait for each acknowledgement.  Returns whether
+        any vCPU was IPI'd."""
+        sp = self.sched
+        waits = []
         for vcpu in self.vcpus:
-            vcpu.kvm_make_request(req)
-            called |= vcpu.mode == IN_GUEST_MODE
-        return called
+            if req != KVM_REQ_OUTSIDE_GUEST_MODE:
+                sp.point(VCPU, vcpu.req_key, True)
+                vcpu.kvm_make_request(req)
+            sp.point(BARRIER, vcpu.mode_key, True)
+            if vcpu.mode == OUTSIDE_GUEST_MODE:
+                continue
+            waits.append(vcpu)
+            if vcpu.in_guest and not vcpu.guest_busy:
+                self._ipi_idle_guest(vcpu, req)
+            else:
+                vcpu.mode = EXITING_GUEST_MODE
+                vcpu.ipi_pending = True
+        for vcpu in waits:
+            while vcpu.ipi_pending:
+                if vcpu.in_guest and not vcpu.guest_busy:
+                    self._ipi_idle_guest(vcpu, req)
+                    break
+                if sp.hook is None:
+                    raise RuntimeError("kvm_make_all_cpus_request: a sequential run would "
+                                       "wait forever for an IPI acknowledgement")
+                sp.point(WAIT_COND, vcpu.mode_key, False)
+        return bool(waits)
+
+    def _ipi_idle_guest(self, vcpu: KvmVcpu, req: str) -> None:
+        """The IPI reaches a vCPU running the guest."""
+        if req == KVM_REQ_OUTSIDE_GUEST_MODE:
+            vcpu.in_guest = False  # taken at once: the vCPU cannot start anything else
+            self.x86_ops.vcpu_kick_exit(vcpu)
+            return
+        vcpu.ipi_pending = False
+        vcpu.mode = IN_GUEST_MODE  # exit, service, re-enter collapsed
+        if req == KVM_REQ_TLB_FLUSH:
+            vcpu.tlb.flush()
 
     def kvm_flush_remote_tlbs(self, gfn: int = 0, nr_pages: int = 0) -> None:
         """``kvm_flush_remote_tlbs``; ``_range``/``_gfn``/``_memslot`` degrade to it on

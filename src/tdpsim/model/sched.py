@@ -52,6 +52,7 @@ MMU_INVALIDATE_KEY = ("kvm", "mmu_invalidate")
 LOCK_RELEASED = "lock_released"
 BARRIER = "barrier"
 RCU_FREE = "rcu_free"
+WAIT_COND = "wait_cond"  # wait until a condition on ``key`` holds (the explorer evaluates it)
 
 SchedHook = Callable[[str, Hashable, bool], None]
 

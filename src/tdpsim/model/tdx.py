@@ -12,8 +12,9 @@ Levels: hooks receive KVM levels (1 = 4K, 2 = 2M); SEAMCALLs take TDX levels
 (``pg_level_to_tdx_sept_level`` = KVM level − 1).  gfns are private (shared bit stripped).
 
 Simplifications (one line each):
-- ``kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)`` with KVM_REQUEST_WAIT is
-  ``kick_all_vcpus``: every vCPU in guest mode TD-exits in the module before it returns.
+- ``kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)`` (KVM_REQUEST_WAIT) is
+  ``kick_all_vcpus``: a vCPU idle in the TD TD-exits before it returns; one entering or in a
+  TDCALL exits at its interrupt window and the kicker waits for it (``kvm.py``).
 - A kicked or exited vCPU stays outside until something (``TdGuest``, the caller) runs
   ``tdx_vcpu_run`` again; interrupts, posted IRQs and the fastpath are not modelled.
 - ``tdx_is_sept_zap_err_due_to_premap`` is not modelled (6.19 removed the pre-map window).
@@ -37,11 +38,14 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from .events import KvmPageFault as KvmPageFaultEvent
 from .kvm import (
-    IN_GUEST_MODE,
     KVM_REQ_OUTSIDE_GUEST_MODE,
     KVM_REQ_TLB_FLUSH,
-    OUTSIDE_GUEST_MODE,
     KvmX86Ops,
+    kvm_vcpu_enter_guest_mode,
+    kvm_vcpu_guest_entered,
+    kvm_vcpu_guest_exited,
+    kvm_vcpu_insn_end,
+    kvm_vcpu_wait_exit_done,
 )
 from .kvm_main import (
     KvmUserError,
@@ -256,62 +260,74 @@ class KvmTdx(KvmX86Ops):
     # ======================================================================= vCPU entry/exit
     def _td_exited(self, vcpu: "KvmVcpu") -> None:
         """The vCPU left the TD (the module already dropped its epoch reference)."""
-        vcpu.mode = OUTSIDE_GUEST_MODE
+        kvm_vcpu_guest_exited(vcpu)
 
     def _td_exit(self, vcpu: "KvmVcpu") -> None:
-        """Force a TD exit (an IPI): the module drops REFCOUNT[VCPU_EPOCH & 1]."""
+        """A TD exit: the module drops REFCOUNT[VCPU_EPOCH & 1], KVM leaves guest mode."""
+        vcpu.in_guest = False
         self.module.td_exit(vcpu.vcpu_id)
         self._td_exited(vcpu)
 
+    def vcpu_kick_exit(self, vcpu: "KvmVcpu") -> None:
+        """The TD exit a KVM_REQ_OUTSIDE_GUEST_MODE IPI forces on a vCPU in the TD."""
+        self._td_exit(vcpu)
+        self.stats.kick_exits += 1
+
     def kick_all_vcpus(self, kvm: "Kvm", req: str = KVM_REQ_OUTSIDE_GUEST_MODE) -> int:
-        """``kvm_make_all_cpus_request(kvm, req)`` with KVM_REQUEST_WAIT: IPI every vCPU in
-        guest mode and wait for its acknowledgement, i.e. until it has TD-exited — which
-        is what drains the TDX epoch refcounts.  Returns how many vCPUs were forced out."""
+        """``kvm_make_all_cpus_request(kvm, req)`` with KVM_REQUEST_WAIT: IPI every vCPU not
+        outside guest mode and wait for its acknowledgement — a vCPU in the TD TD-exits,
+        which is what drains the TDX epoch refcounts.  Returns how many vCPUs were forced
+        out."""
+        before = self.stats.kick_exits
         kvm.kvm_make_all_cpus_request(req)
         self.stats.kicks += 1
-        n = 0
-        for vcpu in kvm.vcpus:
-            if vcpu.mode == IN_GUEST_MODE:
-                self._td_exit(vcpu)
-                n += 1
-        self.stats.kick_exits += n
-        return n
+        return self.stats.kick_exits - before
 
     def tdx_vcpu_create(self, vcpu: "KvmVcpu") -> None:
         """``tdx_vcpu_create`` + ``tdx_vcpu_init`` (TDH.VP.CREATE/ADDCX/INIT collapsed)."""
         self.module.tdh_vp_create(vcpu.vcpu_id)
 
     def tdx_vcpu_run(self, vcpu: "KvmVcpu") -> int:
-        """``vcpu_enter_guest`` → ``tdx_vcpu_run``: service requests, then TDH.VP.ENTER.
+        """``vcpu_enter_guest`` → ``tdx_vcpu_run``: service requests, IN_GUEST_MODE (before
+        anything a kick must see, with the barrier), ``kvm_vcpu_exit_request``, then the
+        ``wait_for_sept_zap`` check and TDH.VP.ENTER.
 
         Returns EXIT_FASTPATH_NONE when the vCPU is now in guest mode,
-        EXIT_FASTPATH_EXIT_HANDLED when entry was skipped (``wait_for_sept_zap`` set, or
-        VP.ENTER returned BUSY so pending kicks can be acknowledged), the EPT-violation
-        handler's result when the zero-step filter refused entry, -EINVAL before
-        finalization (``tdx_vcpu_pre_run``) or -EIO (VM dead)."""
+        EXIT_FASTPATH_EXIT_HANDLED when entry was skipped (cancelled by a pending request
+        or kick, ``wait_for_sept_zap`` set, or VP.ENTER returned BUSY so pending kicks can
+        be acknowledged), the EPT-violation handler's result when the zero-step filter
+        refused entry, -EINVAL before finalization (``tdx_vcpu_pre_run``) or -EIO (VM
+        dead)."""
         kvm = vcpu.kvm
         if kvm.vm_dead or vcpu.kvm_check_request("KVM_REQ_VM_DEAD"):
             return -EIO
         if not self.is_td_runnable():
             return -EINVAL  # tdx_vcpu_pre_run: KVM_RUN only after KVM_TDX_FINALIZE_VM
-        if vcpu.mode == IN_GUEST_MODE:
+        if vcpu.in_guest:
             return EXIT_FASTPATH_NONE
+        kvm_vcpu_wait_exit_done(vcpu)
         if vcpu.kvm_check_request("KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"):
             kvm_mmu_load(vcpu)
         # KVM_REQ_TLB_FLUSH → tdx_flush_tlb_all (shared EPT only; the module flushes S-EPT).
-        vcpu.kvm_check_request(KVM_REQ_TLB_FLUSH)
-        vcpu.kvm_check_request(KVM_REQ_OUTSIDE_GUEST_MODE)
+        if vcpu.kvm_check_request(KVM_REQ_TLB_FLUSH):
+            vcpu.tlb.flush()
+        if not kvm_vcpu_enter_guest_mode(vcpu):
+            self.stats.vcpu_enter_refused += 1
+            return EXIT_FASTPATH_EXIT_HANDLED
         kvm.sched.point(VCPU, SEPT_ZAP_KEY, False)
         if self.wait_for_sept_zap:
             # The zapping thread waits for all vCPUs to stay out (tdh_do_no_vcpus).
             self.stats.vcpu_enter_refused += 1
+            kvm_vcpu_guest_exited(vcpu)
             return EXIT_FASTPATH_EXIT_HANDLED
         r = self._seamcall("tdx_vcpu_run", "TDH.VP.ENTER", 0, 0,
                            self.module.tdh_vp_enter, vcpu.vcpu_id)
         if tdx_operand_busy(r.status):
             self.stats.vcpu_enter_refused += 1
+            kvm_vcpu_guest_exited(vcpu)
             return EXIT_FASTPATH_EXIT_HANDLED
         if r.status != TDX_SUCCESS:
+            kvm_vcpu_guest_exited(vcpu)
             self.TDX_BUG_ON(kvm, r, "tdx_vcpu_run", "TDH.VP.ENTER")
             return -EIO
         self.stats.vcpu_enters += 1
@@ -319,12 +335,12 @@ class KvmTdx(KvmX86Ops):
             # Zero-step mitigation refused entry and faked an EPT violation.
             self._td_exited(vcpu)
             return self.tdx_handle_ept_violation(vcpu, r.exit.gpa, r.exit.eeq)
-        vcpu.mode = IN_GUEST_MODE
+        kvm_vcpu_guest_entered(vcpu)
         return EXIT_FASTPATH_NONE
 
     def tdx_vcpu_exit(self, vcpu: "KvmVcpu") -> None:
         """A TD exit for any other reason (TDVMCALL, interrupt, HLT)."""
-        if vcpu.mode == IN_GUEST_MODE:
+        if vcpu.in_guest:
             self._td_exit(vcpu)
 
     # =========================================================================== TD lifecycle
@@ -781,7 +797,7 @@ class KvmTdx(KvmX86Ops):
 
         Returns the last RET_PF_* value (≥ 0) or a -errno."""
         kvm = vcpu.kvm
-        if vcpu.mode == IN_GUEST_MODE:
+        if vcpu.in_guest:
             self._td_exit(vcpu)  # the exit that delivered this violation
         self.stats.ept_violations += 1
         gfn = (gpa >> PAGE_SHIFT) & ~kvm.kvm_gfn_direct_bits()
@@ -920,12 +936,12 @@ class TdGuest:
         is dead or entry keeps being refused."""
         vcpu = self._vcpu(vcpu_id)
         for _ in range(self.max_retries):
-            if vcpu.mode == IN_GUEST_MODE:
+            if vcpu.in_guest:
                 return True
             r = self.tdx.tdx_vcpu_run(vcpu)
             if r < 0 or self.kvm.vm_dead:
                 return False
-        return vcpu.mode == IN_GUEST_MODE
+        return vcpu.in_guest
 
     # ----------------------------------------------------------------------------- ACCEPT
     def tdcall_accept(self, gpa: int, tdx_level: int, vcpu_id: Optional[int] = None,
@@ -938,8 +954,12 @@ class TdGuest:
         for _ in range(self.max_retries):
             if not self.enter(vcpu.vcpu_id):
                 return None
+            vcpu.guest_busy = True
             res = module.tdg_mem_page_accept(vcpu.vcpu_id, gpa, tdx_level, rip=rip)
-            if res.exit is not None:
+            if res.exit is None:
+                kvm_vcpu_insn_end(vcpu)
+            else:
+                vcpu.guest_busy = False
                 # TD exit; KVM handles it and the TDCALL runs again after re-entry.
                 self.tdx._td_exited(vcpu)
                 self.stats.accept_exits += 1
@@ -1041,8 +1061,12 @@ class TdGuest:
         for _ in range(self.max_retries):
             if not self.enter(vcpu.vcpu_id):
                 return res
+            vcpu.guest_busy = True
             res = self.tdx.module.guest_access(vcpu.vcpu_id, gpa, write, rip=rip)
-            if res.exit is not None:
+            if res.exit is None:
+                kvm_vcpu_insn_end(vcpu)
+            else:
+                vcpu.guest_busy = False
                 self.tdx._td_exited(vcpu)
                 ret = self.tdx.tdx_handle_ept_violation(vcpu, res.exit.gpa, res.exit.eeq,
                                                         rip=rip or 0)

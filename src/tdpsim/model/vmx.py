@@ -134,3 +134,29 @@ def ept_hw_access(vcpu: "KvmVcpu", gpa: int, write: bool = False, exec: bool = F
                     and kvm.nr_memslots_dirty_logging):
                 vmx_pml_log(vcpu, gfn << PAGE_SHIFT)
     return 0
+
+
+def vcpu_enter_guest(vcpu: "KvmVcpu") -> int:
+    """``vcpu_enter_guest`` (``x86.c``) for a VMX guest up to ``vmx_vcpu_run``'s VM-entry:
+    service the requests (KVM_REQ_VM_DEAD, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS →
+    ``kvm_mmu_reload``, KVM_REQ_TLB_FLUSH → ``kvm_vcpu_flush_tlb_all``), set IN_GUEST_MODE
+    and re-check for requests and kicks, enter.  Returns 0 in guest mode, 1 when entry was
+    cancelled (the run loop tries again) or -EIO (VM dead)."""
+    from .kvm import kvm_vcpu_enter_guest_mode, kvm_vcpu_guest_entered, kvm_vcpu_wait_exit_done
+    from .mmu_fault import kvm_mmu_load
+
+    kvm = vcpu.kvm
+    if kvm.vm_dead or vcpu.kvm_check_request("KVM_REQ_VM_DEAD"):
+        return -5  # -EIO
+    if vcpu.in_guest:
+        return 0
+    kvm_vcpu_wait_exit_done(vcpu)
+    if "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS" in vcpu.requests or vcpu.root is None \
+            or vcpu.root.role.invalid:
+        kvm_mmu_load(vcpu)
+    if vcpu.kvm_check_request("KVM_REQ_TLB_FLUSH"):
+        vcpu.tlb.flush()
+    if not kvm_vcpu_enter_guest_mode(vcpu):
+        return 1
+    kvm_vcpu_guest_entered(vcpu)
+    return 0
