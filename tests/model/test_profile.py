@@ -6,6 +6,8 @@ import dataclasses
 import io
 
 import pytest
+
+from tdpsim.model.mmu_internal import POISON_FREE_SPTE
 from kvm_helpers import fault, leaf_at
 
 from tdpsim.model import spte as S
@@ -79,6 +81,7 @@ def _promote_over_4k_table(profile):
         fault(kvm, gfn)
     pt = table_4k_of(kvm, root, 0x200)
     unforce_4k(kvm, 0x200)
+    kvm.rcu.rcu_read_lock()  # a concurrent RCU reader keeps the removed table unfreed
     fault(kvm, 0x207)
     return kvm, root, pt
 
@@ -91,6 +94,8 @@ def test_fresh_tables_hold_the_profiles_nonpresent_value(profile):
     assert root.spt[1] == profile.SHADOW_NONPRESENT_VALUE
     # handle_removed_pt froze the 4K table with the profile's FROZEN_SPTE.
     assert set(pt.spt) == {profile.FROZEN_SPTE}
+    kvm.rcu.rcu_read_unlock()  # the grace period ends: freed and poisoned
+    assert set(pt.spt) == {POISON_FREE_SPTE}
     assert kvm.stat.pages == [0, 1, 0]
     assert not kvm.warnings and not kvm.bugs
 
