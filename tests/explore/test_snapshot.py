@@ -31,8 +31,19 @@ from tdpsim.model.spte import is_last_spte, spte_to_pfn
 
 SHADOW_NONPRESENT_VALUE = DEFAULT_PROFILE.SHADOW_NONPRESENT_VALUE
 
+def _fits(name: str, pol: str, ext: str) -> bool:
+    """The variants that mean something: mirror_promotion only matters with mirror roots,
+    and a TD guest (ACCEPT) needs the TDX glue rather than RecordingExternalOps."""
+    sc = load_scenario(name)
+    ops = {o.op for o in sc.setup} | {o.op for _, t in sc.threads for o in t}
+    if pol == "unpatched" and not sc.vm.tdx:
+        return False
+    return not (ext == "recording" and "accept" in ops)
+
+
 VARIANTS = [(name, pol, ext) for name in builtin_names()
-            for pol in ("disallowed", "unpatched") for ext in ("tdx", "recording")]
+            for pol in ("disallowed", "unpatched") for ext in ("tdx", "recording")
+            if _fits(name, pol, ext)]
 
 
 def _params(pol: str, ext: str) -> dict:

@@ -225,7 +225,10 @@ def register(app: typer.Typer) -> None:
                           f"1/(n*k^(d-1)) = {pct_bound(n, k, depth):.3g} "
                           f"(n={n}, k~{k} steps)")
         if strategy in ("dfs", "dpor"):
-            console.print("exhausted: " + ("yes" if state.exhausted else "no (budget ended)"))
+            why = "yes" if state.exhausted else \
+                "no (stopped at the first failure)" if state.failure is not None else \
+                "no (budget ended)"
+            console.print("exhausted: " + why)
 
     @app.command("replay")
     def replay_cmd(

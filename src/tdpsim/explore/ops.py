@@ -135,13 +135,17 @@ def _enter(ctx: OpContext, v: Any) -> int:
     for _ in range(ctx.retry_bound + 1):
         if v.in_guest:
             return 0
+        cancels = v.entry_cancels
         if ctx.tdx is not None:
             r = ctx.tdx.tdx_vcpu_run(v)
         else:
             r = vcpu_enter_guest(v)
         if r < 0:
             return r
-        if not v.in_guest:
+        if not v.in_guest and v.entry_cancels == cancels:
+            # Refused (wait_for_sept_zap, BUSY): only another thread can change that.  A
+            # cancelled entry (request or kick seen after IN_GUEST_MODE) just loops: the
+            # next attempt services what cancelled it.
             ctx.kvm.sched.point(RETRY_WAIT, ("vcpu", v.vcpu_id), False)
     raise RetryBoundExceeded(f"vCPU {v.vcpu_id}: entry still refused after "
                              f"{ctx.retry_bound} attempts")

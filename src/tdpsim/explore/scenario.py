@@ -23,13 +23,13 @@ from typing import Any, Callable, Optional
 
 from tdpsim.model.invariants import check_invariants
 from tdpsim.model.kvm import (
-    KVM_REQ_TLB_FLUSH, MemorySafetyBUG, RecordingExternalOps,
+    KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, KVM_REQ_TLB_FLUSH, MemorySafetyBUG, RecordingExternalOps,
 )
 from tdpsim.model.tlb import tlb_entry_is_stale
 from tdpsim.model.tdx import create_td
 import numpy as np
 
-from tdpsim.model.tdx_module import MAPPED
+
 from tdpsim.model.tdx_module.sept import FREE, iter_pages
 from tdpsim.model.policy import Policy
 from tdpsim.model.profile import UnknownKernelProfile, get_profile
@@ -92,6 +92,7 @@ class Scenario:
     private_max_level: int = 2
     params: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    sha256: str = ""  # of the scenario file's bytes: a schedule names the exact scenario
     setup_snapshot: bool = field(default=True, compare=False)
     _memo: dict = field(default_factory=dict, compare=False, repr=False)
     _snap: dict = field(default_factory=dict, compare=False, repr=False)
@@ -226,9 +227,9 @@ def _memo_key(kvm: Any, tdx: Any, cache: dict) -> bytes:
 
 def _checks(kvm: Any, tdx: Any, mode: str, memo: dict, cache: dict) -> tuple[list, list]:
     """The invariant checkers of ``tdpsim.model.invariants`` (every step or at the end) and,
-    for a TD, TLB safety: a vCPU still in guest mode must not hold a cached translation to a
-    private page that left S-EPT after its epoch was tracked (``tdx_track`` kicks every vCPU
-    out, so a vCPU that entered in an older epoch cannot still be inside)."""
+    for a TD, TLB safety: a vCPU still in the TD must not hold a cached translation, from an
+    epoch since tracked, to a private page S-EPT has removed (the BLOCK, TRACK, kick, REMOVE
+    protocol); for every VM the shared-EPT TLB checks (``_tlb_step``, ``tlb_flush_owed``)."""
     def invariants(quiescent: bool) -> Optional[tuple[str, str]]:
         bad = check_invariants(kvm, tdx, quiescent)
         return ("INVARIANT", "; ".join(bad[:3])) if bad else None
@@ -250,7 +251,9 @@ def _checks(kvm: Any, tdx: Any, mode: str, memo: dict, cache: dict) -> tuple[lis
                 continue
             for gfn, pfn in v.tlb.items():
                 e = module.lookup(gfn << 12)
-                if e.state != MAPPED:
+                # Between TRACK and the kick a blocked page may still be cached; once it is
+                # removed (FREE) the host may reuse it.
+                if e.state == FREE:
                     return ("TLB", f"vCPU {vcpu.vcpu_id} in guest mode (epoch {v.epoch} < "
                                    f"TD epoch {module.td_epoch}) still caches gfn {gfn:#x} "
                                    f"-> pfn {pfn:#x}, which S-EPT no longer maps")
@@ -295,19 +298,29 @@ def _tlb_step(kvm: Any) -> Callable[[], Optional[tuple[str, str]]]:
     return check
 
 
+def _tlb_usable(v: Any) -> bool:
+    """Can ``v``'s guest use its TLB entries of ``v.root``?  In guest mode, yes; outside,
+    unless its next entry flushes or loads a new root first (``vcpu_enter_guest``)."""
+    if v.in_guest:
+        return True
+    return not (KVM_REQ_TLB_FLUSH in v.requests or KVM_REQ_MMU_FREE_OBSOLETE_ROOTS in v.requests
+                or v.root is None or v.root.role.invalid)
+
+
 def tlb_flush_owed(kvm: Any, tid: int, spec: OpSpec) -> None:
     """Op-end check: when an operation returns, every translation its SPTE changes took
     away must be flushed from any vCPU that could still use it (in guest mode, or about to
     enter without a KVM_REQ_TLB_FLUSH pending).  Otherwise the guest keeps reaching a page
     KVM unmapped (and the host may free) — the TLB flush KVM owed was not done."""
     for v in kvm.vcpus:
-        if not v.tlb.entries or (not v.in_guest and KVM_REQ_TLB_FLUSH in v.requests):
+        if not v.tlb.entries or not _tlb_usable(v):
             continue
         for gfn, e in v.tlb.entries.items():
             if e.stale_by == tid and e.root is v.root and tlb_entry_is_stale(kvm, e, gfn):
                 raise MemorySafetyBUG(
                     "TLB", f"{spec.describe()} returned while vCPU {v.vcpu_id} "
-                           f"({'in guest mode' if v.in_guest else 'no flush pending'}) still "
+                           f"({'in guest mode' if v.in_guest else 'entering without a flush'}) "
+                           "still "
                            f"caches gfn {gfn:#x} -> pfn {e.pfn:#x}"
                            f"{' writable' if e.writable else ''}, which its SPTE change took "
                            "away: the TLB flush KVM owed was not done")
@@ -338,12 +351,20 @@ def load_scenario(name_or_path: str, params: Optional[dict[str, Any]] = None) ->
     """Load, apply ``params`` overrides, validate."""
     path = resolve(name_or_path)
     try:
-        raw = tomllib.loads(read_user_text(path, "scenario"))
+        text = read_user_text(path, "scenario")
+        raw = tomllib.loads(text)
     except NotTextError as e:
         raise ScenarioError(str(e)) from None
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{path}: not valid TOML: {e}") from None
-    return parse_scenario(raw, str(path), params or {})
+    sc = parse_scenario(raw, str(path), params or {})
+    # read_user_text decodes strict UTF-8, so encoding gives back the file's exact bytes.
+    return dataclasses.replace(sc, sha256=hashlib.sha256(text.encode()).hexdigest())
+
+
+def is_builtin(sc: Scenario) -> bool:
+    """Loaded from the built-in directory under its own name."""
+    return Path(sc.source) == builtin_dir() / f"{sc.name}.toml"
 
 
 def parse_param(text: str) -> tuple[str, Any]:

@@ -1,6 +1,7 @@
 """Schedule files: a failing (or any) execution as JSON, replayed by the same engine.
 
-A schedule is the scenario name, its parameter overrides, the resolved policy, the seed and
+A schedule is the scenario (a built-in's name, or the path of a scenario file) with the
+sha256 of the file it was recorded on, its parameter overrides, the resolved policy, the seed and
 strategy that found it, the thread names and ``choices``: the thread chosen at every step
 where two or more threads were runnable.  After the last choice every execution continues
 with the non-preemptive default (see ``strategies/replay.py``).  Replay is strict: a choice
@@ -21,7 +22,7 @@ from ..userfile import NotTextError, read_user_text
 
 from .engine import ExecutionResult, ExplorerError
 from .runner import run_one
-from .scenario import Scenario, ScenarioError, load_scenario
+from .scenario import Scenario, ScenarioError, is_builtin, load_scenario
 from .strategies.replay import ReplayScheduler
 
 FORMAT = "tdpsim-schedule"
@@ -43,6 +44,7 @@ class Schedule:
     choices: list[str]
     failure: Optional[dict[str, Any]] = None
     extra: dict[str, Any] = field(default_factory=dict)
+    scenario_sha256: str = ""
 
     @classmethod
     def from_result(cls, scenario: Scenario, result: ExecutionResult, *, seed: int,
@@ -50,16 +52,18 @@ class Schedule:
                     **extra: Any) -> "Schedule":
         names = result.thread_names
         ds = result.decisions if decisions is None else decisions
-        return cls(scenario=scenario.name, params=dict(scenario.params),
+        where = scenario.name if is_builtin(scenario) else str(Path(scenario.source).resolve())
+        return cls(scenario=where, params=dict(scenario.params),
                    policy=scenario.policy.as_dict(), seed=seed, strategy=strategy,
                    threads=list(names), choices=[names[d] for d in ds],
-                   failure=result.failure.as_dict() if result.failure else None, extra=extra)
+                   failure=result.failure.as_dict() if result.failure else None, extra=extra,
+                   scenario_sha256=scenario.sha256)
 
     def to_json(self) -> str:
         doc = {"format": FORMAT, "version": VERSION, "scenario": self.scenario,
                "params": self.params, "policy": self.policy, "seed": self.seed,
                "strategy": self.strategy, "threads": self.threads, "choices": self.choices,
-               "failure": self.failure}
+               "failure": self.failure, "scenario_sha256": self.scenario_sha256}
         doc.update(self.extra)
         return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
@@ -75,6 +79,10 @@ class Schedule:
             sc = load_scenario(self.scenario, self.params)
         except ScenarioError as e:
             raise ScheduleError(f"schedule's scenario: {e}") from None
+        if self.scenario_sha256 and sc.sha256 != self.scenario_sha256:
+            raise ScheduleError(f"scenario_sha256: {sc.source} changed since the schedule was "
+                                f"recorded (sha256 {self.scenario_sha256[:16]}…, now "
+                                f"{sc.sha256[:16]}…); its choices may not fit any more")
         if sc.thread_names != self.threads:
             raise ScheduleError(f"threads: the schedule was recorded for threads "
                                 f"{self.threads} but scenario {self.scenario!r} has "
@@ -138,11 +146,14 @@ def parse_schedule(text: str, source: str = "<schedule>") -> Schedule:
         if c not in threads:
             raise ScheduleError(f"{source}: choices[{i}] (decision {i}): thread {c!r} is "
                                 f"not a thread of this schedule; expected one of {threads}")
+    sha = doc.get("scenario_sha256", "")
+    if not isinstance(sha, str):
+        raise ScheduleError(f"{source}: scenario_sha256: expected a hex string, got {sha!r}")
     known = {"format", "version", "scenario", "params", "policy", "seed", "strategy",
-             "threads", "choices", "failure"}
+             "threads", "choices", "failure", "scenario_sha256"}
     extra = {k: v for k, v in doc.items() if k not in known}
     return Schedule(scenario, params, policy, seed, strategy, threads, choices,
-                    doc.get("failure"), extra)
+                    doc.get("failure"), extra, sha)
 
 
 def load_schedule(path: str | Path) -> Schedule:

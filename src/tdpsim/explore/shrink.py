@@ -1,26 +1,34 @@
 """Shrinking a failing schedule: delta debugging (Zeller's ddmin) on the decision list.
 
 A candidate is a sub-list of the decisions, replayed leniently (a decision that does not fit
-falls back to the non-preemptive default).  It is kept when it fails with the same failure
-kind at the same function.  The survivor is replayed once more to record the decisions
-actually taken, and trailing decisions that the default would take anyway are dropped, so the
-result replays strictly.  The result is never longer than the input.
+falls back to the non-preemptive default).  It is kept when it fails the same way: the same
+kind and the same message once numbers (pfns, gfns, steps, epochs) are normalised away, so a
+shorter schedule that hits the same check at the same place with other values counts.  The
+survivor is put in canonical form (the decisions the lenient run really took, minus a tail
+the default would take anyway, so it replays strictly), then made 1-minimal: no single
+decision can be removed without losing the failure.  The result is never longer than the
+input.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Callable, Optional
 
 from .engine import ExecutionResult, Failure
 from .runner import run_one
 from .scenario import Scenario
-from .strategies.replay import ReplayScheduler
+from .strategies.replay import ReplayScheduler, ScheduleMismatch
 
 
-def _signature(f: Optional[Failure]) -> Optional[tuple[str, str]]:
+_NUMBER = re.compile(r"0x[0-9a-fA-F]+|\d+")
+
+
+def signature(f: Optional[Failure]) -> Optional[tuple[str, str]]:
+    """A failure's identity: its kind and where/what, with every number normalised."""
     if f is None:
         return None
-    return f.kind, f.message.split(":")[0]
+    return f.kind, _NUMBER.sub("#", f.message)
 
 
 def _run(scenario: Scenario, decisions: list[int], names: list[str],
@@ -52,23 +60,37 @@ def ddmin(items: list[int], fails: Callable[[list[int]], bool]) -> list[int]:
 
 
 def shrink(scenario: Scenario, failing: ExecutionResult, max_runs: int = 2000) -> list[int]:
-    """A failing decision list no longer than ``failing.decisions``, usually much shorter."""
+    """A failing decision list no longer than ``failing.decisions``, 1-minimal unless the
+    ``max_runs`` replay budget ran out first."""
     names = failing.thread_names
-    want = _signature(failing.failure)
+    want = signature(failing.failure)
     runs = [0]
 
-    def fails(ds: list[int]) -> bool:
+    def fails(ds: list[int], strict: bool = False) -> bool:
         if runs[0] >= max_runs:
             return False
         runs[0] += 1
-        return _signature(_run(scenario, ds, names).failure) == want
+        try:
+            return signature(_run(scenario, ds, names, strict).failure) == want
+        except ScheduleMismatch:
+            return False
+
+    def canonical(ds: list[int]) -> list[int]:
+        taken = list(_run(scenario, ds, names).decisions)
+        while taken and fails(taken[:-1], strict=True):
+            taken.pop()
+        return taken if fails(taken, strict=True) else ds
 
     original = list(failing.decisions)
-    small = ddmin(original, fails)
-    # Canonical form: the decisions the lenient run really took, minus a default tail.
-    taken = list(_run(scenario, small, names).decisions)
-    while taken and _signature(_run(scenario, taken[:-1], names, strict=True).failure) == want:
-        taken.pop()
-    best = taken if _signature(_run(scenario, taken, names, strict=True).failure) == want \
-        else original
+    best = canonical(ddmin(original, fails))
+    reduced = True
+    while reduced:
+        reduced = False
+        for i in range(len(best)):
+            cand = best[:i] + best[i + 1:]
+            if fails(cand):
+                best, reduced = canonical(cand), True
+                break
+    if not fails(best, strict=True):
+        best = original
     return best if len(best) <= len(original) else original

@@ -8,9 +8,10 @@ a pure function of its inputs.
 Simplifications (one line each):
 - One address space (as_id 0): SMM is not modelled.
 - Every modelled request is KVM_REQUEST_WAIT.  The IPI to a vCPU idle in guest mode is
-  handled at once: KVM_REQ_OUTSIDE_GUEST_MODE exits it (the vendor's ``vcpu_kick_exit``);
-  for any other request the exit, service and re-entry collapse into servicing it in place
-  (a TLB flush), so TD counters do not move.  A vCPU in its entry window or inside a guest
+  handled at once by the vendor (``vcpu_ipi``): VMX exits it, except for a TLB flush whose
+  exit, flush and re-entry collapse into a flush in place; TDX exits it for
+  KVM_REQ_OUTSIDE_GUEST_MODE and services anything else in place, so TD counters do not
+  move.  A vCPU in its entry window or inside a guest
   instruction takes the IPI at its next interrupt window and the requester waits for that.
 """
 
@@ -131,9 +132,19 @@ class KvmX86Ops:
         return 0
 
     def vcpu_kick_exit(self, vcpu: "KvmVcpu") -> None:
-        """The VM exit a kick IPI forces on a vCPU idle in guest mode (VMX: nothing more
-        than the exit itself)."""
+        """The VM exit an IPI forces on a vCPU in guest mode (VMX: nothing more than the
+        exit itself)."""
         kvm_vcpu_guest_exited(vcpu)
+
+    def vcpu_ipi(self, vcpu: "KvmVcpu", req: str) -> None:
+        """A request's IPI reaches ``vcpu`` idle in guest mode.  VMX: the guest exits (it
+        reloads its root etc. on the next entry), except that a TLB flush's exit, flush
+        and re-entry collapse into flushing in place."""
+        if req == KVM_REQ_TLB_FLUSH:
+            _service_in_place(vcpu)
+            return
+        vcpu.in_guest = False  # taken at once: the vCPU cannot start anything else
+        self.vcpu_kick_exit(vcpu)
 
 
 class RecordingExternalOps(KvmX86Ops):
@@ -195,7 +206,8 @@ class KvmVcpu:
 
     __slots__ = ("kvm", "vcpu_id", "stat", "root", "mirror_root", "requests", "mode",
                  "pml_buffer", "in_guest", "irqs_disabled", "guest_busy",
-                 "ipi_pending", "tlb", "mode_key", "req_key", "exit_key")
+                 "ipi_pending", "tlb", "mode_key", "req_key", "exit_key",
+                 "entry_cancels")
 
     def __init__(self, kvm: "Kvm", vcpu_id: int) -> None:
         self.kvm = kvm
@@ -216,6 +228,7 @@ class KvmVcpu:
         self.mode_key = ("vcpu", vcpu_id, "mode")
         self.req_key = ("vcpu", vcpu_id, "requests")
         self.exit_key = ("vcpu", vcpu_id, "exit")
+        self.entry_cancels = 0  # entries cancelled by kvm_vcpu_exit_request
         self.pml_buffer: list[int] = []  # VMX page-modification log (GPAs)
 
     def kvm_make_request(self, req: str) -> None:
@@ -237,6 +250,13 @@ class KvmVcpu:
         return False
 
 
+def _service_in_place(vcpu: KvmVcpu) -> None:
+    """Exit, service the request (at least a TLB flush) and re-enter, collapsed."""
+    vcpu.ipi_pending = False
+    vcpu.mode = IN_GUEST_MODE
+    vcpu.tlb.flush()
+
+
 def kvm_vcpu_enter_guest_mode(vcpu: KvmVcpu) -> bool:
     """The part of ``vcpu_enter_guest`` between servicing requests and the vendor's
     ``vcpu_run``: ``local_irq_disable``, ``smp_store_release(&vcpu->mode, IN_GUEST_MODE)``,
@@ -249,6 +269,7 @@ def kvm_vcpu_enter_guest_mode(vcpu: KvmVcpu) -> bool:
     vcpu.mode = IN_GUEST_MODE
     sp.point(BARRIER, vcpu.req_key, False)
     if vcpu.mode == EXITING_GUEST_MODE or vcpu.requests:
+        vcpu.entry_cancels += 1
         kvm_vcpu_guest_exited(vcpu)
         return False
     return True
@@ -495,15 +516,8 @@ class Kvm:
         return bool(waits)
 
     def _ipi_idle_guest(self, vcpu: KvmVcpu, req: str) -> None:
-        """The IPI reaches a vCPU running the guest."""
-        if req == KVM_REQ_OUTSIDE_GUEST_MODE:
-            vcpu.in_guest = False  # taken at once: the vCPU cannot start anything else
-            self.x86_ops.vcpu_kick_exit(vcpu)
-            return
-        vcpu.ipi_pending = False
-        vcpu.mode = IN_GUEST_MODE  # exit, service, re-enter collapsed
-        if req == KVM_REQ_TLB_FLUSH:
-            vcpu.tlb.flush()
+        """The IPI reaches a vCPU running the guest: what follows is the vendor's."""
+        self.x86_ops.vcpu_ipi(vcpu, req)
 
     def kvm_flush_remote_tlbs(self, gfn: int = 0, nr_pages: int = 0) -> None:
         """``kvm_flush_remote_tlbs``; ``_range``/``_gfn``/``_memslot`` degrade to it on

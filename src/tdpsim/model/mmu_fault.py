@@ -59,7 +59,7 @@ from .spte import (
     restore_acc_track_spte,
 )
 from .events import FastPageFault
-from .sched import MMU_INVALIDATE, MMU_INVALIDATE_KEY
+from .sched import BARRIER, MMU_INVALIDATE, MMU_INVALIDATE_KEY
 from .tdp_iter import for_each_tdp_pte, sptep_address
 from .tdp_mmu import (
     is_access_allowed,
@@ -126,7 +126,8 @@ def kvm_mmu_faultin_pfn(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
     attribute, then get the pfn from guest_memfd (private) or the host mapping."""
     kvm = vcpu.kvm
     kvm.sched.point(MMU_INVALIDATE, MMU_INVALIDATE_KEY, False)
-    fault.mmu_seq = kvm.mmu_invalidate_seq  # then smp_rmb()
+    fault.mmu_seq = kvm.mmu_invalidate_seq
+    kvm.sched.point(BARRIER, MMU_INVALIDATE_KEY, False)  # smp_rmb(): seq before the pfn
     if fault.is_private != kvm.kvm_mem_is_private(fault.gfn):
         return -EFAULT  # kvm_mmu_prepare_memory_fault_exit: userspace must convert
     slot = fault.slot

@@ -55,7 +55,7 @@ from .mmu import (
     track_possible_nx_huge_page,
     untrack_possible_nx_huge_page,
 )
-from .sched import RCU_FREE, SPTE_CMPXCHG, SPTE_WRITE, SPTE_XCHG
+from .sched import RCU, RCU_FREE, SPTE_CMPXCHG, SPTE_WRITE, SPTE_XCHG
 from .spte import (
     ACC_ALL,
     KVM_MAX_HUGEPAGE_LEVEL,
@@ -219,6 +219,7 @@ def tdp_mmu_free_sp_rcu_callback(kvm: "Kvm", sp: KvmMmuPage) -> None:
 def tdp_mmu_free_sp_rcu(kvm: "Kvm", sp: KvmMmuPage) -> None:
     """``call_rcu(&sp->rcu_head, tdp_mmu_free_sp_rcu_callback)``: concurrent RCU walkers
     may still read the (frozen) table until the grace period ends."""
+    kvm.sched.point(RCU, ("pt", sp.spt_pfn), True)  # every later access races with this
     sp.rcu_state = SP_RCU_PENDING
     kvm.rcu.call_rcu(lambda: tdp_mmu_free_sp_rcu_callback(kvm, sp))
 

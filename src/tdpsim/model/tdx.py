@@ -41,6 +41,7 @@ from .kvm import (
     KVM_REQ_OUTSIDE_GUEST_MODE,
     KVM_REQ_TLB_FLUSH,
     KvmX86Ops,
+    _service_in_place,
     kvm_vcpu_enter_guest_mode,
     kvm_vcpu_guest_entered,
     kvm_vcpu_guest_exited,
@@ -269,9 +270,18 @@ class KvmTdx(KvmX86Ops):
         self._td_exited(vcpu)
 
     def vcpu_kick_exit(self, vcpu: "KvmVcpu") -> None:
-        """The TD exit a KVM_REQ_OUTSIDE_GUEST_MODE IPI forces on a vCPU in the TD."""
+        """The TD exit an IPI forces on a vCPU in the TD."""
         self._td_exit(vcpu)
         self.stats.kick_exits += 1
+
+    def vcpu_ipi(self, vcpu: "KvmVcpu", req: str) -> None:
+        """KVM_REQ_OUTSIDE_GUEST_MODE TD-exits the vCPU; any other request is serviced in
+        place (shared-EPT TLB flushed), as the counters have always had it."""
+        if req != KVM_REQ_OUTSIDE_GUEST_MODE:
+            _service_in_place(vcpu)
+            return
+        vcpu.in_guest = False
+        self.vcpu_kick_exit(vcpu)
 
     def kick_all_vcpus(self, kvm: "Kvm", req: str = KVM_REQ_OUTSIDE_GUEST_MODE) -> int:
         """``kvm_make_all_cpus_request(kvm, req)`` with KVM_REQUEST_WAIT: IPI every vCPU not
@@ -959,9 +969,9 @@ class TdGuest:
             if res.exit is None:
                 kvm_vcpu_insn_end(vcpu)
             else:
-                vcpu.guest_busy = False
                 # TD exit; KVM handles it and the TDCALL runs again after re-entry.
                 self.tdx._td_exited(vcpu)
+                vcpu.guest_busy = False
                 self.stats.accept_exits += 1
                 ret = self.tdx.tdx_handle_ept_violation(vcpu, res.exit.gpa, res.exit.eeq,
                                                         rip=rip or 0)
@@ -1066,8 +1076,8 @@ class TdGuest:
             if res.exit is None:
                 kvm_vcpu_insn_end(vcpu)
             else:
-                vcpu.guest_busy = False
                 self.tdx._td_exited(vcpu)
+                vcpu.guest_busy = False
                 ret = self.tdx.tdx_handle_ept_violation(vcpu, res.exit.gpa, res.exit.eeq,
                                                         rip=rip or 0)
                 if ret < 0 or self.kvm.vm_dead:

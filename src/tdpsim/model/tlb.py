@@ -95,7 +95,7 @@ def ept_translate(kvm: "Kvm", root: Optional[KvmMmuPage], gfn: int,
         if is_last_spte(spte, level):
             pfn = ((spte & SPTE_BASE_ADDR_MASK) >> PAGE_SHIFT) + \
                 (gfn & ((1 << ((level - 1) * SPTE_LEVEL_BITS)) - 1))
-            return pfn, is_writable_pte(spte), is_executable_pte(spte), tuple(path)
+            return pfn, is_writable_pte(spte), is_executable_pte(kvm.masks, spte), tuple(path)
         child = by_pfn.get((spte & SPTE_BASE_ADDR_MASK) >> PAGE_SHIFT)
         if child is None:
             return None
