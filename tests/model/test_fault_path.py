@@ -120,6 +120,7 @@ def test_mirror_root_unpatched_hits_kvm_bug_on(make_vm):
     pt = table_4k_of(kvm, root, 0x200)
     unforce_4k(kvm, 0x200)
     calls_before = len(kvm.x86_ops.calls)
+    kvm.rcu.rcu_read_lock()  # a concurrent RCU reader keeps the removed table unfreed
     assert fault(kvm, 0x207) == RET_PF_FIXED
     calls = kvm.x86_ops.calls[calls_before:]
     # No set_external_spte (no AUG at 2M): the transition matched no hook.
@@ -132,6 +133,8 @@ def test_mirror_root_unpatched_hits_kvm_bug_on(make_vm):
     assert level == 2 and S.is_large_pte(spte)
     assert kvm.stat.pages == [0, 1, 0]
     assert set(pt.spt) == {DEFAULT_PROFILE.FROZEN_SPTE}
+    kvm.rcu.rcu_read_unlock()
+    assert pt.rcu_state == SP_FREED
     assert [(b.function, b.message.split(" (")[0]) for b in kvm.bugs] == [
         ("set_external_spte_present", "invalid mirror SPTE transition"),
         ("handle_removed_pt", "mirror page table removed under the shared mmu_lock")]
