@@ -126,6 +126,7 @@ MUTANTS: list[dict] = [
     dict(name="guest_no_exit_request_check", cls="GUEST",
          what="entry does not re-check requests/kicks after IN_GUEST_MODE", file="model/kvm.py",
          old="""    if vcpu.mode == EXITING_GUEST_MODE or vcpu.requests:
+        vcpu.entry_cancels += 1
         kvm_vcpu_guest_exited(vcpu)
         return False
     return True""", new="""    return True"""),
