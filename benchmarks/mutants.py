@@ -97,8 +97,8 @@ MUTANTS: list[dict] = [
          what="mmu_invalidate_seq is snapshotted after the pfn lookup (missing smp_rmb order)",
          file="model/mmu_fault.py",
          old="""    fault.mmu_seq = kvm.mmu_invalidate_seq
-    kvm.sched.point(BARRIER, KEY_MMU_INVALIDATE, False)  # smp_rmb(): seq before the pfn
-""", new="""    kvm.sched.point(BARRIER, KEY_MMU_INVALIDATE, False)
+    kvm.sched.point(BARRIER, MMU_INVALIDATE_KEY, False)  # smp_rmb(): seq before the pfn
+""", new="""    kvm.sched.point(BARRIER, MMU_INVALIDATE_KEY, False)
 """),
     dict(name="lock_pages_lock_early_unlock", cls="LOCK",
          what="kvm_tdp_mmu_alloc_root drops tdp_mmu_pages_lock before publishing the root",
