@@ -90,4 +90,5 @@ def test_bounded_dpor_never_runs_more_than_bounded_dfs():
         dfs = explore(sc, DfsScheduler(preemption_bound=b))
         assert dpor.exhausted and dfs.exhausted and dpor.states == dfs.states
         got.append((dpor.executions, dpor.pruned, dfs.executions))
-    assert got == [(2, 1, 2), (6, 2, 38), (9, 2, 670)]
+    # DFS at bounds 1/2 grew 38 -> 44 and 670 -> 906 with the after-release points.
+    assert got == [(2, 1, 2), (6, 2, 44), (9, 2, 906)]
