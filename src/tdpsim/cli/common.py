@@ -73,6 +73,22 @@ def print_json(doc: Any) -> None:
     typer.echo(json.dumps(doc, indent=1, sort_keys=True, default=str))
 
 
+def print_catalog(names: Any, describe: Any, errors: Any, key: str, json_out: bool) -> None:
+    """List built-ins (workloads, scenarios) one per line, or as JSON; a broken built-in
+    is listed as invalid rather than hiding the others."""
+    items = []
+    for name in names:
+        try:
+            items.append((name, describe(name)))
+        except errors as e:
+            items.append((name, f"(invalid: {e})"))
+    if json_out:
+        print_json([{"name": n, key: d} for n, d in items])
+        return
+    from ..report.table import workloads_table
+    out_console().print(workloads_table(items))
+
+
 def check_writable(path: Path, option: str, *, directory: bool = False) -> None:
     """Fail now (exit 2) if ``path`` could not be written once the work is done.  Probes
     for real (``os.access`` says yes to root even on a read-only file system): an existing

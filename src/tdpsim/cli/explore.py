@@ -19,7 +19,7 @@ from typing import Any, List, Optional
 import typer
 
 from .common import (EXIT_INTERRUPTED, JSON_HELP, check_writable, fail, note, out_console,
-                     print_json)
+                     print_catalog, print_json)
 from .kernel_opts import KERNEL_HELP, kernel_option, resolve_kernel
 
 _ENV = "TDPSIM_EXPLORE_"
@@ -282,14 +282,5 @@ def register(app: typer.Typer) -> None:
         from ..explore.engine import ExplorerError
         from ..explore.scenario import builtin_names, load_scenario
 
-        items = []
-        for name in builtin_names():
-            try:
-                items.append((name, load_scenario(name).summary))
-            except ExplorerError as e:  # a broken built-in must not hide the others
-                items.append((name, f"(invalid: {e})"))
-        if json_out:
-            print_json([{"name": n, "summary": s} for n, s in items])
-            return
-        from ..report.table import workloads_table
-        out_console().print(workloads_table(items))
+        print_catalog(builtin_names(), lambda n: load_scenario(n).summary, ExplorerError,
+                      "summary", json_out)

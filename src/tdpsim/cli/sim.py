@@ -20,7 +20,7 @@ from typing import Any, Iterator, List, Optional
 import typer
 
 from .common import (EXIT_INTERRUPTED, JSON_HELP, check_writable, fail, note, out_console,
-                     print_json)
+                     print_catalog, print_json)
 from .kernel_opts import kernel_option, resolve_kernel
 
 WORKLOAD_HELP = "A built-in workload name (see `tdpsim workloads`) or a path to a .toml file."
@@ -329,17 +329,8 @@ def register(app: typer.Typer) -> None:
         """List the built-in workloads, one per line."""
         from ..sim import WorkloadError, builtin_names, builtin_workload
 
-        items = []
-        for name in builtin_names():
-            try:
-                items.append((name, builtin_workload(name).description))
-            except WorkloadError as e:  # a broken built-in must not hide the others
-                items.append((name, f"(invalid: {e})"))
-        if json_out:
-            print_json([{"name": n, "description": d} for n, d in items])
-            return
-        from ..report.table import workloads_table
-        out_console().print(workloads_table(items))
+        print_catalog(builtin_names(), lambda n: builtin_workload(n).description,
+                      WorkloadError, "description", json_out)
 
     @app.command()
     def policies(json_out: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
