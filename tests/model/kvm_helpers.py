@@ -24,3 +24,22 @@ def leaf_at(kvm, root, gfn):
         if not S.is_shadow_present_pte(spte) or S.is_last_spte(spte, level):
             return level, spte
         sp, level = spte_to_child_sp(kvm, spte), level - 1
+
+
+def force_4k(kvm, gfn, delta=1):
+    """Pin gfn's 2M/1G frames to 4K with a disallow_lpage count (as write tracking does)."""
+    slot = kvm.gfn_to_memslot(gfn)
+    for level in (2, 3):
+        slot.lpage_info[level][slot.lpage_index(gfn, level)] += delta
+
+
+def unforce_4k(kvm, gfn):
+    force_4k(kvm, gfn, -1)
+
+
+def table_4k_of(kvm, root, gfn):
+    """The 4K page-table page under gfn's 2M entry."""
+    sp = root
+    for level in range(root.role.level, 1, -1):
+        sp = spte_to_child_sp(kvm, sp.spt[S.SPTE_INDEX(gfn, level)])
+    return sp

@@ -1,6 +1,6 @@
 """Scenario tests of the fault path: exact SPTE states, stats, hooks and flushes."""
 
-from kvm_helpers import fault, leaf_at
+from kvm_helpers import fault, force_4k, leaf_at, table_4k_of, unforce_4k
 
 from tdpsim.model import spte as S
 from tdpsim.model.kvm import RecordingExternalOps
@@ -13,19 +13,6 @@ from tdpsim.model.profile import DEFAULT_PROFILE
 from tdpsim.model.tdp_iter import spte_to_child_sp
 
 EPT = S.kvm_mmu_set_ept_masks(DEFAULT_PROFILE)  # the masks kvm_intel installs
-
-
-def force_4k(kvm, gfn):
-    """Pin the 2M frame of gfn to 4K the way write tracking does: a disallow_lpage count."""
-    slot = kvm.gfn_to_memslot(gfn)
-    slot.lpage_info[2][slot.lpage_index(gfn, 2)] += 1
-    slot.lpage_info[3][slot.lpage_index(gfn, 3)] += 1
-
-
-def unforce_4k(kvm, gfn):
-    slot = kvm.gfn_to_memslot(gfn)
-    slot.lpage_info[2][slot.lpage_index(gfn, 2)] -= 1
-    slot.lpage_info[3][slot.lpage_index(gfn, 3)] -= 1
 
 
 def test_private_2m_fault_maps_one_2m_leaf(make_vm):
@@ -61,14 +48,6 @@ def _populate_4k_then_fault_2m(kvm, root, gfns=(0x200, 0x201, 0x202, 0x203), tar
     assert level == 1
     unforce_4k(kvm, gfns[0])
     return fault(kvm, target)
-
-
-def table_4k_of(kvm, root, gfn):
-    """The 4K page-table page under gfn's 2M entry."""
-    sp = root
-    for level in range(root.role.level, 2, -1):
-        sp = spte_to_child_sp(kvm, sp.spt[S.SPTE_INDEX(gfn, level)])
-    return spte_to_child_sp(kvm, sp.spt[S.SPTE_INDEX(gfn, 2)])
 
 
 def test_direct_root_promotes(make_vm):

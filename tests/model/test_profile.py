@@ -8,7 +8,7 @@ import io
 import pytest
 
 from tdpsim.model.mmu_internal import POISON_FREE_SPTE
-from kvm_helpers import fault, leaf_at
+from kvm_helpers import fault, force_4k, leaf_at, table_4k_of, unforce_4k
 
 from tdpsim.model import spte as S
 from tdpsim.model.profile import DEFAULT_PROFILE
@@ -21,31 +21,11 @@ from tdpsim.model.profile import (
     UnknownKernelProfile,
     get_profile,
 )
-from tdpsim.model.tdp_iter import spte_to_child_sp
 from tdpsim.model.vmm import VmConfig, create_vm
 from tdpsim.trace.emit import TraceEmitter
 from tdpsim.trace.replay import ReplayOptions, replay_trace
 
 EPT = S.kvm_mmu_set_ept_masks(DEFAULT_PROFILE)  # the masks kvm_intel installs
-
-
-def table_4k_of(kvm, root, gfn):
-    """The 4K page-table page under gfn's 2M entry."""
-    sp = root
-    for level in range(root.role.level, 1, -1):
-        sp = spte_to_child_sp(kvm, sp.spt[S.SPTE_INDEX(gfn, level)])
-    return sp
-
-
-def force_4k(kvm, gfn, delta=1):
-    """Pin gfn's 2M/1G frames to 4K with a disallow_lpage count (as write tracking does)."""
-    slot = kvm.gfn_to_memslot(gfn)
-    for level in (2, 3):
-        slot.lpage_info[level][slot.lpage_index(gfn, level)] += delta
-
-
-def unforce_4k(kvm, gfn):
-    force_4k(kvm, gfn, -1)
 
 
 def test_named_profiles():
