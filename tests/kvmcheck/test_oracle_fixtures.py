@@ -21,19 +21,15 @@ from tdpsim.kvmcheck.oracle import check_run
 DATA = Path(__file__).parent / "data" / "oracle"
 KERNELS = sorted(p.name for p in DATA.iterdir() if (p / "rows.jsonl").exists()) if DATA.exists() else []
 
-_D_BIT = ("tdp_mmu_map_handle_target_level: 6.12 has no early RET_PF_SPURIOUS for an access "
-          "the old SPTE already allows, so the exec fault runs make_spte, which (before "
-          "cc7ed3358e41, KernelProfile.make_spte_always_dirty) leaves D clear over the "
-          "writable split child and installs it as fixed; the model stops at the early check")
 #: row -> (stats gap, events gap) per kernel series: the kernel behaviour the model lacks.
 #: (dirty-log-disable-again and dirty-log-no-eager-split-disable match since the 6.1/6.12
 #: profiles zap collapsible SPTEs and refault, KernelProfile.recover_huge_pages_in_place;
-#: dirty-log-initially-set since the model has KVM_DIRTY_LOG_INITIALLY_SET.)
+#: dirty-log-initially-set since the model has KVM_DIRTY_LOG_INITIALLY_SET;
+#: nx-force-read-then-exec on 6.12 since the profile has no early RET_PF_SPURIOUS in
+#: tdp_mmu_map_handle_target_level, KernelProfile.tdp_mmu_map_spurious_if_access_allowed.)
 KNOWN_GAPS: dict[str, dict[str, tuple]] = {
     "6.1": {},
-    "6.12": {
-        "nx-force-read-then-exec": (_D_BIT, _D_BIT),
-    },
+    "6.12": {},
 }
 
 

@@ -307,3 +307,51 @@ def test_faultin_pfn_retry_gfn_unsafe_after_the_pfn(monkeypatch, profile, locked
     assert fault(kvm, 0x10) == RET_PF_RETRY
     assert kvm.mmu_lock.read_acquisitions - r0 == locked_reads
     assert kvm.stat.pages == [0, 0, 0]
+
+
+@pytest.mark.parametrize("profile,ret,dirty,set_sptes", [
+    (KERNEL_6_18_HP_V3, "RET_PF_SPURIOUS", True, 0),   # returns before make_spte
+    (KERNEL_6_12, "RET_PF_FIXED", False, 1)])          # rewrites the child, D dropped
+def test_tdp_mmu_map_spurious_if_access_allowed(profile, ret, dirty, set_sptes):
+    """tdp_mmu_map_spurious_if_access_allowed: with NX huge pages, an exec fault under a
+    2M NX leaf splits it in place; the 4K child is already executable (make_small_spte).
+    v6.13+ stops there; 6.12 runs make_spte over it and installs the result (over a
+    writable leaf make_spte skips D, 2867eb782cf7), as the 6.12 oracle row
+    nx-force-read-then-exec records."""
+    from tdpsim.model import mmu_internal as MI
+    from tdpsim.model.policy import Policy
+    buf = io.StringIO()
+    kvm = create_vm(VmConfig(mem_bytes=16 << 20, profile=profile), Policy(nx_huge_pages=True),
+                    tracer=TraceEmitter(buf.write))
+    fault(kvm, 0x200, write=False)
+    assert kvm.stat.pages == [0, 1, 0]
+    mark = len(buf.getvalue())
+    assert fault(kvm, 0x200, write=False, exec=True, present=True) == getattr(MI, ret)
+    level, child = leaf_at(kvm, kvm.vcpus[0].root, 0x200)
+    assert level == 1 and S.is_executable_pte(kvm.masks, child)
+    assert bool(child & kvm.masks.shadow_dirty_mask) is dirty
+    assert buf.getvalue()[mark:].count("kvm_mmu_set_spte:") == set_sptes
+    assert kvm.stat.pages == [512, 0, 0] and kvm.stat.nx_lpage_splits == 1
+    assert (kvm.vcpus[0].stat.pf_spurious, kvm.vcpus[0].stat.pf_fixed) == (
+        (1, 1) if ret == "RET_PF_SPURIOUS" else (0, 2))
+    assert not kvm.warnings and not kvm.bugs
+
+
+@pytest.mark.parametrize("profile,warned,flushes", [
+    (KERNEL_6_18_HP_V3.with_(tdp_mmu_map_spurious_if_access_allowed=False), True, 1),
+    (KERNEL_6_12, False, 0)])
+def test_tdp_mmu_map_warn_leaf_change_flush(profile, warned, flushes):
+    """tdp_mmu_map_warn_leaf_change_flush: a !map_writable read fault over a writable leaf
+    (the race 386d69f9f29b describes: fast GUP fails to map the page writable; here the
+    slot's READONLY flag stands in for it).  Without the early spurious check, v6.13's
+    form WARNs and flushes as the leaf loses MMU-writable; 6.12 installs it silently."""
+    from tdpsim.model.memslot import KVM_MEM_READONLY
+    kvm = create_vm(VmConfig(mem_bytes=16 << 20, host_page_level=1, profile=profile))
+    fault(kvm, 0x10)
+    assert S.is_mmu_writable_spte(kvm.masks, leaf_at(kvm, kvm.vcpus[0].root, 0x10)[1])
+    kvm.memslots[0].flags |= KVM_MEM_READONLY
+    before = kvm.stat.remote_tlb_flush_requests
+    fault(kvm, 0x10, write=False, present=True)
+    assert not S.is_mmu_writable_spte(kvm.masks, leaf_at(kvm, kvm.vcpus[0].root, 0x10)[1])
+    assert bool(kvm.warnings) is warned
+    assert kvm.stat.remote_tlb_flush_requests - before == flushes

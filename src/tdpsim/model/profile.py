@@ -122,6 +122,19 @@ class KernelProfile:
     # list, to_zap from the total nx_lpage_splits.
     possible_nx_huge_pages_per_mmu_type: bool = True
 
+    # 386d69f9f29b "KVM: x86/mmu: Treat TDP MMU faults as spurious if access is already
+    # allowed" (v6.13), on 6385d01eec16 "Don't overwrite shadow-present MMU SPTEs when
+    # prefaulting" (v6.13): tdp_mmu_map_handle_target_level returns RET_PF_SPURIOUS
+    # before make_spte when the present leaf already allows the access (or the fault is
+    # a prefetch).  Up to v6.12 it always runs make_spte and installs the result unless
+    # it equals the old SPTE (an exec fault on an NX-split child rewrites it, D dropped).
+    tdp_mmu_map_spurious_if_access_allowed: bool = True
+
+    # 1a175082b190 "KVM: x86/mmu: WARN and flush if resolving a TDP MMU fault clears
+    # MMU-writable" (v6.13): tdp_mmu_map_handle_target_level flushes (and WARNs) when
+    # the new leaf loses MMU-writable; up to v6.12 only replacing a table flushes.
+    tdp_mmu_map_warn_leaf_change_flush: bool = True
+
     def with_(self, **changes: object) -> "KernelProfile":
         return replace(self, **changes)
 
@@ -143,6 +156,8 @@ KERNEL_6_12 = KERNEL_6_18_HP_V3.with_(
     recover_nx_huge_pages_under_read_lock=False,
     make_spte_always_dirty=False,
     possible_nx_huge_pages_per_mmu_type=False,
+    tdp_mmu_map_spurious_if_access_allowed=False,
+    tdp_mmu_map_warn_leaf_change_flush=False,
 )
 
 KERNEL_6_1 = KERNEL_6_12.with_(

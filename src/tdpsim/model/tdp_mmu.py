@@ -772,14 +772,16 @@ def make_spte_mark_dirty(kvm: "Kvm", slot: "KvmMemorySlot", gfn: int, level: int
 
 
 def tdp_mmu_map_handle_target_level(vcpu: "KvmVcpu", fault: KvmPageFault, iter: TdpIter) -> int:
-    """``tdp_mmu_map_handle_target_level`` (v6.18)."""
+    """``tdp_mmu_map_handle_target_level`` (v6.18; up to v6.12 without the early spurious
+    check and the MMU-writable flush, ``KernelProfile.tdp_mmu_map_*``)."""
     kvm = vcpu.kvm
     sp = iter.sp
     ret = RET_PF_FIXED
     if kvm.WARN_ON_ONCE(sp.role.level != fault.goal_level, "tdp_mmu_map_handle_target_level",
                         "SP level != goal level"):
         return RET_PF_RETRY
-    if (is_shadow_present_pte(iter.old_spte)
+    if (kvm.profile.tdp_mmu_map_spurious_if_access_allowed
+            and is_shadow_present_pte(iter.old_spte)
             and (fault.prefetch or is_access_allowed(kvm.masks, fault, iter.old_spte))
             and is_last_spte(iter.old_spte, iter.level)):
         kvm.WARN_ON_ONCE(fault.pfn != spte_to_pfn(iter.old_spte),
@@ -802,9 +804,9 @@ def tdp_mmu_map_handle_target_level(vcpu: "KvmVcpu", fault: KvmPageFault, iter: 
         return RET_PF_RETRY
     elif is_shadow_present_pte(iter.old_spte) and (
             not is_last_spte(iter.old_spte, iter.level)
-            or kvm.WARN_ON_ONCE(leaf_spte_change_needs_tlb_flush(kvm.masks, iter.old_spte,
-                                                                 new_spte),
-                                "tdp_mmu_map_handle_target_level", "leaf change needs flush")):
+            or kvm.profile.tdp_mmu_map_warn_leaf_change_flush and kvm.WARN_ON_ONCE(
+                leaf_spte_change_needs_tlb_flush(kvm.masks, iter.old_spte, new_spte),
+                "tdp_mmu_map_handle_target_level", "leaf change needs flush")):
         # A table was replaced by a huge leaf (promotion): stale 4K translations must go.
         kvm.kvm_flush_remote_tlbs_gfn(iter.gfn, iter.level)
     if is_mmio_spte(kvm.masks, kvm.shadow_mmio_value, new_spte):
