@@ -162,6 +162,14 @@ def test_split_trace_cuts_at_the_phase_markers():
     assert segs == {"warmup": ["a"], "touch": ["b", "c"]} and rest == ["d"]
 
 
+def test_split_trace_reads_markers_of_a_kernel_without_kallsyms():
+    """The tinyconfig build prints the print event's caller as an address."""
+    lines = ["a", f" python3.11-37 [000] ..... 9.52: 0xffffffff810e76dc: {PHASE_MARK}warmup", "b",
+             f" python3.11-37 [000] ..... 9.53: some_event: {PHASE_MARK}touch"]
+    segs, rest = split_trace(lines)
+    assert segs == {"warmup": ["a"]} and rest == ["b", lines[3]]
+
+
 def test_npt_sptes_from_a_real_6_1_capture_decode():
     leaf = parse_line("      python3.11-105     [000] ...1.    21.177890: kvm_tdp_mmu_spte_changed: "
                       "as id 0 gfn 3 level 1 old_spte 0 new_spte 8c5ae67")
@@ -234,3 +242,30 @@ def test_a_kernel_panic_is_one_line_naming_it(monkeypatch, tmp_path):
     assert run.rows == [] and run.failures == [
         f"oracle: step boot failed: kernel panic: IO-APIC + timer doesn't work!  Boot with "
         f"apic=debug (log: {out}/console.log)"]
+
+
+def test_a_kernel_without_acpi_is_given_its_tsc_rate(tmp_path):
+    """tinyconfig has no ACPI: no HPET / PM timer to calibrate the TSC against under TCG,
+    tsc_khz stays 0 and kvm_guest_time_update makes KVM_RUN loop for ever."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\ncpu MHz\t\t: 2596.140\nflags\t: fpu\n")
+    tree = tmp_path / "linux"
+    (tree / "arch/x86/boot").mkdir(parents=True)
+    (tree / "arch/x86/boot/bzImage").write_bytes(b"bzImage")
+    (tree / ".config").write_text("CONFIG_64BIT=y\n# CONFIG_ACPI is not set\n")
+    cfg = q.kernel_config(str(tree / "arch/x86/boot/bzImage"))
+    assert q.tsc_calibration_args(cfg, str(cpuinfo)) == "tsc_early_khz=2596140"
+    (tree / ".config").write_text("CONFIG_64BIT=y\nCONFIG_ACPI=y\n")
+    assert q.tsc_calibration_args(q.kernel_config(str(tree / "arch/x86/boot/bzImage")),
+                                  str(cpuinfo)) == ""
+    # a packaged kernel (/boot/vmlinuz-*) has no tree: it calibrates against HPET itself
+    assert q.kernel_config(str(tree / "arch/x86/boot/../boot/bzImage")) is not None
+    (tmp_path / "vmlinuz-6.12").write_bytes(b"bzImage")
+    assert q.kernel_config(str(tmp_path / "vmlinuz-6.12")) is None
+    assert q.tsc_calibration_args(None, str(cpuinfo)) == ""
+
+
+def test_no_cpu_mhz_is_one_line(tmp_path):
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\n")
+    with pytest.raises(q.OracleError, match=r"^oracle: step boot failed: no 'cpu MHz' line in "):
+        q.host_tsc_khz(str(tmp_path / "cpuinfo"))

@@ -28,6 +28,7 @@ import io
 import json
 import lzma
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
@@ -131,15 +132,20 @@ def event_text(ev: tuple) -> str:
                     for x in ev)
 
 
+#: a ``trace_marker`` line: the print event names its caller, ``tracing_mark_write``,
+#: or gives its address when the kernel has no kallsyms (a tinyconfig build)
+_MARK_LINE = re.compile(r": (?:tracing_mark_write|0x[0-9a-f]+): " + re.escape(PHASE_MARK) + r"(.*)$")
+
+
 def split_trace(lines: Iterable[str]) -> tuple[dict[str, list[str]], list[str]]:
     """Cut a raw trace at the ``tdpsim-phase NAME`` markers: {segment: lines before its
     marker}, and the lines after the last marker (teardown)."""
     segments: dict[str, list[str]] = {}
     cur: list[str] = []
     for line in lines:
-        i = line.find(PHASE_MARK)
-        if i >= 0 and "tracing_mark_write" in line:
-            segments[line[i + len(PHASE_MARK):].strip()] = cur
+        m = _MARK_LINE.search(line) if PHASE_MARK in line else None
+        if m:
+            segments[m.group(1).strip()] = cur
             cur = []
         else:
             cur.append(line)

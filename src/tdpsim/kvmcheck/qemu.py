@@ -50,7 +50,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 __all__ = ["OracleError", "GuestKernel", "OracleRun", "find_kernel", "module_closure",
            "build_initramfs", "init_script", "qemu_command", "run_oracle", "read_rows",
-           "BUSYBOX", "GUEST_MODULES", "DEFAULT_CPU", "KERNEL_PACKAGES"]
+           "BUSYBOX", "GUEST_MODULES", "DEFAULT_CPU", "KERNEL_PACKAGES", "host_tsc_khz",
+           "kernel_config", "tsc_calibration_args"]
 
 BUSYBOX = "/bin/busybox"
 QEMU = "qemu-system-x86_64"
@@ -284,6 +285,37 @@ def qemu_command(kernel: GuestKernel, initramfs: str, out_dir: str, *, cpu: str 
             "-virtfs", f"local,path={out_dir},mount_tag={OUT_TAG},{share}"]
 
 
+def kernel_config(image: str) -> Optional[str]:
+    """The ``.config`` of a kernel built in a source tree (*image* is the tree's
+    ``arch/x86/boot/bzImage``), or None for a packaged kernel."""
+    img = Path(image).resolve()
+    if img.parts[-4:] != ("arch", "x86", "boot", "bzImage"):
+        return None
+    cfg = img.parents[3] / ".config"
+    return cfg.read_text() if cfg.exists() else None
+
+
+def host_tsc_khz(cpuinfo: str = "/proc/cpuinfo") -> int:
+    """The host's TSC rate in kHz (``cpu MHz``): TCG's guest TSC is the host's (QEMU's
+    ``cpu_get_host_ticks``)."""
+    with open(cpuinfo) as f:
+        for line in f:
+            if line.startswith("cpu MHz"):
+                return round(float(line.split(":")[1]) * 1000)
+    raise OracleError("boot", f"no 'cpu MHz' line in {cpuinfo} to give the guest its TSC rate")
+
+
+def tsc_calibration_args(config: Optional[str], cpuinfo: str = "/proc/cpuinfo") -> str:
+    """``tsc_early_khz=`` for a kernel without ACPI.  Under TCG the PIT calibration
+    fails and, without ACPI, there is no HPET / PM timer to fall back on, so
+    ``tsc_khz`` stays 0; KVM then never enters a guest: ``kvm_guest_time_update``
+    sees ``get_cpu_tsc_khz() == 0``, re-raises KVM_REQ_CLOCK_UPDATE and returns 1, and
+    ``vcpu_run`` loops on it for ever (x86.c, 6.12)."""
+    if config is None or re.search(r"^CONFIG_ACPI=y$", config, re.M):
+        return ""
+    return f"tsc_early_khz={host_tsc_khz(cpuinfo)}"
+
+
 @dataclass
 class OracleRun:
     """What one boot brought back."""
@@ -328,6 +360,7 @@ def run_oracle(spec: str, out_dir: str, *, only: Sequence[str] = (), timeout: fl
     if shutil.which(QEMU) is None:
         raise OracleError("packages", f"{QEMU} not found: apt-get install qemu-system-x86")
     kernel = find_kernel(spec, image=image, modules=modules)
+    append = f"{append} {tsc_calibration_args(kernel_config(kernel.image))}".strip()
     os.makedirs(out_dir, exist_ok=True)
     for stale in ("rows.jsonl", "facts.json", "selftests.jsonl"):
         if os.path.exists(os.path.join(out_dir, stale)):
