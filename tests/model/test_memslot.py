@@ -1,12 +1,17 @@
 """lpage_info, dirty logging and memory attributes decide the mapping level."""
 
+import itertools
+
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from kvm_helpers import fault, leaf_at
 
 from tdpsim.model import spte as S
 from tdpsim.model.profile import DEFAULT_PROFILE
 from tdpsim.model.kvm_main import (
     KvmUserError,
+    hugepage_has_attrs,
     hugepage_test_mixed,
     kvm_mmu_slot_apply_flags,
     kvm_vm_set_mem_attributes,
@@ -20,6 +25,8 @@ from tdpsim.model.memslot import (
     RangeSet,
 )
 from tdpsim.model.mmu_internal import RET_PF_FIXED
+from tdpsim.model.policy import Policy
+from tdpsim.model.vmm import VmConfig, create_vm
 
 EPT = S.kvm_mmu_set_ept_masks(DEFAULT_PROFILE)  # the masks kvm_intel installs
 
@@ -137,6 +144,45 @@ def test_rangeset():
     assert (r.starts, r.ends) == ([0, 6], [5, 30])
     assert r.contains(4) and not r.contains(5) and r.covers(6, 30) and not r.covers(0, 6)
     assert r.intersects(4, 6) and not r.intersects(5, 6)
+
+
+_INTERVALS = st.lists(st.tuples(st.integers(0, 200), st.integers(1, 40)), max_size=8)
+
+
+@pytest.mark.parametrize("intervals", [[], [(3, 7), (8, 9), (12, 20)], [(0, 4), (5, 6), (7, 30)]])
+def test_rangeset_holds_every_is_the_pointwise_test(intervals):
+    """Every start, length and step over sets whose edges sit one gfn apart."""
+    r = RangeSet()
+    for s, e in intervals:
+        r.add(s, e)
+    for start, length, step, member in itertools.product(range(24), range(26), range(1, 7),
+                                                         (False, True)):
+        end = start + length
+        pointwise = all(r.contains(g) == member for g in range(start, end, step))
+        assert r.holds_every(start, end, step, member) == pointwise, (start, end, step)
+
+
+@given(_INTERVALS, st.sets(st.integers(0, 511), max_size=4), st.integers(-3, 0xFFFFFFFF),
+       st.sampled_from([0, KVM_MEMORY_ATTRIBUTE_PRIVATE, 1]))
+@example([], {7}, -1, 0)  # a negative count has the MIXED bit
+@example([(0, 512)], {511}, KVM_LPAGE_MIXED_FLAG, KVM_MEMORY_ATTRIBUTE_PRIVATE)
+def test_1g_hugepage_has_attrs_is_the_kernels_loop(adds, marked, value, attrs):
+    """Over arbitrary lpage_info values (MIXED or not, counts, GUEST_INHIBIT) and private
+    ranges (in 2M units), the whole-frame answer is the kernel's per-sub-frame loop."""
+    kvm = create_vm(VmConfig(mem_bytes=1 << 30), Policy())
+    slot = kvm.memslots[0]
+    private = RangeSet()
+    for s, n in adds:
+        (private.add if n % 3 else private.remove)(s << 9, (s + n) << 9)
+    kvm.mem_attr_private = private
+    info = slot.lpage_info[2]
+    for k in marked:
+        info[k] = value
+    loop = attrs in (0, KVM_MEMORY_ATTRIBUTE_PRIVATE) and all(
+        not info[k] & KVM_LPAGE_MIXED_FLAG
+        and private.contains(k << 9) == (attrs == KVM_MEMORY_ATTRIBUTE_PRIVATE)
+        for k in range(512))
+    assert hugepage_has_attrs(kvm, slot, 0, 3, attrs) == loop
 
 
 def test_host_backing_and_gmem_units():

@@ -65,6 +65,26 @@ class RangeSet:
         i = bisect_right(self.starts, end - 1) - 1
         return i >= 0 and self.ends[i] > start
 
+    def holds_every(self, start: int, end: int, step: int, member: bool) -> bool:
+        """Whether every gfn of ``range(start, end, step)`` is in the set (``member``) or
+        none is: one jump per interval instead of one lookup per gfn."""
+        starts, ends = self.starts, self.ends
+        n = len(starts)
+        i = max(bisect_right(starts, start) - 1, 0)
+        gfn = start
+        while gfn < end:
+            while i < n and ends[i] <= gfn:
+                i += 1
+            inside = i < n and starts[i] <= gfn
+            if inside != member:
+                return False
+            if not inside and i == n:
+                return True
+            # The first sampled gfn at or after the end of this run of in/out gfns.
+            edge = ends[i] if inside else starts[i]
+            gfn = start - (start - edge) // step * step
+        return True
+
     def add(self, start: int, end: int) -> None:
         self.remove(start, end)
         i = bisect_right(self.starts, start)
