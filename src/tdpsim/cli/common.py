@@ -68,6 +68,15 @@ def fail(msg: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     raise typer.Exit(code)
 
 
+def require_pure_model(command: str) -> None:
+    """Commands built on the explorer refuse the compiled model (``tdpsim.accel``)."""
+    from .. import accel
+    try:
+        accel.require_pure(command)
+    except accel.AccelError as e:
+        fail(str(e))
+
+
 def print_json(doc: Any) -> None:
     """The ``--json`` result: deterministic (sorted keys), one document, newline-ended."""
     typer.echo(json.dumps(doc, indent=1, sort_keys=True, default=str))

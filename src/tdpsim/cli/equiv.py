@@ -14,6 +14,8 @@ from typing import List, Optional
 
 import typer
 
+from .common import require_pure_model
+
 # The model, the equivalence checker and rich are imported by the command itself, so
 # that `tdpsim --help` stays fast (cli/main.py).
 
@@ -114,6 +116,7 @@ def register(app: typer.Typer) -> None:
         Runs the variants over every built-in workload and every DPOR interleaving of the
         built-in scenarios; compares each fault's decisions (goal levels, SPTEs written,
         external hooks, SEAMCALLs, return value)."""
+        require_pure_model("equiv")
         from rich.console import Console
 
         from ..equiv import DEFAULT_BUDGET, Targets, check

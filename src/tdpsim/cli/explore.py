@@ -19,7 +19,7 @@ from typing import Any, List, Optional
 import typer
 
 from .common import (EXIT_INTERRUPTED, JSON_HELP, check_writable, fail, note, out_console,
-                     print_catalog, print_json)
+                     print_catalog, print_json, require_pure_model)
 from .kernel_opts import KERNEL_HELP, kernel_option, resolve_kernel
 
 _ENV = "TDPSIM_EXPLORE_"
@@ -125,6 +125,7 @@ def register(app: typer.Typer) -> None:
         """Search a scenario's vCPU/host interleavings for failures.
 
         The first failing schedule is shrunk and saved (exit status 1)."""
+        require_pure_model("explore")
         from ..explore.campaign import (STRATEGIES, CampaignSpec, CampaignState, elapsed_rate,
                                         run_campaign)
         from ..explore.engine import ExplorerError
@@ -245,6 +246,7 @@ def register(app: typer.Typer) -> None:
         """Re-run a saved schedule and print its interleaving.
 
         Deterministic; exit status 1 if the schedule fails."""
+        require_pure_model("replay")
         from ..explore.engine import ExplorerError
         from ..explore.render import diagram, perfetto_json
         from ..explore.schedule import atomic_write, load_schedule, replay

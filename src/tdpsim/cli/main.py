@@ -55,6 +55,11 @@ def _root(version: bool = typer.Option(False, "--version", "-V", callback=_versi
           ) -> None:
     """Executable model of KVM's TDP MMU, TDX mirror roots and the TDX module's
     Secure-EPT.  `tdpsim COMMAND --help` describes each command."""
+    from .. import accel
+    try:
+        accel.check_requested()
+    except accel.AccelError as e:
+        fail(str(e))
 
 
 @app.command()

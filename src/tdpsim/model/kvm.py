@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from .native import mypyc_attr
 from .events import KvmBug, KvmFlushRemoteTlbs, KvmWarn
 from .locking import Rcu, RwLock, SpinLock
 from .memslot import KvmMemorySlot, RangeSet
@@ -57,6 +58,7 @@ EXITING_GUEST_MODE = 2
 PT_PFN_BASE = 0x100000
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # subclassed outside the compiled build
 class PagesByLevel:
     """``union { u64 pages[KVM_NR_PAGE_SIZES]; struct { pages_4k, pages_2m, pages_1g } }``
     of ``struct kvm_vm_stat``: the named views of a ``pages`` list."""
@@ -100,6 +102,7 @@ class KvmVcpuStat:
     pf_retry: int = 0  # not a kernel stat: RET_PF_RETRY results, for the metrics
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # subclassed outside the compiled build
 class KvmX86Ops:
     """The ``kvm_x86_ops`` hooks the TDP MMU calls for mirror roots (UPSTREAM API, plus
     HP-v3's ``split_external_spte``) and ``gmem_max_mapping_level``.

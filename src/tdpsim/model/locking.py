@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .native import mypyc_attr
 from .sched import LOCK_ACQUIRE, LOCK_RELEASE, LOCK_RELEASED, LOCK_WAIT, RCU, SchedPoints
 
 
+@mypyc_attr(native_class=False)  # mypyc cannot derive native classes from AssertionError
 class LockingError(AssertionError):
     """A lock was used wrongly (the model's lockdep splat), or a sequential run would
     block forever."""

@@ -84,7 +84,7 @@ class TdpIter:
                  "gfn", "gfn_bits", "root_level", "min_level", "level", "as_id",
                  "old_spte", "valid", "yielded", "end")
 
-    def __init__(self, kvm: "Kvm", root: KvmMmuPage, min_level: int,
+    def __init__(self, kvm: "Kvm", root: KvmMmuPage | None, min_level: int,
                  next_last_level_gfn: int, end: int, gfn_bits: int = 0) -> None:
         self.kvm = kvm
         self.end = end
@@ -95,8 +95,7 @@ class TdpIter:
     def at(cls, kvm: "Kvm", sp: KvmMmuPage, index: int, level: int, gfn: int) -> "TdpIter":
         """A one-entry iterator on a known SPTE, as the kernel builds with a designated
         initializer (e.g. ``kvm_tdp_mmu_zap_possible_nx_huge_page``)."""
-        it = cls.__new__(cls)
-        it.kvm = kvm
+        it = cls(kvm, None, level, gfn, gfn + 1)  # root None: an invalid iterator
         it.sp, it.index, it.level, it.gfn = sp, index, level, gfn
         it.as_id = sp.role.smm
         it.old_spte = kvm_tdp_mmu_read_spte(kvm, sp, index)
@@ -104,7 +103,7 @@ class TdpIter:
         it.valid = True
         return it
 
-    def tdp_iter_start(self, root: KvmMmuPage, min_level: int, next_last_level_gfn: int,
+    def tdp_iter_start(self, root: KvmMmuPage | None, min_level: int, next_last_level_gfn: int,
                        gfn_bits: int) -> None:
         if (root is None or not 1 <= root.role.level <= PT64_ROOT_MAX_LEVEL
                 or (gfn_bits and next_last_level_gfn >= gfn_bits)):

@@ -73,6 +73,7 @@ from .mmu_internal import (
     EOPNOTSUPP,
     RET_PF_RETRY,
 )
+from .native import mypyc_attr
 from .policy import Policy
 from .sched import VCPU
 from .spte import (
@@ -922,6 +923,7 @@ class GuestStats:
 _SIZE_NAME = {TDX_PS_4K: "4K", TDX_PS_2M: "2M", TDX_PS_1G: "1G"}
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # sim.guest.SimTdGuest
 class TdGuest:
     """The TD's guest kernel (Linux ``arch/x86/coco/tdx/tdx-shared.c``, ``tdx.c``): accepts
     memory through TDG.MEM.PAGE.ACCEPT, converts with TDG.VP.VMCALL<MapGPA>, touches pages.
