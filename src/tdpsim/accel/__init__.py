@@ -11,6 +11,9 @@ or copy model modules, and CI, run the pure-Python model::
     TDPSIM_ACCEL=1 tdpsim compare td-boot
     python -m tdpsim.accel check       # same bytes with and without the build
 
+The compiled modules' integer constants are annotated ``Final`` (nothing at run time in
+pure Python): mypyc then inlines them instead of looking each use up in the module's dict.
+
 A build belongs to one set of sources: after any edit of a compiled module the digest
 changes and ``TDPSIM_ACCEL=1`` refuses (``tdpsim`` exits 2 saying so) until it is rebuilt,
 so a stale build can never run.  The explorer swaps model classes and pickles closures by

@@ -18,7 +18,7 @@ Simplifications (one line each):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Final, Optional
 
 from .native import mypyc_attr
 from .events import KvmBug, KvmFlushRemoteTlbs, KvmWarn
@@ -40,22 +40,22 @@ from .spte import (
 )
 
 # VM types (arch/x86/include/uapi/asm/kvm.h).
-KVM_X86_DEFAULT_VM = 0
-KVM_X86_SW_PROTECTED_VM = 1
-KVM_X86_TDX_VM = 5
+KVM_X86_DEFAULT_VM: Final = 0
+KVM_X86_SW_PROTECTED_VM: Final = 1
+KVM_X86_TDX_VM: Final = 5
 
 # Requests (arch/x86/include/asm/kvm_host.h / include/linux/kvm_host.h).
 KVM_REQ_TLB_FLUSH = "KVM_REQ_TLB_FLUSH"
 KVM_REQ_OUTSIDE_GUEST_MODE = "KVM_REQ_OUTSIDE_GUEST_MODE"
 KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
 
-OUTSIDE_GUEST_MODE = 0
-IN_GUEST_MODE = 1
-EXITING_GUEST_MODE = 2
+OUTSIDE_GUEST_MODE: Final = 0
+IN_GUEST_MODE: Final = 1
+EXITING_GUEST_MODE: Final = 2
 
 # Host pfns of page-table pages come from here; guest memory lives far above (see
 # workloads), so the two never collide.
-PT_PFN_BASE = 0x100000
+PT_PFN_BASE: Final = 0x100000
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # subclassed outside the compiled build

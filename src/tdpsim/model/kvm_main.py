@@ -13,7 +13,7 @@ Simplifications (one line each):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Final, Optional
 
 from .memslot import (
     KVM_LPAGE_GUEST_INHIBIT_FLAG,
@@ -59,8 +59,8 @@ from .dirty_log import (
 if TYPE_CHECKING:  # pragma: no cover
     from .kvm import Kvm
 
-INVALID_GPA = -1
-PAGE_SIZE = 1 << 12
+INVALID_GPA: Final = -1
+PAGE_SIZE: Final = 1 << 12
 
 
 class KvmUserError(ValueError):

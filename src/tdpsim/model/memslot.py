@@ -16,6 +16,8 @@ Simplifications (one line each):
 
 from __future__ import annotations
 
+from typing import Final
+
 from array import array
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -30,17 +32,17 @@ from .spte import (
     PG_LEVEL_4K,
 )
 
-KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
-KVM_MEM_READONLY = 1 << 1
-KVM_MEM_GUEST_MEMFD = 1 << 2
+KVM_MEM_LOG_DIRTY_PAGES: Final = 1 << 0
+KVM_MEM_READONLY: Final = 1 << 1
+KVM_MEM_GUEST_MEMFD: Final = 1 << 2
 # KVM-internal (include/linux/kvm_host.h): set while a slot is being deleted or moved.
-KVM_MEMSLOT_INVALID = 1 << 16
+KVM_MEMSLOT_INVALID: Final = 1 << 16
 
-KVM_MEMORY_ATTRIBUTE_PRIVATE = 1 << 3
+KVM_MEMORY_ATTRIBUTE_PRIVATE: Final = 1 << 3
 
 # High bits of kvm_lpage_info.disallow_lpage; the low bits count other reasons.
-KVM_LPAGE_MIXED_FLAG = 1 << 31
-KVM_LPAGE_GUEST_INHIBIT_FLAG = 1 << 30  # HP-v3
+KVM_LPAGE_MIXED_FLAG: Final = 1 << 31
+KVM_LPAGE_GUEST_INHIBIT_FLAG: Final = 1 << 30  # HP-v3
 
 
 class RangeSet:

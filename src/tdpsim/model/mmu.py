@@ -12,7 +12,7 @@ guest_memfd for the folio order, as the kernel's TODO says it will, instead of W
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Final, Optional
 
 from .memslot import KvmMemorySlot, kvm_max_level_for_order
 from .mmu_internal import KvmPageFault, is_error_noslot_pfn
@@ -145,8 +145,8 @@ def _mirror_disallows(kvm: "Kvm", child: "KvmMmuPage", is_mirror: bool) -> bool:
 
 
 # enum kvm_mmu_type (mmu_internal.h, 6.18).
-KVM_SHADOW_MMU = 0
-KVM_TDP_MMU = 1
+KVM_SHADOW_MMU: Final = 0
+KVM_TDP_MMU: Final = 1
 
 
 def possible_nx_huge_pages(kvm: "Kvm", mmu_type: int) -> list:

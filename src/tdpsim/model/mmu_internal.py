@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Final, Optional
 
 from .spte import ACC_ALL, PG_LEVEL_4K, SPTE_ENT_PER_PAGE
 
@@ -21,13 +21,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from .memslot import KvmMemorySlot
 
 # enum { RET_PF_CONTINUE = 0, ... } in mmu_internal.h, values in order.
-RET_PF_CONTINUE = 0
-RET_PF_RETRY = 1
-RET_PF_EMULATE = 2
-RET_PF_WRITE_PROTECTED = 3
-RET_PF_INVALID = 4
-RET_PF_FIXED = 5
-RET_PF_SPURIOUS = 6
+RET_PF_CONTINUE: Final = 0
+RET_PF_RETRY: Final = 1
+RET_PF_EMULATE: Final = 2
+RET_PF_WRITE_PROTECTED: Final = 3
+RET_PF_INVALID: Final = 4
+RET_PF_FIXED: Final = 5
+RET_PF_SPURIOUS: Final = 6
 RET_PF_NAMES = {
     RET_PF_CONTINUE: "RET_PF_CONTINUE", RET_PF_RETRY: "RET_PF_RETRY",
     RET_PF_EMULATE: "RET_PF_EMULATE", RET_PF_WRITE_PROTECTED: "RET_PF_WRITE_PROTECTED",
@@ -36,40 +36,40 @@ RET_PF_NAMES = {
 }
 
 # Negative errno values the model returns where the kernel does.
-EPERM = 1
-ENOENT = 2
-EINTR = 4
-EIO = 5
-ENXIO = 6
-EAGAIN = 11
-ENOMEM = 12
-EFAULT = 14
-EBUSY = 16
-EINVAL = 22
-ENOTTY = 25
-EOPNOTSUPP = 95
+EPERM: Final = 1
+ENOENT: Final = 2
+EINTR: Final = 4
+EIO: Final = 5
+ENXIO: Final = 6
+EAGAIN: Final = 11
+ENOMEM: Final = 12
+EFAULT: Final = 14
+EBUSY: Final = 16
+EINVAL: Final = 22
+ENOTTY: Final = 25
+EOPNOTSUPP: Final = 95
 ERRNO_NAMES = {EPERM: "EPERM", ENOENT: "ENOENT", EINTR: "EINTR", EIO: "EIO", ENXIO: "ENXIO",
                EAGAIN: "EAGAIN", ENOMEM: "ENOMEM", EFAULT: "EFAULT", EBUSY: "EBUSY",
                EINVAL: "EINVAL", ENOTTY: "ENOTTY", EOPNOTSUPP: "EOPNOTSUPP"}
 
 # Page-fault error code bits (arch/x86/include/asm/kvm_host.h).
-PFERR_PRESENT_MASK = 1 << 0
-PFERR_WRITE_MASK = 1 << 1
-PFERR_USER_MASK = 1 << 2
-PFERR_RSVD_MASK = 1 << 3
-PFERR_FETCH_MASK = 1 << 4
-PFERR_GUEST_FINAL_MASK = 1 << 32
-PFERR_GUEST_PAGE_MASK = 1 << 33
-PFERR_IMPLICIT_ACCESS = 1 << 48
-PFERR_PRIVATE_ACCESS = 1 << 49
+PFERR_PRESENT_MASK: Final = 1 << 0
+PFERR_WRITE_MASK: Final = 1 << 1
+PFERR_USER_MASK: Final = 1 << 2
+PFERR_RSVD_MASK: Final = 1 << 3
+PFERR_FETCH_MASK: Final = 1 << 4
+PFERR_GUEST_FINAL_MASK: Final = 1 << 32
+PFERR_GUEST_PAGE_MASK: Final = 1 << 33
+PFERR_IMPLICIT_ACCESS: Final = 1 << 48
+PFERR_PRIVATE_ACCESS: Final = 1 << 49
 
 # KVM pfn error values (include/linux/kvm_host.h).
-KVM_PFN_ERR_MASK = 0x7FF << 52
-KVM_PFN_ERR_NOSLOT_MASK = 0xFFF << 52
-KVM_PFN_NOSLOT = 0x1 << 63
-KVM_PFN_ERR_FAULT = KVM_PFN_ERR_MASK
-KVM_PFN_ERR_HWPOISON = KVM_PFN_ERR_MASK + 1
-KVM_PFN_ERR_RO_FAULT = KVM_PFN_ERR_MASK + 2
+KVM_PFN_ERR_MASK: Final = 0x7FF << 52
+KVM_PFN_ERR_NOSLOT_MASK: Final = 0xFFF << 52
+KVM_PFN_NOSLOT: Final = 0x1 << 63
+KVM_PFN_ERR_FAULT: Final = KVM_PFN_ERR_MASK
+KVM_PFN_ERR_HWPOISON: Final = KVM_PFN_ERR_MASK + 1
+KVM_PFN_ERR_RO_FAULT: Final = KVM_PFN_ERR_MASK + 2
 
 
 def is_error_pfn(pfn: int) -> bool:
@@ -126,11 +126,11 @@ class KvmMmuPageRole:
 
 # Lifetime of a page-table page (``KvmMmuPage.rcu_state``): linked or being torn down,
 # queued by ``call_rcu(tdp_mmu_free_sp_rcu_callback)``, freed (table poisoned, frame free).
-SP_LIVE = 0
-SP_RCU_PENDING = 1
-SP_FREED = 2
+SP_LIVE: Final = 0
+SP_RCU_PENDING: Final = 1
+SP_FREED: Final = 2
 # SLUB's POISON_FREE byte: what a freed table reads as.
-POISON_FREE_SPTE = 0x6B6B6B6B6B6B6B6B
+POISON_FREE_SPTE: Final = 0x6B6B6B6B6B6B6B6B
 
 
 class KvmMmuPage:

@@ -19,23 +19,25 @@ Simplifications (one line each):
 
 from __future__ import annotations
 
+from typing import Final
+
 from dataclasses import dataclass
 
 from .profile import KernelProfile
 
 # --- Levels (arch/x86/include/asm/pgtable_types.h, mmu.h) --------------------------------
-PG_LEVEL_4K = 1
-PG_LEVEL_2M = 2
-PG_LEVEL_1G = 3
-PG_LEVEL_512G = 4
-PT64_ROOT_MAX_LEVEL = 5
-KVM_MAX_HUGEPAGE_LEVEL = PG_LEVEL_1G
-KVM_NR_PAGE_SIZES = 3
-PG_LEVEL_NUM = 6  # enum pg_level's last value: "no limit" for kvm_mmu_max_mapping_level
+PG_LEVEL_4K: Final = 1
+PG_LEVEL_2M: Final = 2
+PG_LEVEL_1G: Final = 3
+PG_LEVEL_512G: Final = 4
+PT64_ROOT_MAX_LEVEL: Final = 5
+KVM_MAX_HUGEPAGE_LEVEL: Final = PG_LEVEL_1G
+KVM_NR_PAGE_SIZES: Final = 3
+PG_LEVEL_NUM: Final = 6  # enum pg_level's last value: "no limit" for kvm_mmu_max_mapping_level
 
-SPTE_LEVEL_BITS = 9
-SPTE_ENT_PER_PAGE = 512
-PAGE_SHIFT = 12
+SPTE_LEVEL_BITS: Final = 9
+SPTE_ENT_PER_PAGE: Final = 512
+PAGE_SHIFT: Final = 12
 
 
 def KVM_HPAGE_GFN_SHIFT(level: int) -> int:
@@ -56,45 +58,45 @@ def SPTE_INDEX(gfn: int, level: int) -> int:
 
 
 # --- EPT bits (arch/x86/include/asm/vmx.h, spte.h) -----------------------------------------
-VMX_EPT_READABLE_MASK = 1 << 0
-VMX_EPT_WRITABLE_MASK = 1 << 1
-VMX_EPT_EXECUTABLE_MASK = 1 << 2
-VMX_EPT_RWX_MASK = 0x7
-VMX_EPT_MT_EPTE_SHIFT = 3
-VMX_EPT_MT_MASK = 0x7 << VMX_EPT_MT_EPTE_SHIFT
-VMX_EPT_IPAT_BIT = 1 << 6
-PT_PAGE_SIZE_MASK = 1 << 7
-VMX_EPT_ACCESS_BIT = 1 << 8
-VMX_EPT_DIRTY_BIT = 1 << 9
-SPTE_MMU_PRESENT_MASK = 1 << 11
-VMX_EPT_SUPPRESS_VE_BIT = 1 << 63
-PT_WRITABLE_MASK = VMX_EPT_WRITABLE_MASK
+VMX_EPT_READABLE_MASK: Final = 1 << 0
+VMX_EPT_WRITABLE_MASK: Final = 1 << 1
+VMX_EPT_EXECUTABLE_MASK: Final = 1 << 2
+VMX_EPT_RWX_MASK: Final = 0x7
+VMX_EPT_MT_EPTE_SHIFT: Final = 3
+VMX_EPT_MT_MASK: Final = 0x7 << VMX_EPT_MT_EPTE_SHIFT
+VMX_EPT_IPAT_BIT: Final = 1 << 6
+PT_PAGE_SIZE_MASK: Final = 1 << 7
+VMX_EPT_ACCESS_BIT: Final = 1 << 8
+VMX_EPT_DIRTY_BIT: Final = 1 << 9
+SPTE_MMU_PRESENT_MASK: Final = 1 << 11
+VMX_EPT_SUPPRESS_VE_BIT: Final = 1 << 63
+PT_WRITABLE_MASK: Final = VMX_EPT_WRITABLE_MASK
 
-SPTE_TDP_AD_SHIFT = 52
-SPTE_TDP_AD_MASK = 3 << SPTE_TDP_AD_SHIFT
-SPTE_TDP_AD_ENABLED = 0 << SPTE_TDP_AD_SHIFT
-SPTE_TDP_AD_DISABLED = 1 << SPTE_TDP_AD_SHIFT
-SPTE_TDP_AD_WRPROT_ONLY = 2 << SPTE_TDP_AD_SHIFT
+SPTE_TDP_AD_SHIFT: Final = 52
+SPTE_TDP_AD_MASK: Final = 3 << SPTE_TDP_AD_SHIFT
+SPTE_TDP_AD_ENABLED: Final = 0 << SPTE_TDP_AD_SHIFT
+SPTE_TDP_AD_DISABLED: Final = 1 << SPTE_TDP_AD_SHIFT
+SPTE_TDP_AD_WRPROT_ONLY: Final = 2 << SPTE_TDP_AD_SHIFT
 
-SHADOW_ACC_TRACK_SAVED_BITS_MASK = VMX_EPT_READABLE_MASK | VMX_EPT_EXECUTABLE_MASK
-SHADOW_ACC_TRACK_SAVED_BITS_SHIFT = 54
+SHADOW_ACC_TRACK_SAVED_BITS_MASK: Final = VMX_EPT_READABLE_MASK | VMX_EPT_EXECUTABLE_MASK
+SHADOW_ACC_TRACK_SAVED_BITS_SHIFT: Final = 54
 
-EPT_SPTE_HOST_WRITABLE = 1 << 57
-EPT_SPTE_MMU_WRITABLE = 1 << 58
+EPT_SPTE_HOST_WRITABLE: Final = 1 << 57
+EPT_SPTE_MMU_WRITABLE: Final = 1 << 58
 
-PHYSICAL_ADDRESS_BITS = 52
-SPTE_BASE_ADDR_MASK = ((1 << PHYSICAL_ADDRESS_BITS) - 1) & ~0xFFF
+PHYSICAL_ADDRESS_BITS: Final = 52
+SPTE_BASE_ADDR_MASK: Final = ((1 << PHYSICAL_ADDRESS_BITS) - 1) & ~0xFFF
 
-VMX_EPT_MISCONFIG_WX_VALUE = VMX_EPT_WRITABLE_MASK | VMX_EPT_EXECUTABLE_MASK
+VMX_EPT_MISCONFIG_WX_VALUE: Final = VMX_EPT_WRITABLE_MASK | VMX_EPT_EXECUTABLE_MASK
 
 # --- x86 page-table bits as NPT uses them (arch/x86/kvm/mmu/mmu.h, spte.h) ----------------
-PT_PRESENT_MASK = 1 << 0
-PT_USER_MASK = 1 << 2
-PT_ACCESSED_MASK = 1 << 5
-PT_DIRTY_MASK = 1 << 6
-PT64_NX_MASK = 1 << 63
-DEFAULT_SPTE_HOST_WRITABLE = 1 << 9
-DEFAULT_SPTE_MMU_WRITABLE = 1 << 10
+PT_PRESENT_MASK: Final = 1 << 0
+PT_USER_MASK: Final = 1 << 2
+PT_ACCESSED_MASK: Final = 1 << 5
+PT_DIRTY_MASK: Final = 1 << 6
+PT64_NX_MASK: Final = 1 << 63
+DEFAULT_SPTE_HOST_WRITABLE: Final = 1 << 9
+DEFAULT_SPTE_MMU_WRITABLE: Final = 1 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,22 +188,22 @@ def vendor_spte_masks(vendor: str, profile: KernelProfile) -> SpteMasks:
 # the VM's KernelProfile (profile.py), which the helpers below take where they need them.
 
 # MMIO generation bits (spte.h): gen[7:0] -> bits 3..10, gen[18:8] -> bits 52..62.
-MMIO_SPTE_GEN_LOW_START = 3
-MMIO_SPTE_GEN_LOW_END = 10
-MMIO_SPTE_GEN_HIGH_START = 52
-MMIO_SPTE_GEN_HIGH_END = 62
-MMIO_SPTE_GEN_LOW_BITS = MMIO_SPTE_GEN_LOW_END - MMIO_SPTE_GEN_LOW_START + 1
-MMIO_SPTE_GEN_MASK = (1 << 19) - 1
+MMIO_SPTE_GEN_LOW_START: Final = 3
+MMIO_SPTE_GEN_LOW_END: Final = 10
+MMIO_SPTE_GEN_HIGH_START: Final = 52
+MMIO_SPTE_GEN_HIGH_END: Final = 62
+MMIO_SPTE_GEN_LOW_BITS: Final = MMIO_SPTE_GEN_LOW_END - MMIO_SPTE_GEN_LOW_START + 1
+MMIO_SPTE_GEN_MASK: Final = (1 << 19) - 1
 
 # Access bits (mmu.h ACC_*).
-ACC_EXEC_MASK = 1
-ACC_WRITE_MASK = PT_WRITABLE_MASK
-ACC_USER_MASK = 1 << 2
-ACC_ALL = ACC_EXEC_MASK | ACC_WRITE_MASK | ACC_USER_MASK
+ACC_EXEC_MASK: Final = 1
+ACC_WRITE_MASK: Final = PT_WRITABLE_MASK
+ACC_USER_MASK: Final = 1 << 2
+ACC_ALL: Final = ACC_EXEC_MASK | ACC_WRITE_MASK | ACC_USER_MASK
 
 # Memory types for get_mt_mask (MTRR_TYPE_*).
-MTRR_TYPE_UNCACHABLE = 0
-MTRR_TYPE_WRBACK = 6
+MTRR_TYPE_UNCACHABLE: Final = 0
+MTRR_TYPE_WRBACK: Final = 6
 
 # --- Predicates ------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ Simplifications (one line each):
 from __future__ import annotations
 
 from array import array
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Final, Iterator, Optional
 
 from .events import (
     KvmMmuGetPage,
@@ -106,15 +106,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .memslot import KvmMemorySlot
 
 # enum kvm_tdp_mmu_root_types
-KVM_INVALID_ROOTS = 1 << 0
-KVM_DIRECT_ROOTS = 1 << 1
-KVM_MIRROR_ROOTS = 1 << 2
-KVM_VALID_ROOTS = KVM_DIRECT_ROOTS | KVM_MIRROR_ROOTS
-KVM_ALL_ROOTS = KVM_VALID_ROOTS | KVM_INVALID_ROOTS
+KVM_INVALID_ROOTS: Final = 1 << 0
+KVM_DIRECT_ROOTS: Final = 1 << 1
+KVM_MIRROR_ROOTS: Final = 1 << 2
+KVM_VALID_ROOTS: Final = KVM_DIRECT_ROOTS | KVM_MIRROR_ROOTS
+KVM_ALL_ROOTS: Final = KVM_VALID_ROOTS | KVM_INVALID_ROOTS
 
 # enum kvm_gfn_range_filter
-KVM_FILTER_SHARED = 1 << 0
-KVM_FILTER_PRIVATE = 1 << 1
+KVM_FILTER_SHARED: Final = 1 << 0
+KVM_FILTER_PRIVATE: Final = 1 << 1
 
 
 # --- raw SPTE accessors (tdp_iter.h), each one scheduling point --------------------------

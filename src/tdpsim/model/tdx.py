@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Final, Optional
 
 from .events import KvmPageFault as KvmPageFaultEvent
 from .kvm import (
@@ -118,25 +118,25 @@ if TYPE_CHECKING:  # pragma: no cover
     from .kvm import Kvm, KvmVcpu
 
 # enum kvm_tdx_state (arch/x86/kvm/vmx/tdx.h).
-TD_STATE_UNINITIALIZED = 0
-TD_STATE_INITIALIZED = 1
-TD_STATE_RUNNABLE = 2
+TD_STATE_UNINITIALIZED: Final = 0
+TD_STATE_INITIALIZED: Final = 1
+TD_STATE_RUNNABLE: Final = 2
 TD_STATE_NAMES = {TD_STATE_UNINITIALIZED: "UNINITIALIZED",
                   TD_STATE_INITIALIZED: "INITIALIZED", TD_STATE_RUNNABLE: "RUNNABLE"}
 
 # enum exit_fastpath_completion (arch/x86/include/asm/kvm_host.h).
-EXIT_FASTPATH_NONE = 0
-EXIT_FASTPATH_REENTER_GUEST = 1
-EXIT_FASTPATH_EXIT_HANDLED = 2
+EXIT_FASTPATH_NONE: Final = 0
+EXIT_FASTPATH_REENTER_GUEST: Final = 1
+EXIT_FASTPATH_EXIT_HANDLED: Final = 2
 
-EAGAIN = 11
+EAGAIN: Final = 11
 
 # TDX_MAP_GPA_MAX_LEN: MapGPA is forwarded to userspace 2 MB at a time.
-TDX_MAP_GPA_MAX_LEN = 2 << 20
+TDX_MAP_GPA_MAX_LEN: Final = 2 << 20
 # TDVMCALL status codes (arch/x86/include/asm/shared/tdx.h).
-TDVMCALL_STATUS_SUCCESS = 0x0000000000000000
-TDVMCALL_STATUS_INVALID_OPERAND = 0x8000000000000000
-TDVMCALL_STATUS_ALIGN_ERROR = 0x8000000000000002
+TDVMCALL_STATUS_SUCCESS: Final = 0x0000000000000000
+TDVMCALL_STATUS_INVALID_OPERAND: Final = 0x8000000000000000
+TDVMCALL_STATUS_ALIGN_ERROR: Final = 0x8000000000000002
 
 # Linux's TDX_PS_* accept sizes (= TDX levels).
 TDX_PS_4K, TDX_PS_2M, TDX_PS_1G = 0, 1, 2

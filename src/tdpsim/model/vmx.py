@@ -15,7 +15,7 @@ Simplifications (one line each):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .dirty_log import vmx_pml_log
 from .events import KvmPageFault
@@ -45,16 +45,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from .kvm import KvmVcpu
 
 # Exit-qualification bits of an EPT violation (arch/x86/include/asm/vmx.h).
-EPT_VIOLATION_ACC_READ = 1 << 0
-EPT_VIOLATION_ACC_WRITE = 1 << 1
-EPT_VIOLATION_ACC_INSTR = 1 << 2
-EPT_VIOLATION_PROT_READ = 1 << 3
-EPT_VIOLATION_PROT_WRITE = 1 << 4
-EPT_VIOLATION_PROT_EXEC = 1 << 5
-EPT_VIOLATION_PROT_MASK = EPT_VIOLATION_PROT_READ | EPT_VIOLATION_PROT_WRITE | EPT_VIOLATION_PROT_EXEC
-EPT_VIOLATION_EXEC_FOR_RING3_LIN = 1 << 6  # MBEC: user-mode executable
-EPT_VIOLATION_GVA_IS_VALID = 1 << 7
-EPT_VIOLATION_GVA_TRANSLATED = 1 << 8
+EPT_VIOLATION_ACC_READ: Final = 1 << 0
+EPT_VIOLATION_ACC_WRITE: Final = 1 << 1
+EPT_VIOLATION_ACC_INSTR: Final = 1 << 2
+EPT_VIOLATION_PROT_READ: Final = 1 << 3
+EPT_VIOLATION_PROT_WRITE: Final = 1 << 4
+EPT_VIOLATION_PROT_EXEC: Final = 1 << 5
+EPT_VIOLATION_PROT_MASK: Final = EPT_VIOLATION_PROT_READ | EPT_VIOLATION_PROT_WRITE | EPT_VIOLATION_PROT_EXEC
+EPT_VIOLATION_EXEC_FOR_RING3_LIN: Final = 1 << 6  # MBEC: user-mode executable
+EPT_VIOLATION_GVA_IS_VALID: Final = 1 << 7
+EPT_VIOLATION_GVA_TRANSLATED: Final = 1 << 8
 
 
 def ept_exit_qualification(*, write: bool = False, exec: bool = False,

@@ -34,7 +34,7 @@ Digest notes (checked against the source):
 from __future__ import annotations
 
 from collections import Counter
-from typing import Hashable, Iterator
+from typing import Final, Hashable, Iterator
 
 from tdpsim.model import sched as _sched
 from tdpsim.model.sched import SchedPoints
@@ -60,34 +60,34 @@ from .status import (
 )
 
 # --- TD op-states (TDCS.OP_STATE) and lifecycle states (TDR) ---------------------------------
-OP_UNINITIALIZED = 0
-OP_INITIALIZED = 1
-OP_RUNNABLE = 2
-TD_KEYS_CONFIGURED = 1
-TD_BLOCKED = 2
-TD_TEARDOWN = 3
+OP_UNINITIALIZED: Final = 0
+OP_INITIALIZED: Final = 1
+OP_RUNNABLE: Final = 2
+TD_KEYS_CONFIGURED: Final = 1
+TD_BLOCKED: Final = 2
+TD_TEARDOWN: Final = 3
 
 # --- leaf numbers ---
-TDH_VP_ENTER = 0
-TDH_MEM_PAGE_ADD = 2
-TDH_MEM_SEPT_ADD = 3
-TDH_MEM_PAGE_AUG = 6
-TDH_MEM_RANGE_BLOCK = 7
-TDH_MEM_PAGE_DEMOTE = 15
-TDH_MR_FINALIZE = 17
-TDH_MNG_KEY_FREEID = 20
-TDH_MNG_INIT = 21
-TDH_MEM_PAGE_PROMOTE = 23
-TDH_MNG_VPFLUSHDONE = 24
-TDH_PHYMEM_PAGE_RECLAIM = 28
-TDH_MEM_PAGE_REMOVE = 29
-TDH_MEM_SEPT_REMOVE = 30
-TDH_MEM_TRACK = 38
-TDH_MEM_RANGE_UNBLOCK = 39
-TDH_PHYMEM_PAGE_WBINVD = 41
-TDH_PHYMEM_PAMT_ADD = 58
-TDH_PHYMEM_PAMT_REMOVE = 59
-TDG_MEM_PAGE_ACCEPT = 6  # TDCALL leaf
+TDH_VP_ENTER: Final = 0
+TDH_MEM_PAGE_ADD: Final = 2
+TDH_MEM_SEPT_ADD: Final = 3
+TDH_MEM_PAGE_AUG: Final = 6
+TDH_MEM_RANGE_BLOCK: Final = 7
+TDH_MEM_PAGE_DEMOTE: Final = 15
+TDH_MR_FINALIZE: Final = 17
+TDH_MNG_KEY_FREEID: Final = 20
+TDH_MNG_INIT: Final = 21
+TDH_MEM_PAGE_PROMOTE: Final = 23
+TDH_MNG_VPFLUSHDONE: Final = 24
+TDH_PHYMEM_PAGE_RECLAIM: Final = 28
+TDH_MEM_PAGE_REMOVE: Final = 29
+TDH_MEM_SEPT_REMOVE: Final = 30
+TDH_MEM_TRACK: Final = 38
+TDH_MEM_RANGE_UNBLOCK: Final = 39
+TDH_PHYMEM_PAGE_WBINVD: Final = 41
+TDH_PHYMEM_PAMT_ADD: Final = 58
+TDH_PHYMEM_PAMT_REMOVE: Final = 59
+TDG_MEM_PAGE_ACCEPT: Final = 6  # TDCALL leaf
 
 _RUN = frozenset({OP_INITIALIZED, OP_RUNNABLE})
 # §2.2 op-state gating (op_state_lookup.c), for the leaves this model implements.
@@ -101,13 +101,13 @@ OP_STATE_ALLOWED: dict[str, frozenset[int]] = {
 }
 
 # TDX_FEATURES0 bits.
-FEATURE_NO_RBP_MOD = 1 << 18
-FEATURE_CLFLUSH_BEFORE_ALLOC = 1 << 23
-FEATURE_DYNAMIC_PAMT = 1 << 36
-FEATURE_UPDATE_COMPATIBILITY = 1 << 47
-FEATURE_ENHANCED_DEMOTE_INTERRUPTIBILITY = 1 << 51
+FEATURE_NO_RBP_MOD: Final = 1 << 18
+FEATURE_CLFLUSH_BEFORE_ALLOC: Final = 1 << 23
+FEATURE_DYNAMIC_PAMT: Final = 1 << 36
+FEATURE_UPDATE_COMPATIBILITY: Final = 1 << 47
+FEATURE_ENHANCED_DEMOTE_INTERRUPTIBILITY: Final = 1 << 51
 
-STEPPING_EPF_THRESHOLD = 6
+STEPPING_EPF_THRESHOLD: Final = 6
 
 # Scheduling-point keys (see sched.py): module-wide resources.
 KEY_SEPT_TREE = ("tdx", "sept_tree")

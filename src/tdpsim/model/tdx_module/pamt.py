@@ -13,15 +13,15 @@ Simplifications:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
-PT_NDA = 0
-PT_RSVD = 1
-PT_REG = 3
-PT_TDR = 4
-PT_TDCX = 5
-PT_TDVPR = 6
-PT_EPT = 8
+PT_NDA: Final = 0
+PT_RSVD: Final = 1
+PT_REG: Final = 3
+PT_TDR: Final = 4
+PT_TDCX: Final = 5
+PT_TDVPR: Final = 6
+PT_EPT: Final = 8
 
 _SPAN = (1, 512, 512 * 512)
 

@@ -12,16 +12,16 @@ Simplifications:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from .status import TDX_SUCCESS, status_name
 
 # Extended exit qualification types (EEQ bits 3:0).
-EEQ_TYPE_NONE = 0
-EEQ_TYPE_ACCEPT = 1
-EEQ_TYPE_GPA_DETAILS = 2
-EEQ_TYPE_ATTR_WR = 5
-EEQ_TYPE_PENDING_EPT_VIOLATION = 6
+EEQ_TYPE_NONE: Final = 0
+EEQ_TYPE_ACCEPT: Final = 1
+EEQ_TYPE_GPA_DETAILS: Final = 2
+EEQ_TYPE_ATTR_WR: Final = 5
+EEQ_TYPE_PENDING_EPT_VIOLATION: Final = 6
 
 
 def make_eeq(eeq_type: int, req_level: int, err_level: int, arch_state: int, leaf: bool) -> int:

@@ -15,16 +15,16 @@ Simplifications:
 from __future__ import annotations
 
 from array import array
-from typing import Iterator, NamedTuple
+from typing import Final, Iterator, NamedTuple
 
 # --- 7-bit state encodings (D, TDEX, TDBW, TDB, TDP, IPAT, PS) --------------------------------
-FREE = 0x0E
-NL_MAPPED = 0x00
-NL_BLOCKED = 0x08
-MAPPED = 0x60
-BLOCKED = 0x68
-PENDING = 0x70
-PENDING_BLOCKED = 0x78
+FREE: Final = 0x0E
+NL_MAPPED: Final = 0x00
+NL_BLOCKED: Final = 0x08
+MAPPED: Final = 0x60
+BLOCKED: Final = 0x68
+PENDING: Final = 0x70
+PENDING_BLOCKED: Final = 0x78
 
 STATE_NAMES = {
     FREE: "FREE", NL_MAPPED: "NL_MAPPED", NL_BLOCKED: "NL_BLOCKED", MAPPED: "MAPPED",
@@ -53,9 +53,9 @@ STATES_AT_LEVEL = {
     4: frozenset({FREE}) | NON_LEAF_STATES,
 }
 
-ENTRIES = 512
-LOCK_TDEL = 0x1  # entry bit 11: per-entry lock
-LOCK_TDHP = 0x2  # entry bit 52: host priority
+ENTRIES: Final = 512
+LOCK_TDEL: Final = 0x1  # entry bit 11: per-entry lock
+LOCK_TDHP: Final = 0x2  # entry bit 52: host priority
 
 
 def is_leaf(state: int) -> bool:
