@@ -415,6 +415,9 @@ class TraceReplayer:
         self._sample_every = max(1, opts.sample_every)
         self._next_sample = self._sample_every
         self._roots: list[_Root] = []
+        # Every root's table at a key, in root order: the candidates of a change without
+        # a walk over all roots (a long trace has many invalidated roots).
+        self._at: dict[int, list[_Table]] = {}
         self._by_pfn: dict[int, _Table] = {}
         self._tasks: dict[int, _Task] = {}
         self._tdx = opts.tdx
@@ -631,8 +634,8 @@ class TraceReplayer:
             if (r.kind or "direct") == (kind or "direct"):
                 r.valid = False
         root = _Root(len(self._roots), kind, level, rec.lineno, False, role)
-        root.tables[_table_key(0, level)] = _Table(root, level, 0, None, self._nonpresent)
         self._roots.append(root)
+        self._put_table(root, _table_key(0, level), _Table(root, level, 0, None, self._nonpresent))
         self.counters["root_pages"] += 1
 
     def _learning_root(self, task: _Task) -> _Root:
@@ -677,10 +680,7 @@ class TraceReplayer:
         nmatch = 0
         first = None
         ntables = 0
-        for root in self._roots:
-            t = root.tables.get(key)
-            if t is None:
-                continue
+        for t in self._at.get(key, ()):
             ntables += 1
             if first is None:
                 first = t
@@ -721,18 +721,35 @@ class TraceReplayer:
     def _learning_table(self, root: _Root, level: int, gfn: int) -> _Table:
         base = gfn & -(1 << (level * 9))
         t = _Table(root, level, base, None, UNKNOWN_SPTE)
-        root.tables[_table_key(gfn, level)] = t
+        self._put_table(root, _table_key(gfn, level), t)
         return t
+
+    def _put_table(self, root: _Root, key: int, t: _Table) -> None:
+        """``root.tables[key] = t``, and the same in the index by key."""
+        at = self._at.setdefault(key, [])
+        if key in root.tables:
+            at[at.index(root.tables[key])] = t
+        else:
+            i = len(at)
+            while i and at[i - 1].root.root_id > root.root_id:
+                i -= 1
+            at.insert(i, t)
+        root.tables[key] = t
+
+    def _drop_table(self, root: _Root, key: int) -> None:
+        """``del root.tables[key]``, and the same in the index by key."""
+        at = self._at[key]
+        at.remove(root.tables.pop(key))
+        if not at:
+            del self._at[key]
 
     def _mismatch(self, task: _Task, first: _Table, idx: int, ntables: int, level: int,
                   gfn: int, old: int, ln: int) -> _Table:
         """No root holds ``old_spte``.  Accept hardware A/D updates and the X bit that
         ``make_small_spte`` restores with the NX workaround; else flag and resync."""
         best = first
-        for root in self._roots:
-            t = root.tables.get(_table_key(gfn, level))
-            if t is None:
-                continue
+        for t in self._at[_table_key(gfn, level)]:
+            root = t.root
             cur = t.spt[idx]
             if _hw_ad_update(self._ad_mask, cur, old, level):
                 self.counters["hw_ad_updates"] += 1
@@ -870,7 +887,7 @@ class TraceReplayer:
         old_child = root.tables.get(_table_key(gfn, child_level))
         if old_child is not None and old_child.base == gfn:
             self._by_pfn.pop(old_child.pfn, None)
-        root.tables[_table_key(gfn, child_level)] = child
+        self._put_table(root, _table_key(gfn, child_level), child)
         self._by_pfn[pfn] = child
         self.counters["child_pages"] += 1
 
@@ -883,7 +900,7 @@ class TraceReplayer:
     def _unlink(self, root: _Root, child: _Table) -> None:
         key = _table_key(child.base, child.level)
         if root.tables.get(key) is child:
-            del root.tables[key]
+            self._drop_table(root, key)
         if child.pfn is not None and self._by_pfn.get(child.pfn) is child:
             del self._by_pfn[child.pfn]
 
@@ -1120,9 +1137,8 @@ class TraceReplayer:
         for g in (gfn, gfn & ~shared):
             for level in (PG_LEVEL_4K, PG_LEVEL_4K + 1, PG_LEVEL_4K + 2):
                 key, idx = _table_key(g, level), SPTE_INDEX(g, level)
-                for root in self._roots:
-                    t = root.tables.get(key)
-                    if t is not None and t.spt[idx] == old and is_last_spte(old, level):
+                for t in self._at.get(key, ()):
+                    if t.spt[idx] == old and is_last_spte(old, level):
                         return t, idx
         return None
 
