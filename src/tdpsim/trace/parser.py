@@ -23,6 +23,7 @@ told apart from the timestamp; such lines are counted as non-event lines.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import os
 import re
@@ -166,6 +167,7 @@ def _num(limit: int) -> Callable[[str], int]:
     return conv
 
 
+@functools.lru_cache(maxsize=1024)  # a trace has a handful of distinct error codes
 def _pferr(s: str) -> int:
     """``__print_flags`` of fast_page_fault's error_code: a u32 up to 2024, then the full
     u64 ("KVM: x86/mmu: Pass full 64-bit error code when handling page faults"), whose

@@ -481,18 +481,21 @@ class TraceReplayer:
         if self.records >= self._next_sample:
             self._sample_at(ln, ts)
 
-    def _fast_set_spte(self, line: str, ln: int, hdr: tuple[Any, ...], ts: str, gfn: int,
-                       spte: int, level: int, sptep: int, r: bool, w: bool, x: bool,
-                       u: int) -> None:
-        """``kvm_mmu_set_spte`` without a record."""
-        self._line = line
-        self.records += 1
-        task = self._tasks.get(hdr[1])
-        if task is None:
-            task = self._new_task(hdr[0], hdr[1])
-        self._set_spte(task, gfn, spte, level, sptep, ln)
-        if self.records >= self._next_sample:
-            self._sample_at(ln, ts)
+    def _pushed(self, apply: Callable[..., None]) -> Callable[..., None]:
+        """The ``_drive`` handler of an event whose record :meth:`feed` would pass to
+        ``apply(task, lineno, *event_fields)``."""
+        tasks = self._tasks
+
+        def handler(line: str, ln: int, hdr: tuple[Any, ...], ts: str, *fields: Any) -> None:
+            self._line = line
+            self.records += 1
+            task = tasks.get(hdr[1])
+            if task is None:
+                task = self._new_task(hdr[0], hdr[1])
+            apply(task, ln, *fields)
+            if self.records >= self._next_sample:
+                self._sample_at(ln, ts)
+        return handler
 
     def _fast_other(self, line: str, ln: int, hdr: tuple[Any, ...], ts: str, *_: Any) -> None:
         """An event the replayer only counts."""
@@ -502,12 +505,14 @@ class TraceReplayer:
 
     def _drive_handlers(self) -> dict[str, Callable[..., None]]:
         """``TraceParser._drive`` handlers: every event whose record :meth:`feed` would
-        only count, plus the two hot SPTE events."""
+        only count, plus the hot ones (SPTE changes and installs, faults)."""
         out: dict[str, Callable[..., None]] = {
             cls.EVENT: self._fast_other for cls in EVENT_CLASSES.values()
             if cls not in self._handlers}
         out[KvmTdpMmuSpteChanged.EVENT] = self._fast_changed
-        out[KvmMmuSetSpte.EVENT] = self._fast_set_spte
+        out[KvmMmuSetSpte.EVENT] = self._pushed(self._set_spte_fields)
+        out[KvmPageFault.EVENT] = self._pushed(self._page_fault)
+        out[FastPageFault.EVENT] = self._pushed(self._fast_page_fault)
         return out
 
     def record_parse_error(self, err: TraceParseError) -> None:
@@ -1048,6 +1053,10 @@ class TraceReplayer:
     def _on_set_spte(self, rec: KvmMmuSetSpte, task: _Task) -> None:
         self._set_spte(task, rec.gfn, rec.spte, rec.level, rec.sptep, rec.lineno)
 
+    def _set_spte_fields(self, task: _Task, ln: int, gfn: int, spte: int, level: int,
+                         sptep: int, *_: Any) -> None:
+        self._set_spte(task, gfn, spte, level, sptep, ln)
+
     def _set_spte(self, task: _Task, gfn: int, spte: int, level: int, at: int, ln: int) -> None:
         """``kvm_mmu_set_spte``: ``at`` names the table, hence the root (§8.2)."""
         self._pre(task, ln)
@@ -1092,15 +1101,19 @@ class TraceReplayer:
         task.last_install = None
 
     def _on_page_fault(self, rec: KvmPageFault, task: _Task) -> None:
+        self._page_fault(task, rec.lineno, rec.vcpu_id, rec.guest_rip, rec.fault_address)
+
+    def _page_fault(self, task: _Task, ln: int, vcpu_id: int | None, guest_rip: int | None,
+                    fault_address: int, *_: Any) -> None:
         """``kvm_page_fault``: the only text with the TDX shared bit (§2.4)."""
-        self._pre(task, rec.lineno)
+        self._pre(task, ln)
         self.counters["faults"] += 1
-        if rec.vcpu_id is not None and not task.label.startswith("vcpu"):
-            task.label = f"vcpu{rec.vcpu_id}"
+        if vcpu_id is not None and not task.label.startswith("vcpu"):
+            task.label = f"vcpu{vcpu_id}"
             task.stats = self._actor(task.label)
         task.stats.faults += 1
         shared_bit = 1 << (47 if self._root_level == 4 else 51)
-        if rec.fault_address & shared_bit:
+        if fault_address & shared_bit:
             # Only a hint: a shared bit alone does not prove a TD (GPA bit 47 can be RAM).
             task.fault_kind = "direct"
         else:
@@ -1112,22 +1125,28 @@ class TraceReplayer:
         task.last_install = None
 
     def _on_fast_page_fault(self, rec: FastPageFault, task: _Task) -> None:
+        self._fast_page_fault(task, rec.lineno, rec.vcpu_id, rec.cr2_or_gpa, rec.error_code,
+                              rec.sptep, rec.old_spte, rec.new_spte, rec.spurious, rec.fixed)
+
+    def _fast_page_fault(self, task: _Task, ln: int, vcpu_id: int, cr2_or_gpa: int,
+                         error_code: int, sptep: int, old: int, new: int, spurious: bool,
+                         fixed: bool) -> None:
         """``fast_page_fault`` fixes a leaf with a cmpxchg that ``handle_changed_spte``
         never sees: apply it by ``sptep``."""
-        self._pre(task, rec.lineno)
-        if not rec.fixed:
+        self._pre(task, ln)
+        if not fixed:
             return
         self.counters["fast_fixed"] += 1
         task.stats.fast_fixed += 1
-        t = self._by_pfn.get(rec.sptep >> PAGE_SHIFT)
-        idx = (rec.sptep & 0xFFF) >> 3
-        if t is None or t.spt[idx] != rec.old_spte:
-            found = self._fast_pf_leaf(rec.cr2_or_gpa >> PAGE_SHIFT, rec.old_spte)
+        t = self._by_pfn.get(sptep >> PAGE_SHIFT)
+        idx = (sptep & 0xFFF) >> 3
+        if t is None or t.spt[idx] != old:
+            found = self._fast_pf_leaf(cr2_or_gpa >> PAGE_SHIFT, old)
             if found is None:
                 return
             t, idx = found
-        t.spt[idx] = rec.new_spte
-        t.lines[idx] = rec.lineno
+        t.spt[idx] = new
+        t.lines[idx] = ln
 
     def _fast_pf_leaf(self, gfn: int, old: int) -> tuple[_Table, int] | None:
         """The leaf a fast_page_fault fixed, found by its gfn and old value: ``sptep`` is
