@@ -847,14 +847,31 @@ class TraceParser:
         reference = self._reference
         lineno = 0
         other = 0
+        digits = _DIGITS
         try:
             for line in lines:
                 lineno += 1
-                loc = locate(line, table)
-                if loc.__class__ is not tuple:
-                    other += loc
-                    continue
-                line, k, e, ent, first = loc
+                # _locate inlined for its common outcomes: a text line whose first ": "
+                # follows a digit, with the event name up to the next ":" (ours or not)
+                k = line.find(": ") if line.__class__ is str else -1
+                ent = None
+                if k > 0 and line[k - 1] in digits:
+                    e = line.find(":", k + 2)
+                    if e < 0:
+                        other += 1
+                        continue
+                    name = line[k + 2:e]
+                    ent = table.get(name)
+                    if ent is None and " " not in name:
+                        other += 1
+                        continue
+                    first = True
+                if ent is None:
+                    loc = locate(line, table)
+                    if loc.__class__ is not tuple:
+                        other += loc
+                        continue
+                    line, k, e, ent, first = loc
                 if first:
                     j = line.rfind(" ", 0, k) + 1
                     pre = line[:j]
