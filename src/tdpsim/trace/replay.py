@@ -473,11 +473,11 @@ class TraceReplayer:
         task = self._tasks.get(hdr[1])
         if task is None:
             task = self._new_task(hdr[0], hdr[1])
-        if new == self._frozen:  # _changed, minus one call on the most frequent case
-            self.counters["spte_changes"] += 1
+        self.counters["spte_changes"] += 1  # _changed, minus one call
+        if new == self._frozen:
             self._frozen_child(task, level, gfn, old, ln)
         else:
-            self._changed(task, level, gfn, old, new, ln)
+            self._change(task, level, gfn, old, new, ln)
         if self.records >= self._next_sample:
             self._sample_at(ln, ts)
 
@@ -676,26 +676,32 @@ class TraceReplayer:
         if not PG_LEVEL_4K <= level <= 5:
             self._anomaly("bad_level", f"level {level} outside 1..5", lineno=ln)
             return
-        if gfn & (KVM_PAGES_PER_HPAGE(level) - 1):
+        shift = (level - 1) * 9  # KVM_PAGES_PER_HPAGE(level) == 1 << shift
+        if gfn & ((1 << shift) - 1):
             self._anomaly("misaligned", f"gfn {gfn:#x} not aligned to level {level}", lineno=ln)
-        key = ((gfn >> (level * 9)) << 3) | level
-        idx = (gfn >> ((level - 1) * 9)) & 511
+        idx = (gfn >> shift) & 511
         # Candidate tables: one per root that has a table here.
         match = None
         nmatch = 0
         first = None
-        ntables = 0
-        for t in self._at.get(key, ()):
-            ntables += 1
-            if first is None:
-                first = t
-            cur = t.spt[idx]
+        tables = self._at.get(((gfn >> (shift + 9)) << 3) | level, ())
+        ntables = len(tables)
+        if ntables == 1:  # the common case, without the loop
+            first = tables[0]
+            cur = first.spt[idx]
             if cur == old or cur == UNKNOWN_SPTE:
-                nmatch += 1
-                if match is None:
-                    match = t
-                else:
-                    match = self._tie_break(match, t, task)
+                nmatch, match = 1, first
+        else:
+            for t in tables:
+                if first is None:
+                    first = t
+                cur = t.spt[idx]
+                if cur == old or cur == UNKNOWN_SPTE:
+                    nmatch += 1
+                    if match is None:
+                        match = t
+                    else:
+                        match = self._tie_break(match, t, task)
         ambiguous = nmatch > 1
         if match is None:
             if ntables == 0:
@@ -780,10 +786,11 @@ class TraceReplayer:
         task.last_root = root
         t.spt[idx] = new
         t.lines[idx] = ln
-        was_present = is_shadow_present_pte(old) and old != UNKNOWN_SPTE
-        is_present = is_shadow_present_pte(new)
-        was_leaf = was_present and is_last_spte(old, level)
-        is_leaf = is_present and is_last_spte(new, level)
+        # is_shadow_present_pte / is_last_spte, inlined (every change comes here)
+        was_present = old & SPTE_MMU_PRESENT_MASK != 0 and old != UNKNOWN_SPTE
+        is_present = new & SPTE_MMU_PRESENT_MASK != 0
+        was_leaf = was_present and (level == PG_LEVEL_4K or old & PT_PAGE_SIZE_MASK != 0)
+        is_leaf = is_present and (level == PG_LEVEL_4K or new & PT_PAGE_SIZE_MASK != 0)
         st = task.stats
         c = self.counters
         if is_leaf != was_leaf:
