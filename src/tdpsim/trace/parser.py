@@ -244,6 +244,8 @@ _KIND_EXPR: dict[str, str] = {
 #: The fast path's expressions: small decimals (regex-checked canonical 0..255) by lookup.
 _TAIL_EXPR: dict[str, str] = {**_KIND_EXPR, "u8": "_SMALL[G]", "u2": "_SMALL[G]",
                               "u4": "_SMALL[G]", "gpte": "_SMALL[G]"}
+#: Kinds whose fast conversion cannot fail on a text their regex accepts.
+_TAIL_SAFE = frozenset(_TAIL_EXPR)
 
 #: Header up to (and including) the blank before the timestamp: comm, pid, tgid, cpu, flags.
 _HDR_PREFIX = (
@@ -316,44 +318,49 @@ class _Template:
         )
         self.line_fast = self._gen(build)
 
-    def bind_tail(self, cls: type[TraceRecord], ns: dict[str, Any], t: int) -> dict[str, Any]:
+    def bind_tail(self, cls: type[TraceRecord], ns: dict[str, Any], t: int) -> None:
         """Compile the fast path's regex, ``tail_regex``: timestamp + ``: <event>:`` + body,
         matched from the start of the timestamp (the header before it comes from a cache,
-        see :meth:`TraceParser._header`); and return the source fragments that convert its
-        match (the same conversions and checks as ``line_fast``), for :func:`_gen_fast`.
-        Names for the generated code go into ``ns`` (suffixed with the template index
-        ``t``)."""
+        see :meth:`TraceParser._header`).  Names for the generated code go into ``ns``
+        (suffixed with the template index ``t``)."""
         self.tail_regex = re.compile(
             _HDR_TS + re.escape(": " + cls.EVENT + ":") + r"[ \t]*"
             + self._pattern(self.tokens) + r"[ \t\r\n\x00]*",
             re.ASCII,
         )
         ns[f"_m{t}"] = self.tail_regex.fullmatch
+        ns[f"_asm{t}"] = self.assemble
+        ns[f"_sfx{t}"] = self.suffix
+        for i, k in enumerate(k for _, k in self.tokens if k is not None):
+            if k not in _TAIL_EXPR:
+                ns[f"_c{t}_{i}"] = _KINDS[k][1]
+
+    def tail_source(self, cls: type[TraceRecord], t: int,
+                    wanted: Sequence[int] | None) -> dict[str, Any]:
+        """The source fragments that convert a match of ``tail_regex`` (the same
+        conversions and checks as ``line_fast``) for :func:`_gen_fast`: ``convert`` (may
+        raise: then the reference path decides) and ``values``, the expressions of the
+        event fields at the indices ``wanted`` (None: all).  A field nobody wants is not
+        converted when its conversion cannot fail (the regex already checked its text)."""
         names = [f.name for f in dataclasses.fields(cls)]
         nhdr = len(_HEADER_FIELDS)
         assert names[:nhdr] == list(_HEADER_FIELDS), names
         kinds = [k for _, k in self.tokens if k is not None]
         gs = [f"g{i}" for i in range(len(kinds))]
-        ns[f"_asm{t}"] = self.assemble
-        ns[f"_sfx{t}"] = self.suffix
-        exprs = []
-        for i, k in enumerate(kinds):
-            if k in _TAIL_EXPR:
-                exprs.append("(" + _TAIL_EXPR[k].replace("G", gs[i]) + ")")
-            else:
-                ns[f"_c{t}_{i}"] = _KINDS[k][1]
-                exprs.append(f"_c{t}_{i}({gs[i]})")
+        exprs = [("(" + _TAIL_EXPR[k].replace("G", gs[i]) + ")") if k in _TAIL_EXPR
+                 else f"_c{t}_{i}({gs[i]})" for i, k in enumerate(kinds)]
         n_ev = len(names) - nhdr
+        keep = range(n_ev) if wanted is None else wanted
         if self.assemble is None:
             if len(exprs) + len(self.suffix) != n_ev:
                 raise TypeError(f"{cls.__name__}: template {self.text!r} does not fill the fields")
-            conv = [f"v{i} = {e}" for i, e in enumerate(exprs)]
-            vals = [f"v{i}" for i in range(len(exprs))] + [f"_sfx{t}[{i}]" for i in range(len(self.suffix))]
+            conv = [f"v{i} = {e}" for i, e in enumerate(exprs)
+                    if i in keep or kinds[i] not in _TAIL_SAFE]
+            vals = [f"v{i}" if i < len(exprs) else f"_sfx{t}[{i - len(exprs)}]" for i in keep]
         else:
-            vals = [f"v{i}" for i in range(n_ev)]
-            conv = [f"{''.join(v + ', ' for v in vals)}= _asm{t}([{', '.join(exprs)}])"]
+            conv = [f"{''.join(f'v{i}, ' for i in range(n_ev))}= _asm{t}([{', '.join(exprs)}])"]
+            vals = [f"v{i}" for i in keep]
         return {
-            # m -> ts, v0, v1, ... (may raise: then the reference path decides)
             "convert": [f"ts, {''.join(g + ', ' for g in gs)}= m.groups()", *conv],
             "values": vals,
         }
@@ -626,8 +633,9 @@ def _gen_fast(cls: type[TraceRecord], templates: list[_Template]) -> tuple[Any, 
     * ``record(line, j, hdr, lineno) -> record | None`` (None: use the reference path);
     * ``make_push(handler, sink, events) -> (push, fold)``:
       ``push(line, j, hdr, lineno) -> bool`` on success counts the event and calls
-      ``handler(line, lineno, hdr, timestamp, *event_fields)`` or, when ``handler`` is
-      None, ``sink(record, line)``, and returns True; it returns False (nothing counted or
+      ``handler(line, lineno, hdr, timestamp, *event_fields)`` (only the fields named in
+      ``handler.fields`` when it has that attribute, see :func:`wants`) or, when
+      ``handler`` is None, ``sink(record, line)``, and returns True; it returns False (nothing counted or
       called) when the reference path must decide.  Exceptions of the handler or the sink
       propagate.  The count goes to ``events`` when ``fold()`` is called (the key is
       inserted at the first push, keeping the dict's first-seen order).
@@ -639,7 +647,10 @@ def _gen_fast(cls: type[TraceRecord], templates: list[_Template]) -> tuple[Any, 
     for i, n in enumerate(names):
         ns[f"_s{i}"] = getattr(cls, n).__set__
     hdr_vals = ["comm", "pid", "cpu", "ts", "lineno", "tgid", "flags"]
-    frags = [t.bind_tail(cls, ns, i) for i, t in enumerate(templates)]
+    for i, t in enumerate(templates):
+        t.bind_tail(cls, ns, i)
+    frags = [t.tail_source(cls, i, None) for i, t in enumerate(templates)]
+    ev_names = names[len(_HEADER_FIELDS):]
 
     def build(vals: list[str], ind: str) -> list[str]:
         return [ind + "comm, pid, cpu, tgid, flags = hdr", ind + "o = _new(_cls)"] + [
@@ -651,36 +662,58 @@ def _gen_fast(cls: type[TraceRecord], templates: list[_Template]) -> tuple[Any, 
     head = ["def make_push(_h, _sink, _events):", " n = 0",
             " def push(line, j, hdr, lineno):", "  nonlocal n"]
     count = ["   if not n:", "    _events.setdefault(_name, 0)", "   n += 1"]
-    push_h, push_r = list(head), list(head)
+    tail = ["  return False", " def fold():", "  nonlocal n", "  if n:",
+            "   _events[_name] += n", "   n = 0", " return push, fold"]
+    push_r = list(head)
     for i, fr in enumerate(frags):
         conv, vals = fr["convert"], fr["values"]
         rec += [f" m = _m{i}(line, j)", " if m is not None:", "  try:",
                 *("   " + c for c in conv), *build(vals, "   "),
                 "  except Exception:", "   return None", "  return o"]
-        push_h += [f"  m = _m{i}(line, j)", "  if m is not None:", "   try:",
-                   *("    " + c for c in conv),
-                   "   except Exception:", "    return False",
-                   *count, f"   _h(line, lineno, hdr, ts, {', '.join(vals)})", "   return True"]
         push_r += [f"  m = _m{i}(line, j)", "  if m is not None:", "   try:",
                    *("    " + c for c in conv), *build(vals, "    "),
                    "   except Exception:", "    return False",
                    *count, "   _sink(o, line)", "   return True"]
     rec.append(" return None")
-    tail = ["  return False", " def fold():", "  nonlocal n", "  if n:",
-            "   _events[_name] += n", "   n = 0", " return push, fold"]
-    push_h += tail
-    push_r += tail
-    ns_h = dict(ns)
     exec("\n".join(rec), ns)  # noqa: S102 - generated from the fixed templates above
-    exec("\n".join(push_h), ns_h)  # noqa: S102
-    exec("\n".join(push_r), ns)  # noqa: S102
-    make_h, make_r = ns_h["make_push"], ns["make_push"]
+    exec("\n".join(push_r + tail), ns)  # noqa: S102
+    make_r = ns["make_push"]
+    make_h: dict[tuple[int, ...] | None, Callable[..., Any]] = {}  # by the fields wanted
+
+    def gen_h(wanted: tuple[int, ...] | None) -> Callable[..., Any]:
+        push_h = list(head)
+        for i, t in enumerate(templates):
+            fr = t.tail_source(cls, i, wanted)
+            push_h += [f"  m = _m{i}(line, j)", "  if m is not None:", "   try:",
+                       *("    " + c for c in fr["convert"]),
+                       "   except Exception:", "    return False",
+                       *count, f"   _h(line, lineno, hdr, ts, {', '.join(fr['values'])})",
+                       "   return True"]
+        ns_h = dict(ns)
+        exec("\n".join(push_h + tail), ns_h)  # noqa: S102
+        return ns_h["make_push"]  # type: ignore[no-any-return]
 
     def make_push(handler: Callable[..., Any] | None, sink: Callable[[TraceRecord, str], Any],
                   events: dict[str, int]) -> tuple[Callable[..., bool], Callable[[], None]]:
-        return (make_r if handler is None else make_h)(handler, sink, events)  # type: ignore[no-any-return]
+        if handler is None:
+            return make_r(handler, sink, events)  # type: ignore[no-any-return]
+        fields = getattr(handler, "fields", None)
+        wanted = None if fields is None else tuple(ev_names.index(f) for f in fields)
+        if wanted not in make_h:
+            make_h[wanted] = gen_h(wanted)
+        return make_h[wanted](handler, sink, events)  # type: ignore[no-any-return]
 
     return ns["record"], make_push
+
+
+def wants(*fields: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a :meth:`TraceParser._drive` handler as taking only these event fields (in
+    this order), e.g. ``@wants("gfn", "level")``: the others are not passed, and not
+    even converted when their conversion cannot fail."""
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.fields = fields  # type: ignore[attr-defined]
+        return fn
+    return mark
 
 
 def _bind_event(cls: type[TraceRecord]) -> tuple[Any, ...]:

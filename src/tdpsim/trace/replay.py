@@ -69,7 +69,7 @@ from ..model.spte import (
     vendor_spte_masks,
 )
 from .infer import MAX_SCAN_LINES, KernelInference, infer_kernel
-from .parser import TraceParseError, TraceParser, TraceStats
+from .parser import TraceParseError, TraceParser, TraceStats, wants
 from .records import (
     EVENT_CLASSES,
     FastPageFault,
@@ -465,8 +465,9 @@ class TraceReplayer:
     # Handlers for TraceParser._drive: the same as feeding the record that the line
     # would give (``hdr`` = (comm, pid, cpu, tgid, flags), ``ts`` the timestamp text).
 
-    def _fast_changed(self, line: str, ln: int, hdr: tuple[Any, ...], ts: str, as_id: int,
-                      gfn: int, level: int, old: int, new: int) -> None:
+    @wants("gfn", "level", "old_spte", "new_spte")
+    def _fast_changed(self, line: str, ln: int, hdr: tuple[Any, ...], ts: str, gfn: int,
+                      level: int, old: int, new: int) -> None:
         """``kvm_tdp_mmu_spte_changed`` without a record."""
         self._line = line
         self.records += 1
@@ -481,11 +482,12 @@ class TraceReplayer:
         if self.records >= self._next_sample:
             self._sample_at(ln, ts)
 
-    def _pushed(self, apply: Callable[..., None]) -> Callable[..., None]:
+    def _pushed(self, apply: Callable[..., None], *fields: str) -> Callable[..., None]:
         """The ``_drive`` handler of an event whose record :meth:`feed` would pass to
-        ``apply(task, lineno, *event_fields)``."""
+        ``apply(task, lineno, *fields)`` (the record's values of those fields)."""
         tasks = self._tasks
 
+        @wants(*fields)
         def handler(line: str, ln: int, hdr: tuple[Any, ...], ts: str, *fields: Any) -> None:
             self._line = line
             self.records += 1
@@ -497,7 +499,8 @@ class TraceReplayer:
                 self._sample_at(ln, ts)
         return handler
 
-    def _fast_other(self, line: str, ln: int, hdr: tuple[Any, ...], ts: str, *_: Any) -> None:
+    @wants()
+    def _fast_other(self, line: str, ln: int, hdr: tuple[Any, ...], ts: str) -> None:
         """An event the replayer only counts."""
         self.records += 1
         if self.records >= self._next_sample:
@@ -510,9 +513,11 @@ class TraceReplayer:
             cls.EVENT: self._fast_other for cls in EVENT_CLASSES.values()
             if cls not in self._handlers}
         out[KvmTdpMmuSpteChanged.EVENT] = self._fast_changed
-        out[KvmMmuSetSpte.EVENT] = self._pushed(self._set_spte_fields)
-        out[KvmPageFault.EVENT] = self._pushed(self._page_fault)
-        out[FastPageFault.EVENT] = self._pushed(self._fast_page_fault)
+        out[KvmMmuSetSpte.EVENT] = self._pushed(self._set_spte_fields, "gfn", "spte", "level",
+                                                 "sptep")
+        out[KvmPageFault.EVENT] = self._pushed(self._page_fault, "vcpu_id", "fault_address")
+        out[FastPageFault.EVENT] = self._pushed(self._fast_page_fault, "cr2_or_gpa", "sptep",
+                                                "old_spte", "new_spte", "fixed")
         return out
 
     def record_parse_error(self, err: TraceParseError) -> None:
@@ -1061,7 +1066,7 @@ class TraceReplayer:
         self._set_spte(task, rec.gfn, rec.spte, rec.level, rec.sptep, rec.lineno)
 
     def _set_spte_fields(self, task: _Task, ln: int, gfn: int, spte: int, level: int,
-                         sptep: int, *_: Any) -> None:
+                         sptep: int) -> None:
         self._set_spte(task, gfn, spte, level, sptep, ln)
 
     def _set_spte(self, task: _Task, gfn: int, spte: int, level: int, at: int, ln: int) -> None:
@@ -1108,10 +1113,9 @@ class TraceReplayer:
         task.last_install = None
 
     def _on_page_fault(self, rec: KvmPageFault, task: _Task) -> None:
-        self._page_fault(task, rec.lineno, rec.vcpu_id, rec.guest_rip, rec.fault_address)
+        self._page_fault(task, rec.lineno, rec.vcpu_id, rec.fault_address)
 
-    def _page_fault(self, task: _Task, ln: int, vcpu_id: int | None, guest_rip: int | None,
-                    fault_address: int, *_: Any) -> None:
+    def _page_fault(self, task: _Task, ln: int, vcpu_id: int | None, fault_address: int) -> None:
         """``kvm_page_fault``: the only text with the TDX shared bit (§2.4)."""
         self._pre(task, ln)
         self.counters["faults"] += 1
@@ -1132,12 +1136,11 @@ class TraceReplayer:
         task.last_install = None
 
     def _on_fast_page_fault(self, rec: FastPageFault, task: _Task) -> None:
-        self._fast_page_fault(task, rec.lineno, rec.vcpu_id, rec.cr2_or_gpa, rec.error_code,
-                              rec.sptep, rec.old_spte, rec.new_spte, rec.spurious, rec.fixed)
+        self._fast_page_fault(task, rec.lineno, rec.cr2_or_gpa, rec.sptep, rec.old_spte,
+                              rec.new_spte, rec.fixed)
 
-    def _fast_page_fault(self, task: _Task, ln: int, vcpu_id: int, cr2_or_gpa: int,
-                         error_code: int, sptep: int, old: int, new: int, spurious: bool,
-                         fixed: bool) -> None:
+    def _fast_page_fault(self, task: _Task, ln: int, cr2_or_gpa: int, sptep: int, old: int,
+                         new: int, fixed: bool) -> None:
         """``fast_page_fault`` fixes a leaf with a cmpxchg that ``handle_changed_spte``
         never sees: apply it by ``sptep``."""
         self._pre(task, ln)
