@@ -53,6 +53,9 @@ SEMANTIC_BAD = [c for c, _ in BAD_CASES] + [
          "root_count=0 unsync=2\n",
     _H + "kvm_mmu_zap_all_fast: kvm-mmu-valid-gen 1 used_pages 100000000\n",
     _H + "mark_mmio_spte: sptep:0x1 gfn 1 access 7 gen 1\n",
+    # the fast regex takes any 1-3 digits for a u8, the conversion only canonical 0..255
+    _H + "kvm_tdp_mmu_spte_changed: as id 0 gfn 0 level 01 old_spte 0 new_spte 0\n",
+    _H + "kvm_mmu_spte_requested: gfn 1 pfn 2 level 256\n",
 ]
 
 

@@ -244,8 +244,12 @@ _KIND_EXPR: dict[str, str] = {
 #: The fast path's expressions: small decimals (regex-checked canonical 0..255) by lookup.
 _TAIL_EXPR: dict[str, str] = {**_KIND_EXPR, "u8": "_SMALL[G]", "u2": "_SMALL[G]",
                               "u4": "_SMALL[G]", "gpte": "_SMALL[G]"}
+#: The fast path's regexes: what they accept beyond the reference's is rejected by the
+#: conversion (u8: ``_SMALL`` holds only the canonical 0..255), cheaper to match than
+#: the reference's alternation.
+_TAIL_KINDS = {**_KINDS, "u8": (r"[0-9]{1,3}", _KINDS["u8"][1])}
 #: Kinds whose fast conversion cannot fail on a text their regex accepts.
-_TAIL_SAFE = frozenset(_TAIL_EXPR)
+_TAIL_SAFE = frozenset(_TAIL_EXPR) - {"u8"}
 
 #: Header up to (and including) the blank before the timestamp: comm, pid, tgid, cpu, flags.
 _HDR_PREFIX = (
@@ -255,6 +259,8 @@ _HDR_PREFIX = (
 #: The timestamp (no blanks, so it is exactly the text after the last blank of the header).
 _HDR_TS = r"([0-9]{1,20}(?:\.[0-9]{1,12})?)"
 _HDR_PATTERN = _HDR_PREFIX + _HDR_TS
+#: The same language, possessive (the ``: `` after it never needs a digit given back).
+_TAIL_TS = r"([0-9]{1,20}+(?:\.[0-9]{1,12}+)?)"
 _HEADER_FIELDS = ("comm", "pid", "cpu", "timestamp", "lineno", "tgid", "flags")
 
 
@@ -302,10 +308,11 @@ class _Template:
         self.line_fast: Callable[[re.Match[str], int], TraceRecord] | None = None
 
     @staticmethod
-    def _pattern(tokens: Sequence[tuple[str, str | None]]) -> str:
+    def _pattern(tokens: Sequence[tuple[str, str | None]],
+                 kinds: dict[str, tuple[str, Any]] = _KINDS) -> str:
         out = []
         for t, k in tokens:
-            out.append(re.escape(t) if k is None else "(" + _KINDS[k][0] + ")")
+            out.append(re.escape(t) if k is None else "(" + kinds[k][0] + ")")
         return "".join(out)
 
     def bind(self, event: str, build: Callable[..., TraceRecord]) -> None:
@@ -324,8 +331,8 @@ class _Template:
         see :meth:`TraceParser._header`).  Names for the generated code go into ``ns``
         (suffixed with the template index ``t``)."""
         self.tail_regex = re.compile(
-            _HDR_TS + re.escape(": " + cls.EVENT + ":") + r"[ \t]*"
-            + self._pattern(self.tokens) + r"[ \t\r\n\x00]*",
+            _TAIL_TS + re.escape(": " + cls.EVENT + ":") + r"[ \t]*"
+            + self._pattern(self.tokens, _TAIL_KINDS) + r"[ \t\r\n\x00]*",
             re.ASCII,
         )
         ns[f"_m{t}"] = self.tail_regex.fullmatch
