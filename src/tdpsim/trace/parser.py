@@ -299,11 +299,12 @@ class _Template:
         if pos < len(text):
             tokens.append((text[pos:], None))
         self.tokens = tokens
-        self.regex = re.compile(self._pattern(tokens), re.ASCII)
         self.convs = [_KINDS[k][1] for _, k in tokens if k is not None]
         self.names = [n for n, k in tokens if k is not None]
         self._prefixes: list[re.Pattern[str]] | None = None
-        self.fast = self._gen(None)
+        # compiled by bind(), when a trace first shows the event (start-up stays short)
+        self.regex: re.Pattern[str] | None = None
+        self.fast: Callable[[re.Match[str]], tuple[Any, ...]] | None = None
         self.line_regex: re.Pattern[str] | None = None
         self.line_fast: Callable[[re.Match[str], int], TraceRecord] | None = None
 
@@ -317,7 +318,9 @@ class _Template:
 
     def bind(self, event: str, build: Callable[..., TraceRecord]) -> None:
         """Compile the whole-line regex (header + ``: <event>:`` + body) and its
-        generated ``line_fast(match, lineno) -> record``."""
+        generated ``line_fast(match, lineno) -> record``; and the body's."""
+        self.regex = re.compile(self._pattern(self.tokens), re.ASCII)
+        self.fast = self._gen(None)
         self.line_regex = re.compile(
             _HDR_PATTERN + re.escape(": " + event + ":") + r"[ \t]*"
             + self._pattern(self.tokens) + r"[ \t\r\n\x00]*",
@@ -735,13 +738,36 @@ def _bind_event(cls: type[TraceRecord]) -> tuple[Any, ...]:
     return (cls.EVENT, fast, templates, *_gen_fast(cls, templates))
 
 
-_EVENTS: dict[str, tuple[Any, ...]] = {
-    cls.EVENT: _bind_event(cls) for cls in EVENT_CLASSES.values()
-}
-assert set(_EVENTS) == set(EVENT_CLASSES)
-_BUILDERS: dict[str, Callable[..., TraceRecord]] = {
-    cls.EVENT: _make_builder(cls) for cls in EVENT_CLASSES.values()
-}
+#: Bound events by name, filled by :func:`_event` when a trace first shows one.
+_EVENTS: dict[str, tuple[Any, ...]] = {}
+_BUILDERS: dict[str, Callable[..., TraceRecord]] = {}
+
+
+def _event(name: str) -> tuple[Any, ...]:
+    """The bound entry of a supported event (:func:`_bind_event`, once)."""
+    ent = _EVENTS.get(name)
+    if ent is None:
+        cls = EVENT_CLASSES[name]
+        ent = _EVENTS[name] = _bind_event(cls)
+        _BUILDERS[name] = _make_builder(cls)
+    return ent
+
+
+class _Table(dict):  # type: ignore[type-arg]
+    """A parser's entries by event name, made on first sight of an event (``make``) and
+    only for the ``wanted`` ones.  Looked up with the plain ``dict.get``; on a miss,
+    :meth:`bind`."""
+
+    def __init__(self, wanted: frozenset[str], make: Callable[[str], tuple[Any, ...]]) -> None:
+        super().__init__()
+        self.wanted = wanted
+        self.make = make
+
+    def bind(self, name: str) -> tuple[Any, ...] | None:
+        if name not in self.wanted:
+            return None
+        ent = self[name] = self.make(name)
+        return ent
 
 
 def _parse_body(templates: list[_Template], body: str) -> tuple[Any, ...]:
@@ -790,14 +816,11 @@ class TraceParser:
                 filename = str(getattr(source, "name", "<stream>"))
         self.filename = filename
         self.stats = TraceStats()
-        if events is None:
-            self._table = _EVENTS
-        else:
-            wanted = set(events)
-            unknown = wanted - set(_EVENTS)
-            if unknown:
-                raise ValueError(f"unsupported events: {sorted(unknown)}")
-            self._table = {k: v for k, v in _EVENTS.items() if k in wanted}
+        wanted = SUPPORTED_EVENTS if events is None else frozenset(events)
+        unknown = wanted - SUPPORTED_EVENTS
+        if unknown:
+            raise ValueError(f"unsupported events: {sorted(unknown)}")
+        self._table = _Table(wanted, _event)
         self._hcache: dict[str, tuple[Any, ...] | bool] = {}
         #: use the reference loop (no fast path); for tests and comparisons
         self._use_reference = False
@@ -878,9 +901,12 @@ class TraceParser:
         ``lines`` and ``skipped_other`` are), not live."""
         stats = self.stats
         events = stats.events
-        # name -> (*entry, push, fold)
-        table = {name: (*ent, *ent[4](handlers.get(name), sink, events))
-                 for name, ent in self._table.items()}
+        def entry(name: str) -> tuple[Any, ...]:
+            ent = _event(name)
+            return (*ent, *ent[4](handlers.get(name), sink, events))
+
+        table = _Table(self._table.wanted, entry)  # name -> (*entry, push, fold)
+        bind = table.bind
         locate = self._locate
         hcache = self._hcache
         header = self._header
@@ -902,9 +928,11 @@ class TraceParser:
                         continue
                     name = line[k + 2:e]
                     ent = table.get(name)
-                    if ent is None and " " not in name:
-                        other += 1
-                        continue
+                    if ent is None:
+                        ent = bind(name)
+                        if ent is None and " " not in name:
+                            other += 1
+                            continue
                     first = True
                 if ent is None:
                     loc = locate(line, table)
@@ -932,7 +960,7 @@ class TraceParser:
             for ent in table.values():
                 ent[6]()
 
-    def _locate(self, line: Any, table: dict[str, Any]) -> tuple[Any, ...] | int:
+    def _locate(self, line: Any, table: _Table) -> tuple[Any, ...] | int:
         """Find the event of one line for the fast loops: ``(line, k, e, entry, first)``
         (``k``/``e`` bound the event name, ``first`` says the first ``": "`` ended the
         header so the header cache applies), or 1 for another event, 0 for a line with no
@@ -948,13 +976,13 @@ class TraceParser:
         e = line.find(":", k + 2)
         if e < 0:
             return 1
-        ent = table.get(line[k + 2:e])
+        ent = table.get(line[k + 2:e]) or table.bind(line[k + 2:e])
         if ent is None and " " in line[k + 2:e]:
             # the ': ' found is probably inside the task name; look further
             found = self._next_event(line, k)
             if found is not None:
                 k, e = found
-                ent = table.get(line[k + 2:e])
+                ent = table.get(line[k + 2:e]) or table.bind(line[k + 2:e])
                 first = False
         if ent is None:
             return 1
