@@ -645,10 +645,11 @@ def _gen_fast(cls: type[TraceRecord], templates: list[_Template]) -> tuple[Any, 
       ``push(line, j, hdr, lineno) -> bool`` on success counts the event and calls
       ``handler(line, lineno, hdr, timestamp, *event_fields)`` (only the fields named in
       ``handler.fields`` when it has that attribute, see :func:`wants`) or, when
-      ``handler`` is None, ``sink(record, line)``, and returns True; it returns False (nothing counted or
-      called) when the reference path must decide.  Exceptions of the handler or the sink
-      propagate.  The count goes to ``events`` when ``fold()`` is called (the key is
-      inserted at the first push, keeping the dict's first-seen order).
+      ``handler`` is None, ``sink(record, line)``, and returns True; it returns False
+      (nothing counted or called) when the reference path must decide.  Exceptions of
+      the handler or the sink propagate.  The count goes to ``events`` when ``fold()``
+      is called (the key is inserted at the first push, keeping the dict's first-seen
+      order).
 
     ``hdr`` is ``(comm, pid, cpu, tgid, flags)`` (:meth:`TraceParser._header`)."""
     names = [f.name for f in dataclasses.fields(cls)]
