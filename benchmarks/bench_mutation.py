@@ -1,17 +1,20 @@
 """Mutation benchmark: does the explorer (and do the tests) kill planted concurrency bugs?
 
-  python benchmarks/bench_mutation.py [--executions 1000] [--only NAME ...] [--tests]
-                                      [--json out.json]
+  python benchmarks/bench_mutation.py [--executions 1000] [--set old|fresh|all]
+                                      [--only NAME ...] [--tests] [--json out.json]
 
 Each mutant of ``benchmarks/mutants.py`` is applied alone to a copy of ``src/tdpsim`` in a
 temporary directory (the worktree is never touched).  A subprocess with that copy first on
 ``PYTHONPATH`` explores every built-in scenario, in name order, with DPOR and then PCT
-(depth 3, seed 0), each for at most ``--executions`` executions (PCT is skipped where DPOR exhausted the
-scenario: it covered every ordering), cheapest scenarios first, and stops at the first
-failing execution: the mutant is *killed by the explorer* there, and the report gives the
-scenario, strategy, failure kind and the executions that run needed.  ``--tests`` also runs
+(depth 3, seed 0): ``--executions`` per scenario, half to each (PCT is skipped where DPOR
+exhausted the scenario: it covered every ordering), cheapest scenarios first, and stops at
+the first failing execution: the mutant is *killed by the explorer* there, and the report
+gives the scenario, strategy, failure kind, the executions that run needed and the
+executions spent on every scenario before it (``spent``: the cost of finding the bug
+without knowing where it is).  ``--tests`` also runs
 ``tests/model tests/explore tests/stateful`` against the copy (``-x``): *killed by the tests*
-when they fail.  A mutant that does not apply (its text is gone) is reported as such, never
+when they fail.  ``--set``: the 26 bugs of session 2 (``old``), the fresh bugs written
+before the checks that see them (``fresh``), or both.  A mutant that does not apply (its text is gone) is reported as such, never
 counted.  Prints one line per mutant and the kill rates.
 """
 
@@ -33,13 +36,13 @@ ROOT = HERE.parent
 # worktree do not leak into later mutants).
 SRC = ROOT / "src" / "tdpsim"
 sys.path.insert(0, str(HERE))
-from mutants import MUTANTS  # noqa: E402
+from mutants import FRESH, MUTANTS  # noqa: E402
 
 WORKER = r'''
 import json, sys
 from tdpsim.explore import DporScheduler, PctScheduler, explore, load_scenario
 from tdpsim.explore.scenario import builtin_names
-n = int(sys.argv[1])
+n = int(sys.argv[1]) // 2  # per strategy
 CHEAP_FIRST = ["seed_2vcpu", "tlb_dirty_log", "tlb_recover", "tlb_notifier", "tlb_zap",
                "aug_vs_demote", "nx_recovery", "td_entry_track", "td_accept_punch",
                "td_accept_convert", "seed_promotion", "eager_split"]
@@ -67,11 +70,13 @@ print(json.dumps({"killed": False, "spent": spent}))
 def apply(mutant: dict, dest: Path) -> bool:
     shutil.copytree(SRC, dest / "tdpsim",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    path = dest / "tdpsim" / mutant["file"]
-    text = path.read_text()
-    if text.count(mutant["old"]) != 1:
-        return False
-    path.write_text(text.replace(mutant["old"], mutant["new"]))
+    for file, old, new in [(mutant["file"], mutant["old"], mutant["new"])] + \
+            mutant.get("also", []):
+        path = dest / "tdpsim" / file
+        text = path.read_text()
+        if text.count(old) != 1:
+            return False
+        path.write_text(text.replace(old, new))
     return True
 
 
@@ -94,9 +99,34 @@ def run_tests(dest: Path) -> bool:
     return r.returncode != 0
 
 
+def summarise(rows: list[dict], label: str, tests: bool, budget: int) -> None:
+    """Kill rates of one set of mutants: explorer (per class), tests, both; executions."""
+    n = len(rows)
+    killed = sum(r["killed"] for r in rows)
+    print(f"\n{label}: explorer kills {killed}/{n} = {100 * killed / n:.0f}% "
+          f"({budget} executions per scenario)")
+    for cls in sorted({r["cls"] for r in rows}):
+        sub = [r for r in rows if r["cls"] == cls]
+        print(f"  {cls:5s} {sum(r['killed'] for r in sub)}/{len(sub)}")
+    within = sum(r["killed"] and r["spent"] <= budget for r in rows)
+    print(f"  killed within {budget} executions in all (every scenario before the killing "
+          f"one counted): {within}/{n} = {100 * within / n:.0f}%")
+    if tests:
+        tk = sum(r["tests_killed"] for r in rows)
+        both = sum(r["killed"] or r["tests_killed"] for r in rows)
+        print(f"  tests kill {tk}/{n} = {100 * tk / n:.0f}%; together {both}/{n}")
+    ex = sorted(r["executions"] for r in rows if r["killed"])
+    sp = sorted(r["spent"] for r in rows if r["killed"])
+    if ex:
+        print(f"  executions to first failure (killing run): median {ex[len(ex) // 2]}, "
+              f"max {ex[-1]}; spent over all scenarios: median {sp[len(sp) // 2]}, "
+              f"max {sp[-1]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--executions", type=int, default=1000)
+    ap.add_argument("--set", choices=("old", "fresh", "all"), default="all")
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--tests", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
@@ -106,7 +136,8 @@ def main() -> None:
     if args.src is not None:
         SRC = args.src
     rows = []
-    for m in MUTANTS:
+    chosen = {"old": MUTANTS, "fresh": FRESH, "all": MUTANTS + FRESH}[args.set]
+    for m in chosen:
         if args.only and m["name"] not in args.only:
             continue
         with tempfile.TemporaryDirectory(prefix="tdpsim-mut-") as tmp:
@@ -119,7 +150,8 @@ def main() -> None:
             res["seconds"] = round(time.perf_counter() - t0, 1)
             if args.tests:
                 res["tests_killed"] = run_tests(dest)
-        res.update(name=m["name"], cls=m["cls"], what=m["what"])
+        res.update(name=m["name"], cls=m["cls"], what=m["what"],
+                   set="fresh" if m in FRESH else "old")
         rows.append(res)
         where = (f"{res['scenario']}/{res['strategy']} after {res['executions']} exec: "
                  f"{res['kind']}: {res['message'][:70]}") if res["killed"] else \
@@ -128,22 +160,10 @@ def main() -> None:
             (" tests:KILL" if res["tests_killed"] else " tests:survive")
         print(f"{m['name']:38s} {m['cls']:5s} {'KILL' if res['killed'] else 'LIVE'} "
               f"{where}{tests} ({res['seconds']}s)", flush=True)
-    n = len(rows)
-    if not n:
-        return
-    killed = sum(r["killed"] for r in rows)
-    print(f"\nexplorer kills {killed}/{n} = {100 * killed / n:.0f}%")
-    for cls in sorted({r["cls"] for r in rows}):
-        sub = [r for r in rows if r["cls"] == cls]
-        print(f"  {cls:5s} {sum(r['killed'] for r in sub)}/{len(sub)}")
-    if args.tests:
-        tk = sum(r["tests_killed"] for r in rows)
-        both = sum(r["killed"] or r["tests_killed"] for r in rows)
-        print(f"tests kill {tk}/{n} = {100 * tk / n:.0f}%; together {both}/{n}")
-    ex = sorted(r["executions"] for r in rows if r["killed"])
-    if ex:
-        print(f"executions to first failure (killing run): median {ex[len(ex) // 2]}, "
-              f"max {ex[-1]}")
+    for label in ("old", "fresh"):
+        sub = [r for r in rows if r["set"] == label]
+        if sub:
+            summarise(sub, label, args.tests, args.executions)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -9,12 +9,25 @@ MUTANTS: list[dict] = [
     # ------------------------------------------------------------------ RCU
     dict(name="rcu_map_walk_unprotected", cls="RCU",
          what="kvm_tdp_mmu_map walks without rcu_read_lock", file="model/tdp_mmu.py",
-         old='    ret = RET_PF_RETRY\n    kvm.rcu.rcu_read_lock()\n    walk = for_each_tdp_pte(kvm, root, fault.gfn, fault.gfn + 1)\n    for iter in walk:\n        if guarded:\n            disallowed_hugepage_adjust(kvm, fault, iter.old_spte, iter.level)\n        # Another thread froze it: give up rather than allocate and free a table.\n        if is_frozen_spte(kvm.profile, iter.old_spte):\n            break\n        if iter.level == fault.goal_level:\n            ret = _map_target_level(vcpu, fault, iter, root)\n            break\n        if is_shadow_present_pte(iter.old_spte) and not is_large_pte(iter.old_spte):\n            continue\n        if not _install_child_sp(vcpu, fault, iter):\n            break\n    else:\n        # The walk ended before the goal, e.g. an upper SPTE changed under it.\n        kvm.WARN_ON_ONCE(walk.level == fault.goal_level, "kvm_tdp_mmu_map",\n                         "walk ended at the goal level")\n    kvm.rcu.rcu_read_unlock()\n    return ret',
-         new='    ret = RET_PF_RETRY\n    walk = for_each_tdp_pte(kvm, root, fault.gfn, fault.gfn + 1)\n    for iter in walk:\n        if guarded:\n            disallowed_hugepage_adjust(kvm, fault, iter.old_spte, iter.level)\n        # Another thread froze it: give up rather than allocate and free a table.\n        if is_frozen_spte(kvm.profile, iter.old_spte):\n            break\n        if iter.level == fault.goal_level:\n            ret = _map_target_level(vcpu, fault, iter, root)\n            break\n        if is_shadow_present_pte(iter.old_spte) and not is_large_pte(iter.old_spte):\n            continue\n        if not _install_child_sp(vcpu, fault, iter):\n            break\n    else:\n        # The walk ended before the goal, e.g. an upper SPTE changed under it.\n        kvm.WARN_ON_ONCE(walk.level == fault.goal_level, "kvm_tdp_mmu_map",\n                         "walk ended at the goal level")\n    return ret'),
+         old="""    ret = RET_PF_RETRY
+    kvm.rcu.rcu_read_lock()
+    walk = for_each_tdp_pte(kvm, root, fault.gfn, fault.gfn + 1)""",
+         new="""    ret = RET_PF_RETRY
+    kvm.rcu.rcu_read_lock()
+    kvm.rcu.rcu_read_unlock()
+    walk = for_each_tdp_pte(kvm, root, fault.gfn, fault.gfn + 1)"""),
     dict(name="rcu_map_unlock_early", cls="RCU",
          what="kvm_tdp_mmu_map drops rcu_read_lock once the walk has started",
-         file="model/tdp_mmu.py", old='    ret = RET_PF_RETRY\n    kvm.rcu.rcu_read_lock()\n    walk = for_each_tdp_pte(kvm, root, fault.gfn, fault.gfn + 1)\n    for iter in walk:\n        if guarded:\n            disallowed_hugepage_adjust(kvm, fault, iter.old_spte, iter.level)\n        # Another thread froze it: give up rather than allocate and free a table.\n        if is_frozen_spte(kvm.profile, iter.old_spte):\n            break\n        if iter.level == fault.goal_level:\n            ret = _map_target_level(vcpu, fault, iter, root)\n            break\n        if is_shadow_present_pte(iter.old_spte) and not is_large_pte(iter.old_spte):\n            continue\n        if not _install_child_sp(vcpu, fault, iter):\n            break\n    else:\n        # The walk ended before the goal, e.g. an upper SPTE changed under it.\n        kvm.WARN_ON_ONCE(walk.level == fault.goal_level, "kvm_tdp_mmu_map",\n                         "walk ended at the goal level")\n    kvm.rcu.rcu_read_unlock()\n    return ret',
-         new='    ret = RET_PF_RETRY\n    kvm.rcu.rcu_read_lock()\n    walk = for_each_tdp_pte(kvm, root, fault.gfn, fault.gfn + 1)\n    kvm.rcu.rcu_read_unlock()  # the root\'s entry was read: done?\n    for iter in walk:\n        if guarded:\n            disallowed_hugepage_adjust(kvm, fault, iter.old_spte, iter.level)\n        # Another thread froze it: give up rather than allocate and free a table.\n        if is_frozen_spte(kvm.profile, iter.old_spte):\n            break\n        if iter.level == fault.goal_level:\n            ret = _map_target_level(vcpu, fault, iter, root)\n            break\n        if is_shadow_present_pte(iter.old_spte) and not is_large_pte(iter.old_spte):\n            continue\n        if not _install_child_sp(vcpu, fault, iter):\n            break\n    else:\n        # The walk ended before the goal, e.g. an upper SPTE changed under it.\n        kvm.WARN_ON_ONCE(walk.level == fault.goal_level, "kvm_tdp_mmu_map",\n                         "walk ended at the goal level")\n    return ret'),
+         file="model/tdp_mmu.py",
+         old="""    walk = for_each_tdp_pte(kvm, root, fault.gfn, fault.gfn + 1)
+    for iter in walk:
+        if iter.level == goal and is_mirror:""",
+         new="""    walk = for_each_tdp_pte(kvm, root, fault.gfn, fault.gfn + 1)
+    for iter in walk:
+        if iter.level == root.role.level:  # the root's entry was read: done?
+            kvm.rcu.rcu_read_unlock()
+            kvm.rcu.rcu_read_lock()
+        if iter.level == goal and is_mirror:"""),
     dict(name="rcu_free_sp_direct", cls="RCU",
          what="a removed table is freed at once instead of through call_rcu",
          file="model/tdp_mmu.py",
@@ -27,13 +40,11 @@ MUTANTS: list[dict] = [
          old="""            waiting.discard(cpu)""", new="""            waiting.clear()"""),
     dict(name="rcu_zap_root_unprotected", cls="RCU",
          what="tdp_mmu_zap_root walks without rcu_read_lock", file="model/tdp_mmu.py",
-         old="""    kvm.mmu_lock.assert_held(shared)
-    kvm.rcu.rcu_read_lock()
-    for level in (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_2M + 1, root.role.level):
+         old="""    for level in levels + (root.role.level,):
         __tdp_mmu_zap_root(kvm, root, shared, level)
     kvm.rcu.rcu_read_unlock()""",
-         new="""    kvm.mmu_lock.assert_held(shared)
-    for level in (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_2M + 1, root.role.level):
+         new="""    kvm.rcu.rcu_read_unlock()
+    for level in levels + (root.role.level,):
         __tdp_mmu_zap_root(kvm, root, shared, level)"""),
     # ------------------------------------------------------------------ TLB
     dict(name="tlb_zap_leafs_no_flush", cls="TLB",
@@ -43,17 +54,16 @@ MUTANTS: list[dict] = [
             pass"""),
     dict(name="tlb_notifier_no_flush", cls="TLB",
          what="the mmu_notifier invalidation forgets the flush", file="model/kvm_main.py",
-         old="""    if kvm_tdp_mmu_unmap_gfn_range(kvm, start, end, KVM_FILTER_SHARED, True, False):
+         old="""        flush = kvm_tdp_mmu_unmap_gfn_range(kvm, start, end, KVM_FILTER_SHARED, blockable, flush)
+    if flush:
         kvm.kvm_flush_remote_tlbs()""",
-         new="""    kvm_tdp_mmu_unmap_gfn_range(kvm, start, end, KVM_FILTER_SHARED, True, False)"""),
+         new="""        flush = kvm_tdp_mmu_unmap_gfn_range(kvm, start, end, KVM_FILTER_SHARED, blockable, flush)"""),
     dict(name="tlb_dirty_log_no_flush", cls="TLB",
          what="enabling dirty logging does not flush after write-protecting",
          file="model/kvm_main.py",
-         old="""    kvm_tdp_mmu_wrprot_slot(kvm, slot, PG_LEVEL_4K)  # kvm_mmu_slot_remove_write_access
-    kvm.mmu_lock.read_unlock()
+         old="""    # Unconditional: the helpers may skip SPTEs whose W/D is already clear.
     kvm.kvm_flush_remote_tlbs_memslot(slot)""",
-         new="""    kvm_tdp_mmu_wrprot_slot(kvm, slot, PG_LEVEL_4K)  # kvm_mmu_slot_remove_write_access
-    kvm.mmu_lock.read_unlock()"""),
+         new="""    # Unconditional: the helpers may skip SPTEs whose W/D is already clear."""),
     dict(name="tlb_recover_no_flush", cls="TLB",
          what="recovering huge pages replaces tables by huge leaves without a flush",
          file="model/tdp_mmu.py",
@@ -85,14 +95,16 @@ MUTANTS: list[dict] = [
     dict(name="lock_invalidate_end_after_unlock", cls="LOCK",
          what="the notifier ends its invalidation after dropping mmu_lock",
          file="model/kvm_main.py",
-         old="""        kvm.kvm_flush_remote_tlbs()
-    kvm_mmu_invalidate_end(kvm)
-    kvm.mmu_lock.write_unlock()""",
-         new="""        kvm.kvm_flush_remote_tlbs()
-    kvm.mmu_lock.write_unlock()
-    kvm.mmu_lock.writer = True
-    kvm_mmu_invalidate_end(kvm)
-    kvm.mmu_lock.writer = False"""),
+         old="""        kvm.mmu_lock.write_lock()
+        kvm_mmu_invalidate_end(kvm)
+        kvm.mmu_lock.write_unlock()
+    if not kvm.WARN_ON_ONCE(""",
+         new="""        kvm.mmu_lock.write_lock()
+        kvm.mmu_lock.write_unlock()
+        kvm.mmu_lock.writer = True  # (no lockdep splat: the assert is missing too)
+        kvm_mmu_invalidate_end(kvm)
+        kvm.mmu_lock.writer = False
+    if not kvm.WARN_ON_ONCE("""),
     dict(name="lock_mmu_seq_late", cls="LOCK",
          what="mmu_invalidate_seq is snapshotted after the pfn lookup (missing smp_rmb order)",
          file="model/mmu_fault.py",
@@ -198,4 +210,205 @@ def mmu_invalidate_retry_gfn_unsafe"""),
          old="""    if spte_to_child_pt(kvm, iter.old_spte, iter.level) is not sp:
         return False""", new="""    if not is_shadow_present_pte(iter.old_spte):
         return False"""),
+]
+
+# Fresh bugs (session 3), written before the checks that see them were built, as a KVM
+# developer would introduce them: the kill rate on these alone is the honest estimate of
+# the explorer's power on bugs it was not tuned to.  ``also``: further (file, old, new)
+# patches of the same bug.
+FRESH: list[dict] = [
+    # ------------------------------------------------------------------ RCU
+    dict(name="rcu_wrprot_unprotected", cls="RCU",
+         what="wrprot_gfn_range walks the roots without rcu_read_lock", file="model/tdp_mmu.py",
+         old="""    spte_set = False
+    kvm.rcu.rcu_read_lock()
+    for iter in for_each_tdp_pte_min_level(kvm, root, min_level, start, end):
+        while not tdp_mmu_iter_cond_resched(kvm, iter, False, True):""",
+         new="""    spte_set = False
+    for iter in for_each_tdp_pte_min_level(kvm, root, min_level, start, end):
+        while not tdp_mmu_iter_cond_resched(kvm, iter, False, True):""",
+         also=[("model/tdp_mmu.py", """PT_WRITABLE_MASK):
+                spte_set = True
+                break
+    kvm.rcu.rcu_read_unlock()
+    return spte_set""", """PT_WRITABLE_MASK):
+                spte_set = True
+                break
+    return spte_set""")]),
+    dict(name="rcu_recover_unprotected", cls="RCU",
+         what="recover_huge_pages_range walks without rcu_read_lock", file="model/tdp_mmu.py",
+         old="""    for root in for_each_tdp_mmu_root_yield_safe(kvm, KVM_DIRECT_ROOTS):
+        kvm.rcu.rcu_read_lock()
+        for iter in for_each_tdp_pte_min_level(kvm, root, PG_LEVEL_2M, slot.base_gfn,
+                                               slot.end_gfn):
+            if tdp_mmu_iter_cond_resched(kvm, iter, flush, True):
+                flush = False
+                continue
+            flush |= _recover_one(kvm, slot, iter)
+        kvm.rcu.rcu_read_unlock()""",
+         new="""    for root in for_each_tdp_mmu_root_yield_safe(kvm, KVM_DIRECT_ROOTS):
+        for iter in for_each_tdp_pte_min_level(kvm, root, PG_LEVEL_2M, slot.base_gfn,
+                                               slot.end_gfn):
+            if tdp_mmu_iter_cond_resched(kvm, iter, flush, True):
+                flush = False
+                continue
+            flush |= _recover_one(kvm, slot, iter)"""),
+    dict(name="rcu_fast_pf_unprotected", cls="RCU",
+         what="fast_page_fault walks locklessly without walk_shadow_page_lockless_begin",
+         file="model/mmu_fault.py",
+         old="""    kvm.rcu.rcu_read_lock()
+    ret = RET_PF_INVALID
+    retry_count = 0""", new="""    ret = RET_PF_INVALID
+    retry_count = 0""",
+         also=[("model/mmu_fault.py", """                                 sptep_address(sp, index), spte, sp.spt[index], ret))
+    kvm.rcu.rcu_read_unlock()""", """                                 sptep_address(sp, index), spte, sp.spt[index], ret))""")]),
+    dict(name="rcu_free_now_under_write_lock", cls="RCU",
+         what="handle_removed_pt frees at once under the write lock ('no walker can run')",
+         file="model/tdp_mmu.py",
+         old="""        sp.external_spt = None  # leak it: the kernel must never touch an encrypted page
+    tdp_mmu_free_sp_rcu(kvm, sp)""",
+         new="""        sp.external_spt = None  # leak it: the kernel must never touch an encrypted page
+    if shared:
+        tdp_mmu_free_sp_rcu(kvm, sp)
+    else:
+        tdp_mmu_free_sp(kvm, sp)"""),
+    # ------------------------------------------------------------------ TLB
+    dict(name="tlb_nx_recovery_no_flush", cls="TLB",
+         what="the NX recovery worker zaps tables without the final flush",
+         file="model/kvm_main.py",
+         old="""    if flush:
+        kvm.kvm_flush_remote_tlbs()
+    kvm.mmu_lock.read_unlock()
+    return zapped""", new="""    kvm.mmu_lock.read_unlock()
+    return zapped"""),
+    dict(name="tlb_attr_no_flush", cls="TLB",
+         what="KVM_SET_MEMORY_ATTRIBUTES unmaps the old side without flushing",
+         file="model/kvm_main.py",
+         old="""        if kvm_arch_pre_set_memory_attributes(kvm, slot, start, end, attrs):
+            kvm.kvm_flush_remote_tlbs()""",
+         new="""        kvm_arch_pre_set_memory_attributes(kvm, slot, start, end, attrs)"""),
+    dict(name="tlb_flush_request_no_wait", cls="TLB",
+         what="KVM_REQ_TLB_FLUSH treated as a no-WAIT request: EXITING vCPUs not waited for",
+         file="model/kvm.py",
+         old="""            sp.point(BARRIER, vcpu.mode_key, True)
+            if vcpu.mode == OUTSIDE_GUEST_MODE:
+                continue""",
+         new="""            sp.point(BARRIER, vcpu.mode_key, True)
+            if vcpu.mode != IN_GUEST_MODE:
+                continue"""),
+    dict(name="tlb_dirty_log_flush_first", cls="TLB",
+         what="enabling dirty logging flushes before write-protecting instead of after",
+         file="model/kvm_main.py",
+         old="""    if kvm.policy.eager_page_split:
+        kvm_mmu_slot_try_split_huge_pages(kvm, slot, PG_LEVEL_4K)""",
+         new="""    kvm.kvm_flush_remote_tlbs_memslot(slot)
+    if kvm.policy.eager_page_split:
+        kvm_mmu_slot_try_split_huge_pages(kvm, slot, PG_LEVEL_4K)""",
+         also=[("model/kvm_main.py", """    # Unconditional: the helpers may skip SPTEs whose W/D is already clear.
+    kvm.kvm_flush_remote_tlbs_memslot(slot)""", """    # Unconditional: the helpers may skip SPTEs whose W/D is already clear.""")]),
+    # ------------------------------------------------------------------ lock edges / barriers
+    dict(name="lock_wrprot_after_unlock", cls="LOCK",
+         what="kvm_mmu_slot_remove_write_access drops mmu_lock before write-protecting",
+         file="model/dirty_log.py",
+         old="""    kvm.mmu_lock.read_lock()
+    kvm_tdp_mmu_wrprot_slot(kvm, slot, start_level)
+    kvm.mmu_lock.read_unlock()""",
+         new="""    kvm.mmu_lock.read_lock()
+    kvm.mmu_lock.read_unlock()
+    kvm_tdp_mmu_wrprot_slot(kvm, slot, start_level)"""),
+    dict(name="lock_zap_all_fast_read_lock", cls="LOCK",
+         what="kvm_mmu_zap_all_fast invalidates the roots under the read lock",
+         file="model/kvm_main.py",
+         old="""    kvm.mmu_lock.write_lock()
+    kvm_tdp_mmu_invalidate_roots(kvm, KVM_DIRECT_ROOTS)
+    kvm.mmu_lock.write_unlock()""",
+         new="""    kvm.mmu_lock.read_lock()
+    kvm_tdp_mmu_invalidate_roots(kvm, KVM_DIRECT_ROOTS)
+    kvm.mmu_lock.read_unlock()"""),
+    dict(name="lock_alloc_root_no_recheck", cls="LOCK",
+         what="kvm_tdp_mmu_alloc_root does not re-check for a root under tdp_mmu_pages_lock",
+         file="model/tdp_mmu.py",
+         old="""        kvm.tdp_mmu_pages_lock.lock()
+        root = _find_root(kvm, role.word)
+        if root is None:""", new="""        kvm.tdp_mmu_pages_lock.lock()
+        if root is None:"""),
+    dict(name="lock_punch_end_before_free", cls="LOCK",
+         what="the guest_memfd punch ends the invalidation before freeing the pages",
+         file="model/kvm_main.py",
+         old="""    base = slot.gmem_offset - slot.base_gfn
+    slot.gmem.punch_hole(start + base, end + base)
+    kvm.mmu_lock.write_lock()
+    kvm_mmu_invalidate_end(kvm)
+    kvm.mmu_lock.write_unlock()""",
+         new="""    base = slot.gmem_offset - slot.base_gfn
+    kvm.mmu_lock.write_lock()
+    kvm_mmu_invalidate_end(kvm)
+    kvm.mmu_lock.write_unlock()
+    slot.gmem.punch_hole(start + base, end + base)"""),
+    dict(name="lock_untrack_outside_pages_lock", cls="LOCK",
+         what="tdp_mmu_unlink_sp untracks the NX page outside tdp_mmu_pages_lock",
+         file="model/tdp_mmu.py",
+         old="""    kvm.tdp_mmu_pages_lock.lock()
+    sp.nx_huge_page_disallowed = False
+    untrack_possible_nx_huge_page(kvm, sp, KVM_TDP_MMU)
+    kvm.tdp_mmu_pages_lock.unlock()""",
+         new="""    kvm.tdp_mmu_pages_lock.lock()
+    sp.nx_huge_page_disallowed = False
+    kvm.tdp_mmu_pages_lock.unlock()
+    untrack_possible_nx_huge_page(kvm, sp, KVM_TDP_MMU)"""),
+    dict(name="lock_attr_check_before_seq", cls="LOCK",
+         what="kvm_mmu_faultin_pfn checks the attribute before snapshotting mmu_invalidate_seq",
+         file="model/mmu_fault.py",
+         old="""    kvm.sched.point(MMU_INVALIDATE, MMU_INVALIDATE_KEY, False)
+    fault.mmu_seq = kvm.mmu_invalidate_seq
+    kvm.sched.point(BARRIER, MMU_INVALIDATE_KEY, False)  # smp_rmb(): seq before the pfn
+    if fault.is_private != kvm.kvm_mem_is_private(fault.gfn):
+        return -EFAULT  # kvm_mmu_prepare_memory_fault_exit: userspace must convert""",
+         new="""    if fault.is_private != kvm.kvm_mem_is_private(fault.gfn):
+        return -EFAULT  # kvm_mmu_prepare_memory_fault_exit: userspace must convert
+    kvm.sched.point(MMU_INVALIDATE, MMU_INVALIDATE_KEY, False)
+    fault.mmu_seq = kvm.mmu_invalidate_seq
+    kvm.sched.point(BARRIER, MMU_INVALIDATE_KEY, False)  # smp_rmb(): seq before the pfn"""),
+    # ------------------------------------------------------------------ guests in the race
+    dict(name="guest_track_no_kick", cls="GUEST",
+         what="tdx_track bumps the epoch but does not kick the vCPUs", file="model/tdx.py",
+         old="""        self.TDX_BUG_ON(kvm, r, "tdx_track", "TDH.MEM.TRACK")
+        self.kick_all_vcpus(kvm)""",
+         new="""        self.TDX_BUG_ON(kvm, r, "tdx_track", "TDH.MEM.TRACK")"""),
+    dict(name="guest_remove_no_track", cls="GUEST",
+         what="tdx_sept_remove_private_spte removes without tdx_track after BLOCK",
+         file="model/tdx.py",
+         old="""        if self.TDX_BUG_ON(kvm, r, fn_name, "TDH.MEM.RANGE.BLOCK"):
+            return
+        self.tdx_track(kvm)""",
+         new="""        if self.TDX_BUG_ON(kvm, r, fn_name, "TDH.MEM.RANGE.BLOCK"):
+            return"""),
+    dict(name="guest_exit_check_before_mode", cls="GUEST",
+         what="entry checks requests before publishing IN_GUEST_MODE (smp_mb pair broken)",
+         file="model/kvm.py",
+         old="""    sp.point(VCPU, vcpu.mode_key, True)
+    vcpu.irqs_disabled = True
+    vcpu.mode = IN_GUEST_MODE
+    sp.point(BARRIER, vcpu.req_key, False)
+    if vcpu.mode == EXITING_GUEST_MODE or vcpu.requests:""",
+         new="""    sp.point(BARRIER, vcpu.req_key, False)
+    pending = bool(vcpu.requests)
+    sp.point(VCPU, vcpu.mode_key, True)
+    vcpu.irqs_disabled = True
+    vcpu.mode = IN_GUEST_MODE
+    if vcpu.mode == EXITING_GUEST_MODE or pending:"""),
+    dict(name="guest_busy_retry_no_kick", cls="GUEST",
+         what="tdh_do_no_vcpus retries after BUSY without kicking the vCPUs out",
+         file="model/tdx.py",
+         old="""            self.wait_for_sept_zap = True
+            self.kick_all_vcpus(kvm)""", new="""            self.wait_for_sept_zap = True"""),
+    # ------------------------------------------------------------------ ordinary logic
+    dict(name="logic_fast_pf_plain_write", cls="LOGIC",
+         what="fast_pf_fix_direct_spte writes the SPTE instead of cmpxchg (no mmu_lock held)",
+         file="model/mmu_fault.py",
+         old="""    ok, _ = try_cmpxchg64(vcpu.kvm, sp, index, old_spte, new_spte)
+    if not ok:
+        return False""",
+         new="""    vcpu.kvm.sched.point("spte_write", ("spte", sp.spt_pfn, index), True)
+    sp.spt[index] = new_spte"""),
 ]
