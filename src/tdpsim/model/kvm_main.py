@@ -482,12 +482,14 @@ def _nx_huge_page_recoverable(kvm: "Kvm", sp) -> bool:
 
 
 def _recover_nx_huge_pages_shared(kvm: "Kvm", to_zap: int) -> int:
-    """v6.18+: mmu_lock for read, each SP untracked under tdp_mmu_pages_lock, then zapped
-    only if its parent SPTE still points to it."""
+    """v6.18+: mmu_lock for read and RCU held across the loop (the parent SPTE is read and
+    zapped through ``rcu_dereference``), each SP untracked under tdp_mmu_pages_lock, then
+    zapped only if its parent SPTE still points to it."""
     nx_huge_pages = possible_nx_huge_pages(kvm, KVM_TDP_MMU)
     zapped = 0
     flush = False
     kvm.mmu_lock.read_lock()
+    kvm.rcu.rcu_read_lock()
     for _ in range(to_zap):
         kvm.tdp_mmu_pages_lock.lock()
         if not nx_huge_pages:
@@ -508,10 +510,13 @@ def _recover_nx_huge_pages_shared(kvm: "Kvm", to_zap: int) -> int:
             if flush:
                 kvm.kvm_flush_remote_tlbs()
             flush = False
+            kvm.rcu.rcu_read_unlock()
             kvm.mmu_lock.read_unlock()
             kvm.mmu_lock.read_lock()
+            kvm.rcu.rcu_read_lock()
     if flush:
         kvm.kvm_flush_remote_tlbs()
+    kvm.rcu.rcu_read_unlock()
     kvm.mmu_lock.read_unlock()
     return zapped
 
