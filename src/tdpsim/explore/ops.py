@@ -37,7 +37,7 @@ from tdpsim.model.spte import PAGE_SHIFT
 from tdpsim.model.tlb import guest_memory_access
 from tdpsim.model.vmx import vcpu_enter_guest
 
-from .tracking import TRACKER
+from .tracking import KEY_HOST_PTE, TRACKER
 
 RETRY_WAIT = "retry_wait"  # a vCPU parks between two RET_PF_RETRY attempts
 HOST_MM = "host_mm"  # a primary-MMU page-table update (kind of scheduling point)
@@ -174,6 +174,8 @@ def op_guest_access(ctx: OpContext, vcpu: int, gfn: int, write: bool = False,
         r = _enter(ctx, v)
         if r < 0:
             return r
+        # The guest starts an instruction: a kick reads guest_busy with the vCPU's mode.
+        TRACKER.note(v.mode_key, True)
         v.guest_busy = True
         pfn = guest_memory_access(v, gfn | gfn_bits, write, exec)
         if pfn is not None:
@@ -268,6 +270,39 @@ def op_thp_split(ctx: OpContext, gfn: int) -> None:
     kvm_mmu_notifier_invalidate_range(kvm, base, base + 512, host_change=split)
 
 
+def op_host_migrate(ctx: OpContext, gfn: int) -> None:
+    """The host migrates the page behind shared ``gfn`` (compaction, NUMA balancing:
+    ``try_to_migrate_one``): mmu_notifier ``invalidate_range_start``, the host PTE switched
+    to a new page with mmu_lock dropped (a THP is split first), ``invalidate_range_end``;
+    the old page is then freed.  A fault that looked up the old page before the start must
+    retry (``mmu_invalidate_seq``); an SPTE left on it is checked as stale."""
+    kvm = ctx.kvm
+    slot = kvm.gfn_to_memslot(gfn)
+    if slot is None:
+        raise ValueError(f"gfn {gfn:#x} is in no memslot")
+    hva = slot.gfn_to_hva(gfn)
+
+    def move() -> None:
+        kvm.sched.point(HOST_MM, KEY_HOST_PTE, True)
+        TRACKER.note(KEY_HOST_PTE, True)
+        backing = slot.backing
+        backing.split_frames.add(hva >> 21)
+        page = hva >> PAGE_SHIFT
+        # A pfn no identity-mapped page has (SPTE pfns go up to bit 39).
+        backing.moved[page] = backing.moved.get(page, page) + (1 << 38)
+
+    kvm_mmu_notifier_invalidate_range(kvm, gfn, gfn + 1, host_change=move)
+
+
+def op_mmu_reload(ctx: OpContext, vcpu: int) -> None:
+    """``kvm_mmu_reload`` on the way into the guest: with KVM_REQ_MMU_FREE_OBSOLETE_ROOTS
+    pending or no valid root, ``kvm_mmu_load`` puts the obsolete root and allocates or
+    shares a new one (``kvm_tdp_mmu_alloc_root``)."""
+    v = ctx.kvm.vcpus[vcpu]
+    if KVM_REQ_MMU_FREE_OBSOLETE_ROOTS in v.requests or v.root is None or v.root.role.invalid:
+        kvm_mmu_load(v)
+
+
 def op_invalidate_roots(ctx: OpContext) -> None:
     """``kvm_mmu_zap_all_fast``: invalidate the direct roots, zap them under the read lock."""
     kvm_mmu_zap_all_fast(ctx.kvm)
@@ -304,7 +339,9 @@ OPS: dict[str, Callable[..., Any]] = {
     "zap_leafs": op_zap_leafs,
     "mmu_notifier": op_mmu_notifier,
     "thp_split": op_thp_split,
+    "host_migrate": op_host_migrate,
     "invalidate_roots": op_invalidate_roots,
+    "mmu_reload": op_mmu_reload,
     "nx_recovery": op_nx_recovery,
     "dirty_log": op_dirty_log,
     "guest_access": op_guest_access,

@@ -25,7 +25,9 @@ from tdpsim.model.invariants import check_invariants
 from tdpsim.model.kvm import (
     KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, KVM_REQ_TLB_FLUSH, MemorySafetyBUG, RecordingExternalOps,
 )
-from tdpsim.model.tlb import tlb_entry_is_stale
+from tdpsim.model.tlb import (
+    STALE_NONE, STALE_RETURNED, tlb_entry_is_stale, tlb_translation_stale,
+)
 from tdpsim.model.tdx import create_td
 import numpy as np
 
@@ -178,7 +180,8 @@ def _memo_key(kvm: Any, tdx: Any, cache: dict) -> bytes:
     mmu_lock state, bugs.  TD: every S-EPT page as raw arrays (state, flags, the pfns of its
     non-FREE entries, used, children, accept counters), the PAMT entries and entry locks,
     epochs/refcounts/vCPUs, module locks, unflushed pages, guest_memfd holes, fatal/teardown
-    flags and KVM's vCPU modes.  Raw bytes instead of per-entry tuples: ~20x cheaper than
+    flags and KVM's vCPU modes; the memory attributes, invalidations in progress and the host
+backing (split frames, migrated pages) the MMU checks compare leaves with.  Raw bytes instead of per-entry tuples: ~20x cheaper than
     ``repr(list(sept_leaves(m)))``.  Every key component the previous key (tables digest +
     S-EPT entries + epochs) had is kept, so the memo never merges states it used to keep
     apart."""
@@ -218,7 +221,11 @@ def _memo_key(kvm: Any, tdx: Any, cache: dict) -> bytes:
                 order = np.argsort(keys, kind="stable")
                 h.update(keys[order].tobytes())
                 h.update(vals[order].tobytes())
+    attrs = kvm.mem_attr_private
+    h.update(repr((kvm.mmu_invalidate_in_progress, attrs.starts, attrs.ends)).encode())
     for slot in kvm.memslots:
+        b = slot.backing
+        h.update(repr((sorted(b.split_frames), sorted(b.moved.items()))).encode())
         g = slot.gmem
         if g is not None:
             h.update(repr((g.pfn_base, g.npages, g.punched.starts, g.punched.ends)).encode())
@@ -283,7 +290,8 @@ def _thread_body(ctx: OpContext, tid: int, ops: tuple[OpSpec, ...]) -> Callable[
 
 def _tlb_step(kvm: Any) -> Callable[[], Optional[tuple[str, str]]]:
     """Step check: an entry of a vCPU's TLB that the step just made stale remembers who
-    did it (``sched.cpu`` is the thread that ran the step)."""
+    did it (``sched.cpu`` is the thread that ran the step); one mapped again as it was
+    cached is no longer stale."""
     vcpus = kvm.vcpus
 
     def check() -> Optional[tuple[str, str]]:
@@ -292,8 +300,12 @@ def _tlb_step(kvm: Any) -> Callable[[], Optional[tuple[str, str]]]:
             if not entries:
                 continue
             for gfn, e in entries.items():
-                if e.stale_by < 0 and tlb_entry_is_stale(kvm, e, gfn):
-                    e.stale_by = kvm.sched.cpu
+                by = e.stale_by
+                if by == STALE_NONE:
+                    if tlb_entry_is_stale(kvm, e, gfn):
+                        e.stale_by = kvm.sched.cpu
+                elif by == STALE_RETURNED and not tlb_entry_is_stale(kvm, e, gfn):
+                    e.stale_by = STALE_NONE  # mapped again as cached: the next change counts
         return None
     return check
 
@@ -311,19 +323,29 @@ def tlb_flush_owed(kvm: Any, tid: int, spec: OpSpec) -> None:
     """Op-end check: when an operation returns, every translation its SPTE changes took
     away must be flushed from any vCPU that could still use it (in guest mode, or about to
     enter without a KVM_REQ_TLB_FLUSH pending).  Otherwise the guest keeps reaching a page
-    KVM unmapped (and the host may free) — the TLB flush KVM owed was not done."""
+    KVM unmapped (and the host may free) — the TLB flush KVM owed was not done.  Entries
+    it made stale on vCPUs that cannot use them now are marked: a later hit on one (the
+    pending flush got lost) fails in ``tlb.guest_memory_access``."""
     for v in kvm.vcpus:
-        if not v.tlb.entries or not _tlb_usable(v):
+        if not v.tlb.entries:
             continue
+        usable = _tlb_usable(v)
         for gfn, e in v.tlb.entries.items():
-            if e.stale_by == tid and e.root is v.root and tlb_entry_is_stale(kvm, e, gfn):
+            if e.stale_by != tid:
+                continue
+            stale = tlb_entry_is_stale(kvm, e, gfn)
+            e.stale_by = STALE_RETURNED if stale else STALE_NONE
+            if stale and usable and e.root is v.root:
+                what = "which its SPTE change took away" \
+                    if tlb_translation_stale(kvm, e, gfn) else \
+                    "through a page table its SPTE change replaced (paging-structure cache)"
                 raise MemorySafetyBUG(
                     "TLB", f"{spec.describe()} returned while vCPU {v.vcpu_id} "
                            f"({'in guest mode' if v.in_guest else 'entering without a flush'}) "
                            "still "
                            f"caches gfn {gfn:#x} -> pfn {e.pfn:#x}"
-                           f"{' writable' if e.writable else ''}, which its SPTE change took "
-                           "away: the TLB flush KVM owed was not done")
+                           f"{' writable' if e.writable else ''}, {what}: the TLB flush KVM "
+                           "owed was not done")
 
 
 # ---------------------------------------------------------------------------- loading

@@ -10,7 +10,9 @@ them without mmu_lock (as in the kernel):
   ``kvm_vm_set_mem_attributes`` between its two write-locked sections, read by the fault;
 - ``slot->flags`` — flipped by ``kvm_mmu_slot_apply_flags`` without mmu_lock;
 - guest_memfd's folios — punched by ``kvm_gmem_punch_hole`` outside mmu_lock, allocated by
-  ``kvm_gmem_get_pfn`` in the fault.
+  ``kvm_gmem_get_pfn`` in the fault;
+- the host page tables behind a memslot — read by the fault's ``hva_to_pfn``, rewritten by a
+  host page migration (the ``host_migrate`` op notes its write).
 
 Without them DPOR would treat, e.g., a fault's attribute check and the conversion's store as
 independent and skip one order.  The tracker swaps the classes of those objects (for this
@@ -27,7 +29,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from tdpsim.model.kvm import Kvm
-from tdpsim.model.memslot import GuestMemfd, KvmMemorySlot, RangeSet
+from tdpsim.model.memslot import GuestMemfd, HostBacking, KvmMemorySlot, RangeSet
 
 KEY_INVALIDATE = ("vm", "mmu_invalidate")
 KEY_ATTRS = ("vm", "mem_attributes")
@@ -140,6 +142,17 @@ class TrackedGmem(GuestMemfd):
         GuestMemfd.punch_hole(self, start, end)
 
 
+KEY_HOST_PTE = ("host", "pte")
+
+
+class TrackedBacking(HostBacking):
+    """The host mapping, reporting the fault's lookups of the host PTE."""
+
+    def hva_to_pfn(self, hva: int) -> int:
+        TRACKER.note(KEY_HOST_PTE, False)
+        return HostBacking.hva_to_pfn(self, hva)
+
+
 def track(kvm: Kvm) -> Tracker:
     """Start tracking the unannotated shared fields of one VM (after its setup ran)."""
     for name in _INVALIDATE_FIELDS:
@@ -148,6 +161,7 @@ def track(kvm: Kvm) -> Tracker:
     kvm.mem_attr_private.__class__ = TrackedRangeSet
     for slot in kvm.memslots:
         slot.__class__ = TrackedSlot
+        slot.backing.__class__ = TrackedBacking
         if slot.gmem is not None:
             slot.gmem.__class__ = TrackedGmem
     return TRACKER

@@ -4,9 +4,12 @@ Not a kernel file: these are the properties KVM's TDP MMU and its TDX glue maint
 implicitly (and the kernel asserts piecemeal with WARN/KVM_BUG_ON/``CONFIG_KVM_PROVE_MMU``).
 Both checkers return readable strings, an empty list meaning "consistent".
 
-``check_mmu_invariants(kvm)`` (any VM): page stats equal a recount of every root's tables; no
+``check_mmu_invariants(kvm)`` (any VM): page stats equal a recount of every root's tables; one
+valid root per role; outside invalidations, no leaf on the wrong side of the memory
+attributes; no
 leaf above the largest mapping level allowed, nor a shared one above the host's mapping
-level outside an mmu_notifier invalidation; every present non-leaf points to a live SP one
+level outside an mmu_notifier invalidation, nor a shared 4K one on a page the host
+migrated away; every present non-leaf points to a live SP one
 level down (same role, same gfn, linked back); no frozen SPTE outside an operation.
 
 ``check_tdx_invariants(kvm, tdx)``: the mirror root and the S-EPT agree; no private page
@@ -69,6 +72,10 @@ def _walk_root(kvm: "Kvm", root: KvmMmuPage, out: list[str], counts: list[int],
     strip = ~kvm.kvm_gfn_root_bits(root)
     nonpresent = kvm.profile.SHADOW_NONPRESENT_VALUE
     frozen_spte = kvm.profile.FROZEN_SPTE
+    moved = not mirror and any(slot.backing.moved for slot in kvm.memslots)
+    # Outside every invalidation each leaf sits on its side of the memory attributes.
+    attrs = kvm.mem_attr_private if kvm.kvm_arch_has_private_mem() and \
+        not kvm.mmu_invalidate_in_progress else None
     stack = [root]
     while stack:
         sp = stack.pop()
@@ -93,6 +100,10 @@ def _walk_root(kvm: "Kvm", root: KvmMmuPage, out: list[str], counts: list[int],
                                f"mapping level {max_leaf_level}")
                 elif not mirror and level > PG_LEVEL_4K:
                     _check_host_level(kvm, gfn, level, out)
+                elif moved:
+                    _check_host_pfn(kvm, gfn, spte, out)
+                if attrs is not None:
+                    _check_attributes(attrs, gfn, step, mirror, level, out)
                 if leaves is not None:
                     leaves[(gfn, level)] = spte
                 continue
@@ -127,6 +138,37 @@ def _check_host_level(kvm: "Kvm", gfn: int, level: int, out: list[str]) -> None:
                    f"{host} (stale after a host split)")
 
 
+def _check_attributes(attrs, gfn: int, npages: int, mirror: bool, level: int,
+                      out: list[str]) -> None:
+    """A private (mirror) leaf maps only private gfns, a shared (direct) one only shared
+    gfns: ``kvm_vm_set_mem_attributes`` zaps the old side inside its invalidation, and a
+    fault that looked up the attribute before it retries (``mmu_invalidate_retry_gfn``).
+    Anything else maps memory on the wrong side after a conversion."""
+    if mirror and not attrs.covers(gfn, gfn + npages):
+        out.append(f"mirror L{level} gfn {gfn:#x}: private leaf over shared memory "
+                   "(stale after a conversion)")
+    elif not mirror and attrs.intersects(gfn, gfn + npages):
+        out.append(f"direct L{level} gfn {gfn:#x}: shared leaf over private memory "
+                   "(stale after a conversion)")
+
+
+def _check_host_pfn(kvm: "Kvm", gfn: int, spte: int, out: list[str]) -> None:
+    """A shared 4K leaf maps the page the host has behind its hva now: a host migration
+    changes that page only inside an mmu_notifier invalidation, whose start zaps the leaf
+    and whose sequence count makes a fault that looked up the old page retry
+    (``mmu_invalidate_retry_gfn``).  A leaf on the old page lets the guest use a page the
+    host freed."""
+    if kvm.mmu_invalidate_in_progress or kvm.kvm_mem_is_private(gfn):
+        return
+    slot = kvm.gfn_to_memslot(gfn)
+    if slot is None or not slot.backing.moved:
+        return
+    host = slot.backing.hva_to_pfn(slot.gfn_to_hva(gfn))
+    if spte_to_pfn(spte) != host:
+        out.append(f"direct L1 gfn {gfn:#x}: maps pfn {spte_to_pfn(spte):#x}, but the host "
+                   f"migrated that page to pfn {host:#x} (stale after the invalidation)")
+
+
 def _max_leaf_level(kvm: "Kvm", mirror: bool) -> int:
     policy = kvm.policy
     top = min(policy.max_huge_page_level, KVM_MAX_HUGEPAGE_LEVEL)
@@ -142,6 +184,11 @@ def check_mmu_invariants(kvm: "Kvm") -> list[str]:
     out: list[str] = []
     in_op = _in_operation(kvm)
     counts = [0, 0, 0, 0, 0]
+    words = [r.role.word for r in kvm.tdp_mmu_roots if not r.role.invalid]
+    if len(words) != len(set(words)):
+        # kvm_tdp_mmu_alloc_root re-checks under tdp_mmu_pages_lock so that two vCPUs
+        # loading at once share one root.
+        out.append(f"{len(words) - len(set(words))} duplicate valid root(s) with one role")
     for root in kvm.tdp_mmu_roots:
         _walk_root(kvm, root, out, counts, None, None, None, in_op,
                    _max_leaf_level(kvm, root.role.is_mirror))

@@ -260,6 +260,15 @@ def _service_in_place(vcpu: KvmVcpu) -> None:
     vcpu.tlb.flush()
 
 
+def kvm_request_pending(vcpu: KvmVcpu) -> bool:
+    """``kvm_request_pending``: ``vcpu_enter_guest`` reads ``vcpu->requests`` before
+    servicing them — the read that races ``kvm_make_request`` in
+    ``kvm_make_all_cpus_request`` (a point on the requests, so the explorer orders the
+    two either way)."""
+    vcpu.kvm.sched.point(VCPU, vcpu.req_key, False)
+    return bool(vcpu.requests)
+
+
 def kvm_vcpu_enter_guest_mode(vcpu: KvmVcpu) -> bool:
     """The part of ``vcpu_enter_guest`` between servicing requests and the vendor's
     ``vcpu_run``: ``local_irq_disable``, ``smp_store_release(&vcpu->mode, IN_GUEST_MODE)``,

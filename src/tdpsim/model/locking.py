@@ -12,7 +12,10 @@ Simplifications (one line each):
 - Callbacks run at the end of the grace period on the CPU that ended it, not from softirq.
 - ``lockdep_assert_held*`` are real checks; a failure is reported through
   ``lockdep_report`` (the owning ``Kvm`` records it as a warning, like a lockdep splat that
-  lets the kernel carry on) or, with no reporter, raises ``LockingError``.
+  lets the kernel carry on) or, with no reporter, raises ``LockingError``.  As lockdep's,
+  they ask whether *this* CPU (``SchedPoints.cpu``) holds the lock; owners are recorded
+  only while an explorer is attached (a sequential run has one CPU, where "held" is "held
+  by me").
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class RwLock:
     """``rwlock_t`` with acquisition counters (the metrics read them)."""
 
     __slots__ = ("name", "key", "after", "readers", "writer", "read_acquisitions",
-                 "write_acquisitions", "_sp", "lockdep_report")
+                 "write_acquisitions", "_sp", "lockdep_report", "read_owners", "write_owner")
 
     def __init__(self, name: str, sched: SchedPoints) -> None:
         self.name = name
@@ -53,33 +56,46 @@ class RwLock:
         self.write_acquisitions = 0
         self._sp = sched
         self.lockdep_report: Callable[[str], None] | None = None
+        self.read_owners: dict[int, int] = {}  # cpu -> read depth (explorer runs only)
+        self.write_owner = -1
 
     def read_lock(self) -> None:
-        self._sp.point(LOCK_ACQUIRE, self.key, False)
+        sp = self._sp
+        sp.point(LOCK_ACQUIRE, self.key, False)
         while self.writer:
-            _block(self._sp, self.name, self.key, False)
+            _block(sp, self.name, self.key, False)
         self.readers += 1
         self.read_acquisitions += 1
+        if sp.hook is not None:
+            owners = self.read_owners
+            owners[sp.cpu] = owners.get(sp.cpu, 0) + 1
 
     def read_unlock(self) -> None:
         if self.readers <= 0:
             raise LockingError(f"read_unlock({self.name}) without read_lock")
-        self._sp.point(LOCK_RELEASE, self.key, False)
+        sp = self._sp
+        sp.point(LOCK_RELEASE, self.key, False)
         self.readers -= 1
-        self._sp.point(LOCK_RELEASED, self.after, False)
+        if sp.hook is not None:
+            self.read_owners[sp.cpu] = self.read_owners.get(sp.cpu, 0) - 1
+        sp.point(LOCK_RELEASED, self.after, False)
 
     def write_lock(self) -> None:
-        self._sp.point(LOCK_ACQUIRE, self.key, True)
+        sp = self._sp
+        sp.point(LOCK_ACQUIRE, self.key, True)
         while self.writer or self.readers > 0:
-            _block(self._sp, self.name, self.key, True)
+            _block(sp, self.name, self.key, True)
         self.writer = True
         self.write_acquisitions += 1
+        if sp.hook is not None:
+            self.write_owner = sp.cpu
 
     def write_unlock(self) -> None:
         if not self.writer:
             raise LockingError(f"write_unlock({self.name}) without write_lock")
         self._sp.point(LOCK_RELEASE, self.key, True)
         self.writer = False
+        self.write_owner = -1
         self._sp.point(LOCK_RELEASED, self.after, False)
 
     def _lockdep(self, ok: bool, what: str) -> None:
@@ -90,14 +106,22 @@ class RwLock:
             raise LockingError(message)
         self.lockdep_report(message)
 
+    def _held_read(self) -> bool:
+        sp = self._sp
+        return self.readers > 0 and (sp.hook is None or self.read_owners.get(sp.cpu, 0) > 0)
+
+    def _held_write(self) -> bool:
+        sp = self._sp
+        return self.writer and (sp.hook is None or self.write_owner == sp.cpu)
+
     def lockdep_assert_held_read(self) -> None:
-        self._lockdep(self.readers > 0, " for read")
+        self._lockdep(self._held_read(), " for read")
 
     def lockdep_assert_held_write(self) -> None:
-        self._lockdep(self.writer, " for write")
+        self._lockdep(self._held_write(), " for write")
 
     def lockdep_assert_held(self) -> None:
-        self._lockdep(self.writer or self.readers > 0, "")
+        self._lockdep(self._held_write() or self._held_read(), "")
 
     def assert_held(self, shared: bool) -> None:
         """``kvm_lockdep_assert_mmu_lock_held(kvm, shared)``."""

@@ -6,8 +6,9 @@ the memory-attribute xarray (``virt/kvm/kvm_main.c``), ``host_pfn_mapping_level(
 (``mmu.c``) and ``kvm_gmem_get_pfn()`` (``virt/kvm/guest_memfd.c``).
 
 Simplifications (one line each):
-- A host virtual address maps to host pfn ``hva >> PAGE_SHIFT`` (identity), so THP/hugetlb
-  alignment of the hva is alignment of the pfn.
+- A host virtual address maps to host pfn ``hva >> PAGE_SHIFT`` (identity) until the host
+  migrates that page (``HostBacking.moved``), so THP/hugetlb alignment of the hva is
+  alignment of the pfn.
 - The host page size is given per region (4K, THP 2M, hugetlb 1G) with per-2M-frame splits,
   instead of walking real host page tables.
 - guest_memfd pfns are ``gmem.pfn_base + index``; each 2 MiB frame has one folio order.
@@ -126,13 +127,23 @@ class HostBacking:
     """The host mapping behind a memslot's ``userspace_addr`` (shared memory).
 
     ``page_level`` is what the host uses where it can (4K pages, THP = 2M, hugetlb 1G);
-    ``split_frames`` are 2 MiB frames (by hva >> 21) the host has split back to 4K.
+    ``split_frames`` are 2 MiB frames (by hva >> 21) the host has split back to 4K;
+    ``moved`` maps a host virtual page (hva >> 12) to the pfn that backs it since the host
+    migrated it (compaction, NUMA balancing): the old page is freed.  Elsewhere the pfn is
+    the page number itself.
     """
 
     hva: int
     size: int
     page_level: int = PG_LEVEL_4K
     split_frames: set[int] = field(default_factory=set)
+    moved: dict[int, int] = field(default_factory=dict)
+
+    def hva_to_pfn(self, hva: int) -> int:
+        """``hva_to_pfn`` (GUP of the host PTE): the pfn behind ``hva`` now."""
+        page = hva >> PAGE_SHIFT
+        moved = self.moved
+        return moved.get(page, page) if moved else page
 
     def host_pfn_mapping_level(self, hva: int) -> int:
         """``host_pfn_mapping_level()``: PUD leaf → 1G, PMD leaf → 2M, else 4K.  A huge

@@ -151,7 +151,7 @@ def kvm_mmu_faultin_pfn(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
     elif fault.write and slot.flags & KVM_MEM_READONLY:
         fault.pfn = KVM_PFN_ERR_RO_FAULT  # __gfn_to_hva_many → KVM_HVA_ERR_RO_BAD
     else:
-        fault.pfn = slot.gfn_to_hva(fault.gfn) >> PAGE_SHIFT
+        fault.pfn = slot.backing.hva_to_pfn(slot.gfn_to_hva(fault.gfn))
     if is_error_pfn(fault.pfn):
         return kvm_handle_error_pfn(fault)
     # Again, purely to avoid contending mmu_lock with an invalidation that began while

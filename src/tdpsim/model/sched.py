@@ -24,6 +24,7 @@ Keys are plain tuples of ints/strings, deterministic across runs (never ``id()``
   ("lock", name, "after")        the point just after a release (touches nothing)
   ("pt", table_pfn)              a whole page-table page (its RCU free)
   ("vcpu", id, field)            vcpu->mode / vcpu->requests of one vCPU
+  ("kvm", "tdp_mmu_roots")       the RCU list of roots (looked up, added to, removed from)
 
 ``cpu`` is the context the model is running on (``smp_processor_id()``): 0 in sequential
 runs; the explorer sets it to the running model thread so per-CPU state (RCU read-side
@@ -52,6 +53,8 @@ MMU_INVALIDATE_KEY = ("kvm", "mmu_invalidate")
 LOCK_RELEASED = "lock_released"
 BARRIER = "barrier"
 RCU_FREE = "rcu_free"
+ROOTS = "roots"  # an access to kvm->arch.tdp_mmu_roots
+ROOTS_KEY = ("kvm", "tdp_mmu_roots")
 WAIT_COND = "wait_cond"  # wait until a condition on ``key`` holds (the explorer evaluates it)
 
 SchedHook = Callable[[str, Hashable, bool], None]

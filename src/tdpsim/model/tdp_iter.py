@@ -39,16 +39,19 @@ def kvm_tdp_mmu_read_spte(kvm: "Kvm", sp: KvmMmuPage, index: int) -> int:
     hook = kvm.sched.hook
     if hook is not None:
         hook(SPTE_READ, ("spte", sp.spt_pfn, index), False)
-        if sp.rcu_state:
+        if sp.rcu_state or not kvm.rcu.rcu_read_lock_held():
             rcu_check_sptep(kvm, sp, index, "read")
     return sp.spt[index]
 
 
 def rcu_check_sptep(kvm: "Kvm", sp: KvmMmuPage, index: int, access: str) -> None:
-    """An access to a table that left the paging structure (explorer runs only): KASAN's
-    use-after-free once ``tdp_mmu_free_sp_rcu_callback`` ran, PROVE_RCU's "suspicious RCU
-    usage" while it is queued and this CPU is outside ``rcu_read_lock`` (nothing would stop
-    the grace period, and so the free, from happening under the access)."""
+    """An SPTE access the kernel's debug options would report (explorer runs only): KASAN's
+    use-after-free once ``tdp_mmu_free_sp_rcu_callback`` ran; PROVE_RCU's "suspicious RCU
+    usage" from outside ``rcu_read_lock`` — every TDP MMU SPTE access goes through
+    ``rcu_dereference(sptep)`` (``kvm_tdp_mmu_read_spte``, ``__kvm_tdp_mmu_write_spte``,
+    the cmpxchg/xchg helpers of ``tdp_iter.h``), which lockdep checks whether or not the
+    table awaits a grace period (and if it does, nothing stops the free under the access).
+    The caller checks ``sp.rcu_state`` or the read section first."""
     from .kvm import MemorySafetyBUG
 
     where = f"spte[{sp.spt_pfn:#x}][{index}] (L{sp.role.level} gfn {sp.gfn:#x})"
@@ -56,8 +59,9 @@ def rcu_check_sptep(kvm: "Kvm", sp: KvmMmuPage, index: int, access: str) -> None
         raise MemorySafetyBUG("USE_AFTER_FREE", f"KASAN: use-after-free {access} of {where}, "
                                                 "freed by tdp_mmu_free_sp_rcu_callback")
     if not kvm.rcu.rcu_read_lock_held():
+        why = "; the table awaits its RCU grace period" if sp.rcu_state else ""
         raise MemorySafetyBUG("RCU", f"suspicious RCU usage: {access} of {where} outside "
-                                     "rcu_read_lock; the table awaits its RCU grace period")
+                                     f"rcu_read_lock (rcu_dereference_check){why}")
 
 
 def spte_to_child_sp(kvm: "Kvm", spte: int) -> KvmMmuPage:

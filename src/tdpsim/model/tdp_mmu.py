@@ -55,7 +55,7 @@ from .mmu import (
     track_possible_nx_huge_page,
     untrack_possible_nx_huge_page,
 )
-from .sched import RCU, RCU_FREE, SPTE_CMPXCHG, SPTE_WRITE, SPTE_XCHG
+from .sched import RCU, RCU_FREE, ROOTS, ROOTS_KEY, SPTE_CMPXCHG, SPTE_WRITE, SPTE_XCHG
 from .spte import (
     ACC_ALL,
     KVM_MAX_HUGEPAGE_LEVEL,
@@ -123,7 +123,7 @@ def kvm_tdp_mmu_write_spte_atomic(kvm: "Kvm", sp: KvmMmuPage, index: int, new_sp
     """``kvm_tdp_mmu_write_spte_atomic``: ``xchg``, returns the old value."""
     if kvm.sched.hook is not None:
         kvm.sched.hook(SPTE_XCHG, ("spte", sp.spt_pfn, index), True)
-        if sp.rcu_state:
+        if sp.rcu_state or not kvm.rcu.rcu_read_lock_held():
             rcu_check_sptep(kvm, sp, index, "xchg")
     old = sp.spt[index]
     sp.spt[index] = new_spte
@@ -134,7 +134,7 @@ def __kvm_tdp_mmu_write_spte(kvm: "Kvm", sp: KvmMmuPage, index: int, new_spte: i
     """``__kvm_tdp_mmu_write_spte``: a plain ``WRITE_ONCE``."""
     if kvm.sched.hook is not None:
         kvm.sched.hook(SPTE_WRITE, ("spte", sp.spt_pfn, index), True)
-        if sp.rcu_state:
+        if sp.rcu_state or not kvm.rcu.rcu_read_lock_held():
             rcu_check_sptep(kvm, sp, index, "write")
     sp.spt[index] = new_spte
 
@@ -154,7 +154,7 @@ def try_cmpxchg64(kvm: "Kvm", sp: KvmMmuPage, index: int, old_spte: int,
     """``try_cmpxchg64(sptep, &old, new)``: (success, current value)."""
     if kvm.sched.hook is not None:
         kvm.sched.hook(SPTE_CMPXCHG, ("spte", sp.spt_pfn, index), True)
-        if sp.rcu_state:
+        if sp.rcu_state or not kvm.rcu.rcu_read_lock_held():
             rcu_check_sptep(kvm, sp, index, "cmpxchg")
     cur = sp.spt[index]
     if cur != old_spte:
@@ -240,6 +240,7 @@ def kvm_tdp_mmu_put_root(kvm: "Kvm", root: KvmMmuPage) -> None:
         return
     kvm.KVM_BUG_ON(not root.role.invalid, "kvm_tdp_mmu_put_root", "last reference of a valid root")
     kvm.tdp_mmu_pages_lock.lock()
+    kvm.sched.point(ROOTS, ROOTS_KEY, True)  # list_del_rcu
     kvm.tdp_mmu_roots.remove(root)
     kvm.tdp_mmu_pages_lock.unlock()
     tdp_mmu_free_sp_rcu(kvm, root)
@@ -284,6 +285,7 @@ def kvm_tdp_mmu_alloc_root(vcpu: "KvmVcpu", mirror: bool) -> KvmMmuPage:
             root = tdp_mmu_alloc_sp(kvm)
             tdp_mmu_init_sp(kvm, root, None, 0, 0, role)
             root.tdp_mmu_root_count = 2
+            kvm.sched.point(ROOTS, ROOTS_KEY, True)
             kvm.tdp_mmu_roots.insert(0, root)  # list_add_rcu adds at the head
         kvm.tdp_mmu_pages_lock.unlock()
     kvm.mmu_lock.read_unlock()
@@ -295,6 +297,9 @@ def kvm_tdp_mmu_alloc_root(vcpu: "KvmVcpu", mirror: bool) -> KvmMmuPage:
 
 
 def _find_root(kvm: "Kvm", word: int) -> Optional[KvmMmuPage]:
+    """The lookup loops of ``kvm_tdp_mmu_alloc_root``: a valid root with this role word
+    that is not going away (``kvm_tdp_mmu_get_root``)."""
+    kvm.sched.point(ROOTS, ROOTS_KEY, False)
     for root in kvm.tdp_mmu_roots:
         if not root.role.invalid and root.role.word == word and kvm_tdp_mmu_get_root(root):
             return root

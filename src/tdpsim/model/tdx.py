@@ -42,6 +42,7 @@ from .kvm import (
     KVM_REQ_TLB_FLUSH,
     KvmX86Ops,
     _service_in_place,
+    kvm_request_pending,
     kvm_vcpu_enter_guest_mode,
     kvm_vcpu_guest_entered,
     kvm_vcpu_guest_exited,
@@ -317,6 +318,7 @@ class KvmTdx(KvmX86Ops):
         if vcpu.in_guest:
             return EXIT_FASTPATH_NONE
         kvm_vcpu_wait_exit_done(vcpu)
+        kvm_request_pending(vcpu)  # the servicing below reads vcpu->requests
         if vcpu.kvm_check_request("KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"):
             kvm_mmu_load(vcpu)
         # KVM_REQ_TLB_FLUSH → tdx_flush_tlb_all (shared EPT only; the module flushes S-EPT).

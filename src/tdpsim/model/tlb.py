@@ -6,8 +6,16 @@ until the flush KVM owes (``kvm_flush_remote_tlbs*``: KVM_REQ_TLB_FLUSH, service
 the IPI the request sends).  Observation only: filling or flushing it never changes what
 KVM does, so no golden count moves.
 
+Each entry also stands for the paging-structure caches its walk filled (SDM 28.3.1: the
+non-leaf EPT entries of the path, e.g. a PDE cached as "this 2M range's table is at pfn
+P"): until an INVEPT the CPU may walk a later access through those tables, so replacing a
+table on the path (a table → huge leaf recovery, a zapped parent) makes the entry stale
+although its own 4K translation did not change.
+
 Simplifications (one line each):
-- Final 4K translations only: no paging-structure caches, no A/D bits set by the walker.
+- A/D bits are not set by this walker (``vmx.ept_hw_access`` models them).
+- Paging-structure caches are checked (stale when the op that replaced a table returns) but
+  never used for a walk: an access walks from the root or hits a final translation.
 - Ranged flushes (``kvm_flush_remote_tlbs_range``/``_gfn``/``_memslot``) flush everything, as
   on bare-metal VMX without a ranged-flush hook.
 - Entries are tagged with the root they came from (EPTP tagging): after a root switch the
@@ -35,6 +43,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .kvm import Kvm, KvmVcpu
 
 
+STALE_NONE = -1
+STALE_RETURNED = -2
+
+
 class TlbEntry:
     """One cached translation: host pfn, permissions, the root it was walked from and the
     SPTE slots of the walk (``("spte", table_pfn, index)``, root first)."""
@@ -48,7 +60,9 @@ class TlbEntry:
         self.executable = executable
         self.root = root
         self.path = path
-        self.stale_by = -1  # the context whose SPTE change made it stale (set by checkers)
+        # The context whose SPTE change made it stale, or STALE_RETURNED once that
+        # operation returned (set by the explorer's checks).
+        self.stale_by = STALE_NONE
 
 
 class Tlb:
@@ -103,14 +117,30 @@ def ept_translate(kvm: "Kvm", root: Optional[KvmMmuPage], gfn: int,
         level -= 1
 
 
-def tlb_entry_is_stale(kvm: "Kvm", e: TlbEntry, gfn: int) -> bool:
+def tlb_translation_stale(kvm: "Kvm", e: TlbEntry, gfn: int) -> bool:
     """The paging structure no longer grants what ``e`` caches (gone, other pfn, or fewer
-    permissions): a guest using ``e`` reaches memory KVM took away."""
+    permissions): a guest hitting ``e`` reaches memory KVM took away."""
     now = ept_translate(kvm, e.root, gfn)
     if now is None:
         return True
     pfn, writable, executable, _ = now
     return pfn != e.pfn or (e.writable and not writable) or (e.executable and not executable)
+
+
+def tlb_entry_is_stale(kvm: "Kvm", e: TlbEntry, gfn: int) -> bool:
+    """``e``'s translation is stale, or a table its walk went through (cached by the
+    paging-structure caches) is no longer on the path: a walk through the cached entry
+    would read a table KVM removed (and freed after the grace period)."""
+    now = ept_translate(kvm, e.root, gfn)
+    if now is None:
+        return True
+    pfn, writable, executable, path = now
+    if pfn != e.pfn or (e.writable and not writable) or (e.executable and not executable):
+        return True
+    # ("spte", table_pfn, index) per level: a split below the old leaf only lengthens the
+    # path (same translation, no flush owed); a table replaced or removed changes it.
+    old = e.path
+    return len(path) < len(old) or any(a[1] != b[1] for a, b in zip(old, path))
 
 
 def guest_memory_access(vcpu: "KvmVcpu", gfn: int, write: bool = False,
@@ -122,6 +152,8 @@ def guest_memory_access(vcpu: "KvmVcpu", gfn: int, write: bool = False,
     e = vcpu.tlb.entries.get(gfn)
     if e is not None and e.root is vcpu.root and (e.writable or not write) \
             and (e.executable or not exec):
+        if e.stale_by == STALE_RETURNED and tlb_translation_stale(kvm, e, gfn):
+            _stale_hit(vcpu, e, gfn, write)
         return e.pfn
     now = ept_translate(kvm, vcpu.root, gfn, point=True)
     if now is None:
@@ -131,3 +163,15 @@ def guest_memory_access(vcpu: "KvmVcpu", gfn: int, write: bool = False,
         return None
     vcpu.tlb.entries[gfn] = TlbEntry(pfn, writable, executable, vcpu.root, path)
     return pfn
+
+
+def _stale_hit(vcpu: "KvmVcpu", e: TlbEntry, gfn: int, write: bool) -> None:
+    """The guest used a translation after the operation that took it away returned: the
+    flush KVM owed did not reach this vCPU (the host may already have reused the page, or
+    a write escapes dirty logging)."""
+    from .kvm import MemorySafetyBUG
+
+    raise MemorySafetyBUG(
+        "TLB", f"vCPU {vcpu.vcpu_id}: guest {'write' if write else 'read'} of gfn {gfn:#x} "
+               f"hit a stale TLB entry -> pfn {e.pfn:#x} after the operation that took it "
+               "away had returned (no flush reached this vCPU)")

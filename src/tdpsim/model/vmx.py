@@ -142,7 +142,8 @@ def vcpu_enter_guest(vcpu: "KvmVcpu") -> int:
     ``kvm_mmu_reload``, KVM_REQ_TLB_FLUSH → ``kvm_vcpu_flush_tlb_all``), set IN_GUEST_MODE
     and re-check for requests and kicks, enter.  Returns 0 in guest mode, 1 when entry was
     cancelled (the run loop tries again) or -EIO (VM dead)."""
-    from .kvm import kvm_vcpu_enter_guest_mode, kvm_vcpu_guest_entered, kvm_vcpu_wait_exit_done
+    from .kvm import (kvm_request_pending, kvm_vcpu_enter_guest_mode, kvm_vcpu_guest_entered,
+                      kvm_vcpu_wait_exit_done)
     from .mmu_fault import kvm_mmu_load
 
     kvm = vcpu.kvm
@@ -151,6 +152,7 @@ def vcpu_enter_guest(vcpu: "KvmVcpu") -> int:
     if vcpu.in_guest:
         return 0
     kvm_vcpu_wait_exit_done(vcpu)
+    kvm_request_pending(vcpu)  # the servicing below reads vcpu->requests
     if "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS" in vcpu.requests or vcpu.root is None \
             or vcpu.root.role.invalid:
         kvm_mmu_load(vcpu)
