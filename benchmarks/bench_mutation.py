@@ -43,10 +43,12 @@ import json, sys
 from tdpsim.explore import DporScheduler, PctScheduler, explore, load_scenario
 from tdpsim.explore.scenario import builtin_names
 n = int(sys.argv[1]) // 2  # per strategy
-CHEAP_FIRST = ["seed_2vcpu", "tlb_dirty_log", "tlb_recover", "tlb_notifier", "tlb_zap",
-               "aug_vs_demote", "nx_recovery", "td_entry_track", "td_accept_punch",
-               "td_accept_convert", "seed_promotion", "eager_split"]
-names = builtin_names()
+CHEAP_FIRST = ["roots_invalidate", "roots_alloc_race", "seed_2vcpu", "td_convert_shared",
+               "tlb_reenter", "tlb_dirty_log", "tlb_flush_race", "tlb_zap", "host_migrate",
+               "tlb_recover", "tlb_notifier", "aug_vs_demote", "nx_recovery",
+               "td_entry_track", "td_accept_punch", "td_accept_convert", "seed_promotion",
+               "eager_split"]
+names = sys.argv[2:] or builtin_names()
 spent = 0
 for name in [x for x in CHEAP_FIRST if x in names] + [x for x in names if x not in CHEAP_FIRST]:
     sc = load_scenario(name)
@@ -80,9 +82,9 @@ def apply(mutant: dict, dest: Path) -> bool:
     return True
 
 
-def run_explorer(dest: Path, executions: int) -> dict:
+def run_explorer(dest: Path, executions: int, scenarios: list[str]) -> dict:
     env = dict(os.environ, PYTHONPATH=str(dest), PYTHONDONTWRITEBYTECODE="1")
-    r = subprocess.run([sys.executable, "-c", WORKER, str(executions)], env=env,
+    r = subprocess.run([sys.executable, "-c", WORKER, str(executions), *scenarios], env=env,
                        capture_output=True, text=True, timeout=3600)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if not lines:
@@ -128,6 +130,8 @@ def main() -> None:
     ap.add_argument("--executions", type=int, default=1000)
     ap.add_argument("--set", choices=("old", "fresh", "all"), default="all")
     ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--scenarios", nargs="*", default=[],
+                    help="explore only these built-in scenarios (default: all)")
     ap.add_argument("--tests", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--src", type=Path, default=None, help="tdpsim package to mutate")
@@ -146,7 +150,7 @@ def main() -> None:
                 print(f"{m['name']:38s} {m['cls']:5s} DOES NOT APPLY", flush=True)
                 continue
             t0 = time.perf_counter()
-            res = run_explorer(dest, args.executions)
+            res = run_explorer(dest, args.executions, args.scenarios)
             res["seconds"] = round(time.perf_counter() - t0, 1)
             if args.tests:
                 res["tests_killed"] = run_tests(dest)

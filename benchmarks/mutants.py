@@ -13,9 +13,11 @@ MUTANTS: list[dict] = [
     kvm.rcu.rcu_read_lock()
     walk = for_each_tdp_pte(kvm, root, fault.gfn, fault.gfn + 1)""",
          new="""    ret = RET_PF_RETRY
-    kvm.rcu.rcu_read_lock()
+    walk = for_each_tdp_pte(kvm, root, fault.gfn, fault.gfn + 1)""",
+         also=[("model/tdp_mmu.py", """                         "walk ended at the goal level")
     kvm.rcu.rcu_read_unlock()
-    walk = for_each_tdp_pte(kvm, root, fault.gfn, fault.gfn + 1)"""),
+    if lowered:""", """                         "walk ended at the goal level")
+    if lowered:""")]),
     dict(name="rcu_map_unlock_early", cls="RCU",
          what="kvm_tdp_mmu_map drops rcu_read_lock once the walk has started",
          file="model/tdp_mmu.py",
@@ -23,11 +25,13 @@ MUTANTS: list[dict] = [
     for iter in walk:
         if iter.level == goal and is_mirror:""",
          new="""    walk = for_each_tdp_pte(kvm, root, fault.gfn, fault.gfn + 1)
+    kvm.rcu.rcu_read_unlock()  # the root's entry was read: done?
     for iter in walk:
-        if iter.level == root.role.level:  # the root's entry was read: done?
-            kvm.rcu.rcu_read_unlock()
-            kvm.rcu.rcu_read_lock()
-        if iter.level == goal and is_mirror:"""),
+        if iter.level == goal and is_mirror:""",
+         also=[("model/tdp_mmu.py", """                         "walk ended at the goal level")
+    kvm.rcu.rcu_read_unlock()
+    if lowered:""", """                         "walk ended at the goal level")
+    if lowered:""")]),
     dict(name="rcu_free_sp_direct", cls="RCU",
          what="a removed table is freed at once instead of through call_rcu",
          file="model/tdp_mmu.py",
@@ -116,11 +120,13 @@ MUTANTS: list[dict] = [
          what="kvm_tdp_mmu_alloc_root drops tdp_mmu_pages_lock before publishing the root",
          file="model/tdp_mmu.py",
          old="""            root.tdp_mmu_root_count = 2
+            kvm.sched.point(ROOTS, ROOTS_KEY, True)
             kvm.tdp_mmu_roots.insert(0, root)  # list_add_rcu adds at the head
         kvm.tdp_mmu_pages_lock.unlock()""",
          new="""            root.tdp_mmu_root_count = 2
             kvm.tdp_mmu_pages_lock.unlock()
             kvm.tdp_mmu_pages_lock.lock()
+            kvm.sched.point(ROOTS, ROOTS_KEY, True)
             kvm.tdp_mmu_roots.insert(0, root)  # list_add_rcu adds at the head
         kvm.tdp_mmu_pages_lock.unlock()"""),
     dict(name="lock_attr_store_outside_invalidation", cls="LOCK",
@@ -278,8 +284,10 @@ FRESH: list[dict] = [
          file="model/kvm_main.py",
          old="""    if flush:
         kvm.kvm_flush_remote_tlbs()
+    kvm.rcu.rcu_read_unlock()
     kvm.mmu_lock.read_unlock()
-    return zapped""", new="""    kvm.mmu_lock.read_unlock()
+    return zapped""", new="""    kvm.rcu.rcu_read_unlock()
+    kvm.mmu_lock.read_unlock()
     return zapped"""),
     dict(name="tlb_attr_no_flush", cls="TLB",
          what="KVM_SET_MEMORY_ATTRIBUTES unmaps the old side without flushing",
