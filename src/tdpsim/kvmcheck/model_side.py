@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 from ..model.kvm import Kvm
-from ..model.kvm_main import (kvm_mmu_notifier_invalidate_range, kvm_mmu_slot_apply_flags,
-                              kvm_mmu_zap_all_fast, kvm_recover_nx_huge_pages,
-                              kvm_set_memory_region)
+from ..model.kvm_main import (KvmUserspaceMemoryRegion2, id_to_memslot,
+                              kvm_mmu_notifier_invalidate_range, kvm_mmu_slot_apply_flags,
+                              kvm_recover_nx_huge_pages, kvm_set_memory_region,
+                              kvm_vm_ioctl_set_memory_region)
 from ..model.memslot import KVM_MEM_LOG_DIRTY_PAGES, HostBacking, KvmMemorySlot
-from ..model.mmu_fault import kvm_mmu_load
+from ..model.mmu_fault import kvm_mmu_load, kvm_mmu_reload
 from ..model.policy import Policy
 from ..model.profile import DEFAULT_PROFILE, PROFILES, KernelProfile
 from ..model.shadow_mmu import ShadowMmu
@@ -332,27 +333,29 @@ class _TdpEngine(_Engine):
 
     def reload(self) -> None:
         """``vcpu_enter_guest`` → ``kvm_mmu_reload``: a new root after a fast zap."""
-        if self.vcpu.root is None or self.vcpu.root.role.invalid:
-            kvm_mmu_load(self.vcpu)
+        kvm_mmu_reload(self.vcpu)
+
+    def _set_region(self, gpa: int, size: int) -> None:
+        """KVM_SET_USER_MEMORY_REGION2 of the window slot (same hva, backing, flags)."""
+        s = self.slot
+        mem = KvmUserspaceMemoryRegion2(s.id, s.flags, gpa, size, s.userspace_addr,
+                                        backing=s.backing)
+        assert kvm_vm_ioctl_set_memory_region(self.kvm, mem) == 0
+        if size:
+            self.slot = id_to_memslot(self.kvm, s.id)
 
     def delete_slot(self) -> None:
-        """KVM_MR_DELETE: ``kvm_arch_flush_shadow_memslot`` → ``kvm_mmu_zap_all_fast``."""
-        self.kvm.memslots.remove(self.slot)
-        self.kvm.memslots_generation += 2
-        kvm_mmu_zap_all_fast(self.kvm)
+        """KVM_MR_DELETE (with the slot-zap quirk: ``kvm_mmu_zap_all_fast``)."""
+        self._set_region(self.slot.base_gfn << PAGE_SHIFT, 0)
 
     def create_slot(self) -> None:
-        kvm_set_memory_region(self.kvm, self.slot)
+        self._set_region(self.slot.base_gfn << PAGE_SHIFT, self.slot.npages << PAGE_SHIFT)
 
     def move_slot(self, gpa: int) -> None:
-        """KVM_MR_MOVE: zapped like a deletion, then the slot reappears at *gpa*."""
-        self.delete_slot()
-        old = self.slot      # kvm_arch_prepare_memory_region: new lpage_info for a MOVE
-        self.slot = KvmMemorySlot(old.id, gpa >> PAGE_SHIFT, old.npages, old.userspace_addr,
-                                  old.backing, flags=old.flags)
+        """KVM_MR_MOVE: zapped like a deletion, then the slot (new lpage_info) at *gpa*."""
+        self._set_region(gpa, self.slot.npages << PAGE_SHIFT)
         self.pt.map(gpa, gpa + self.s.slot_size, self.s.guest_page_size)
         self.read_guest = _guest_reader(self.pt, self.s)
-        self.create_slot()
 
     def nx_recovery(self) -> None:
         """The recovery worker with ratio 1 (:data:`NX_RECOVERY_PARAMS`): everything."""

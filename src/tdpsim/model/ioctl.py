@@ -1,7 +1,7 @@
 """The uAPI the MMU sees, with the kernel's return codes: ``kvm_vm_ioctl`` /
 ``kvm_vcpu_ioctl`` (``virt/kvm/kvm_main.c``) and the x86 ``kvm_vm_ioctl_enable_cap``
 (``arch/x86/kvm/x86.c``) for KVM_CREATE_VCPU, KVM_ENABLE_CAP
-(MANUAL_DIRTY_LOG_PROTECT2, VM_DISABLE_NX_HUGE_PAGES), KVM_SET_MEMORY_ATTRIBUTES,
+(MANUAL_DIRTY_LOG_PROTECT2, VM_DISABLE_NX_HUGE_PAGES, DISABLE_QUIRKS2), KVM_SET_MEMORY_ATTRIBUTES,
 KVM_GET_DIRTY_LOG, KVM_CLEAR_DIRTY_LOG and KVM_PRE_FAULT_MEMORY.
 
 Every function returns what the syscall returns: 0 (or a vCPU id) or a negative errno.
@@ -33,6 +33,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .kvm import Kvm
 
 KVM_CAP_VM_DISABLE_NX_HUGE_PAGES = 220
+KVM_CAP_DISABLE_QUIRKS2 = 213
+#: KVM_X86_QUIRK_* bits 0-10 (6.12.117); the hardware-conditional ones count as supported
+KVM_X86_VALID_QUIRKS = (1 << 11) - 1
 PAGE_SIZE = 1 << PAGE_SHIFT
 
 
@@ -50,6 +53,11 @@ def kvm_vm_ioctl_enable_cap(kvm: "Kvm", cap: int, args0: int = 0, flags: int = 0
         return kvm_enable_manual_dirty_log_protect(kvm, flags, args0)
     if cap == KVM_CAP_VM_DISABLE_NX_HUGE_PAGES:
         return kvm_vm_disable_nx_huge_pages(kvm, args0, capable_sys_boot)
+    if cap == KVM_CAP_DISABLE_QUIRKS2:
+        if args0 & ~KVM_X86_VALID_QUIRKS:
+            return -EINVAL
+        kvm.disabled_quirks |= args0
+        return 0
     return -EINVAL
 
 

@@ -210,7 +210,7 @@ class KvmVcpu:
     __slots__ = ("kvm", "vcpu_id", "stat", "root", "mirror_root", "requests", "mode",
                  "pml_buffer", "in_guest", "irqs_disabled", "guest_busy",
                  "ipi_pending", "tlb", "mode_key", "req_key", "exit_key",
-                 "entry_cancels")
+                 "entry_cancels", "mmio_gfn", "mmio_gen")
 
     def __init__(self, kvm: "Kvm", vcpu_id: int) -> None:
         self.kvm = kvm
@@ -233,6 +233,10 @@ class KvmVcpu:
         self.exit_key = ("vcpu", vcpu_id, "exit")
         self.entry_cancels = 0  # entries cancelled by kvm_vcpu_exit_request
         self.pml_buffer: list[int] = []  # VMX page-modification log (GPAs)
+        # vcpu->arch.mmio_gfn / mmio_gen: the last emulated-MMIO gfn and the memslot
+        # generation it was seen under (vcpu_cache_mmio_info; gfn 0 means none).
+        self.mmio_gfn = 0
+        self.mmio_gen = 0
 
     def kvm_make_request(self, req: str) -> None:
         self.requests.add(req)
@@ -349,6 +353,7 @@ class Kvm:
         self.has_private_mem = vm_type in (KVM_X86_SW_PROTECTED_VM, KVM_X86_TDX_VM)
         self.pre_fault_allowed = vm_type in (KVM_X86_DEFAULT_VM, KVM_X86_SW_PROTECTED_VM)
         self.disable_nx_huge_pages = False  # KVM_CAP_VM_DISABLE_NX_HUGE_PAGES
+        self.disabled_quirks = 0  # kvm->arch.disabled_quirks (KVM_CAP_DISABLE_QUIRKS2)
         self.nx_huge_page_last = 0  # jiffies (ms here) of the last recovery run
         self.manual_dirty_log_protect = 0  # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 flags
         self.nr_memslots_dirty_logging = 0
@@ -378,7 +383,8 @@ class Kvm:
         # audit hook that sees each fault's decisions (``tdpsim equiv``; None: off).
         self.hugepage_adjust = HugepageAdjustStats()
         self.audit: Callable[[tuple], None] | None = None
-        self.memslots: list[KvmMemorySlot] = []
+        self.memslots: list[KvmMemorySlot] = []          # sorted by base_gfn (gfn_tree)
+        self.memslot_id_hash: dict[int, KvmMemorySlot] = {}   # by id (id_hash)
         self.memslots_generation = 0
         self.mem_attr_private = RangeSet()
         self.mmu_invalidate_seq = 0

@@ -13,16 +13,24 @@ Simplifications (one line each):
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Final, Optional
 
+from .kvm import KVM_X86_DEFAULT_VM
 from .memslot import (
     KVM_LPAGE_GUEST_INHIBIT_FLAG,
     KVM_LPAGE_MIXED_FLAG,
+    KVM_MEM_GUEST_MEMFD,
     KVM_MEM_LOG_DIRTY_PAGES,
     KVM_MEM_READONLY,
     KVM_MEMORY_ATTRIBUTE_PRIVATE,
+    KVM_MEMSLOT_INVALID,
+    GuestMemfd,
+    HostBacking,
     KvmMemorySlot,
 )
+from .mmu_internal import EEXIST, EINVAL
 from .spte import (
     KVM_MAX_HUGEPAGE_LEVEL,
     KVM_PAGES_PER_HPAGE,
@@ -42,6 +50,7 @@ from .tdp_mmu import (
     kvm_tdp_mmu_zap_invalidated_roots,
     kvm_tdp_mmu_zap_possible_nx_huge_page,
     kvm_tdp_mmu_zap_sp,
+    kvm_mmu_max_gfn,
     need_resched,
     KVM_DIRECT_ROOTS,
 )
@@ -180,16 +189,230 @@ def kvm_mmu_init_memslot_memory_attributes(kvm: "Kvm", slot: KvmMemorySlot) -> N
 
 # --- memslots -------------------------------------------------------------------------------
 
+KVM_MEM_SLOTS_NUM: Final = 0x7FFF          # SHRT_MAX (include/linux/kvm_host.h)
+KVM_INTERNAL_MEM_SLOTS: Final = 3          # x86: TSS, identity map, APIC access page
+#: what KVM_CAP_NR_MEMSLOTS reports (kvm_vm_ioctl_check_extension_generic)
+KVM_USER_MEM_SLOTS: Final = KVM_MEM_SLOTS_NUM - KVM_INTERNAL_MEM_SLOTS
+KVM_MEM_MAX_NR_PAGES: Final = (1 << 31) - 1
+KVM_SET_USER_MEMORY_REGION_V1_FLAGS: Final = KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY
+KVM_X86_QUIRK_SLOT_ZAP_ALL: Final = 1 << 7
+# enum kvm_mr_change
+KVM_MR_CREATE: Final = 0
+KVM_MR_DELETE: Final = 1
+KVM_MR_MOVE: Final = 2
+KVM_MR_FLAGS_ONLY: Final = 3
+#: x86 with SMM has two memslot address spaces; each swap steps the generation by that
+KVM_ADDRESS_SPACE_NUM: Final = 2
+
+
+@dataclass(frozen=True)
+class KvmUserspaceMemoryRegion2:
+    """``struct kvm_userspace_memory_region2``; ``backing`` is the model's stand-in for
+    the host mapping at ``userspace_addr`` (what the kernel finds in the VMA)."""
+
+    slot: int
+    flags: int
+    guest_phys_addr: int
+    memory_size: int
+    userspace_addr: int = 0
+    guest_memfd: Optional[GuestMemfd] = None
+    guest_memfd_offset: int = 0
+    backing: Optional[HostBacking] = None
+
+
+def kvm_check_has_quirk(kvm: "Kvm", quirk: int) -> bool:
+    return not kvm.disabled_quirks & quirk
+
+
+def _slot_index(kvm: "Kvm", base_gfn: int) -> int:
+    """Where a slot starting at ``base_gfn`` goes in the gfn-sorted ``kvm.memslots``
+    (the kernel's gfn_tree)."""
+    return bisect_right(kvm.memslots, base_gfn, key=lambda s: s.base_gfn)
+
+
+def id_to_memslot(kvm: "Kvm", id: int) -> Optional[KvmMemorySlot]:
+    """``id_to_memslot`` (the memslots' id_hash)."""
+    slot = kvm.memslot_id_hash.get(id)
+    if slot is not None:
+        i = _slot_index(kvm, slot.base_gfn) - 1
+        if i >= 0 and kvm.memslots[i] is slot:
+            return slot
+    return None
+
+
+def kvm_check_memslot_overlap(kvm: "Kvm", id: int, start: int, end: int) -> bool:
+    """``kvm_check_memslot_overlap``: another slot holds a gfn of [start, end)."""
+    i = _slot_index(kvm, start)
+    for other in kvm.memslots[max(i - 1, 0):i + 1]:
+        if other.id != id and other.base_gfn < end and start < other.end_gfn:
+            return True
+    return i < len(kvm.memslots) - 1 and kvm.memslots[i + 1].base_gfn < end
+
+
+def kvm_swap_active_memslots(kvm: "Kvm") -> None:
+    """``kvm_swap_active_memslots``: the new memslots become visible under a new
+    generation (bit 0, update in progress, never shows in the sequential model)."""
+    kvm.memslots_generation += KVM_ADDRESS_SPACE_NUM
+
+
+def kvm_create_memslot(kvm: "Kvm", slot: KvmMemorySlot) -> None:
+    """``kvm_create_memslot`` (KVM_MR_CREATE, with x86's memory-attribute set-up)."""
+    if kvm.kvm_arch_has_private_mem():
+        kvm_mmu_init_memslot_memory_attributes(kvm, slot)
+    kvm.memslots.insert(_slot_index(kvm, slot.base_gfn), slot)
+    kvm.memslot_id_hash[slot.id] = slot
+    kvm_swap_active_memslots(kvm)
+
+
 def kvm_set_memory_region(kvm: "Kvm", slot: KvmMemorySlot) -> None:
-    """``KVM_SET_USER_MEMORY_REGION2`` creating a slot (KVM_MR_CREATE)."""
+    """``KVM_SET_USER_MEMORY_REGION2`` creating a slot (KVM_MR_CREATE) from a ready
+    ``KvmMemorySlot``; :func:`kvm_vm_ioctl_set_memory_region` is the full ioctl."""
     for other in kvm.memslots:
         if other.base_gfn < slot.end_gfn and slot.base_gfn < other.end_gfn:
             raise KvmUserError(f"memslot {slot.id} overlaps memslot {other.id}")
+    kvm_create_memslot(kvm, slot)
+
+
+def check_memory_region_flags(kvm: "Kvm", mem: KvmUserspaceMemoryRegion2) -> int:
+    """``check_memory_region_flags``: GUEST_MEMFD only with private memory and never with
+    dirty logging or READONLY (x86 has read-only memory for every non-TD VM)."""
+    valid_flags = KVM_MEM_LOG_DIRTY_PAGES
     if kvm.kvm_arch_has_private_mem():
-        kvm_mmu_init_memslot_memory_attributes(kvm, slot)
-    kvm.memslots.append(slot)
-    kvm.memslots.sort(key=lambda s: s.base_gfn)
-    kvm.memslots_generation += 2  # bit 0 marks an update in progress
+        valid_flags |= KVM_MEM_GUEST_MEMFD
+    if mem.flags & KVM_MEM_GUEST_MEMFD:
+        valid_flags &= ~KVM_MEM_LOG_DIRTY_PAGES
+    if not kvm.kvm_has_mirrored_tdp() and not mem.flags & KVM_MEM_GUEST_MEMFD:
+        valid_flags |= KVM_MEM_READONLY
+    return -EINVAL if mem.flags & ~valid_flags else 0
+
+
+def kvm_vm_ioctl_set_memory_region(kvm: "Kvm", mem: KvmUserspaceMemoryRegion2, *,
+                                   v1: bool = False,
+                                   while_invalid: Optional[Callable[[], None]] = None) -> int:
+    """KVM_SET_USER_MEMORY_REGION (``v1``: only the v1 flags) / ..._REGION2: 0 or -errno.
+    ``while_invalid`` runs while a slot being deleted or moved is KVM_MEMSLOT_INVALID and
+    already zapped (what a vCPU running then sees: its faults retry)."""
+    if v1 and mem.flags & ~KVM_SET_USER_MEMORY_REGION_V1_FLAGS:
+        return -EINVAL
+    if mem.slot & 0xFFFF >= KVM_USER_MEM_SLOTS:
+        return -EINVAL
+    return __kvm_set_memory_region(kvm, mem, while_invalid)
+
+
+def __kvm_set_memory_region(kvm: "Kvm", mem: KvmUserspaceMemoryRegion2,
+                            while_invalid: Optional[Callable[[], None]] = None) -> int:
+    """``__kvm_set_memory_region``: the sanity checks, then CREATE / DELETE (size 0) /
+    MOVE (new base) / FLAGS_ONLY; a CREATE or MOVE onto another slot's gfns is -EEXIST."""
+    r = check_memory_region_flags(kvm, mem)
+    if r:
+        return r
+    as_id, id = mem.slot >> 16, mem.slot & 0xFFFF
+    if mem.memory_size & (PAGE_SIZE - 1) or mem.guest_phys_addr & (PAGE_SIZE - 1) \
+            or mem.userspace_addr & (PAGE_SIZE - 1):
+        return -EINVAL
+    if mem.flags & KVM_MEM_GUEST_MEMFD and mem.guest_memfd_offset & (PAGE_SIZE - 1):
+        return -EINVAL
+    if as_id >= KVM_ADDRESS_SPACE_NUM or id >= KVM_MEM_SLOTS_NUM:
+        return -EINVAL
+    if (mem.memory_size >> PAGE_SHIFT) > KVM_MEM_MAX_NR_PAGES:
+        return -EINVAL
+    if as_id:
+        raise KvmUserError(f"memslot {mem.slot:#x}: the SMM address space is not modelled")
+    old = id_to_memslot(kvm, id)
+    if not mem.memory_size:
+        if old is None:
+            return -EINVAL
+        return kvm_set_memslot(kvm, old, None, KVM_MR_DELETE, while_invalid)
+    base_gfn, npages = mem.guest_phys_addr >> PAGE_SHIFT, mem.memory_size >> PAGE_SHIFT
+    if old is None:
+        change = KVM_MR_CREATE
+    else:
+        if mem.flags & KVM_MEM_GUEST_MEMFD:
+            return -EINVAL      # private memslots are immutable, they can only be deleted
+        if (mem.userspace_addr != old.userspace_addr or npages != old.npages
+                or (mem.flags ^ old.flags) & (KVM_MEM_READONLY | KVM_MEM_GUEST_MEMFD)):
+            return -EINVAL
+        if base_gfn != old.base_gfn:
+            change = KVM_MR_MOVE
+        elif mem.flags != old.flags:
+            change = KVM_MR_FLAGS_ONLY
+        else:
+            return 0
+    if change in (KVM_MR_CREATE, KVM_MR_MOVE) and \
+            kvm_check_memslot_overlap(kvm, id, base_gfn, base_gfn + npages):
+        return -EEXIST
+    if change == KVM_MR_FLAGS_ONLY:
+        kvm_mmu_slot_apply_flags(kvm, old, mem.flags)
+        return 0
+    if mem.flags & KVM_MEM_GUEST_MEMFD and mem.guest_memfd is None:
+        return -EINVAL          # kvm_gmem_bind: the fd is no guest_memfd
+    backing = mem.backing if old is None else old.backing
+    if backing is None:
+        raise KvmUserError(f"memslot {id}: no host mapping given for userspace_addr "
+                           f"{mem.userspace_addr:#x}")
+    new = KvmMemorySlot(id, base_gfn, npages, mem.userspace_addr, backing,
+                        flags=mem.flags & ~KVM_MEM_GUEST_MEMFD, gmem=mem.guest_memfd,
+                        gmem_offset=mem.guest_memfd_offset)
+    return kvm_set_memslot(kvm, old, new, change, while_invalid)
+
+
+def kvm_set_memslot(kvm: "Kvm", old: Optional[KvmMemorySlot], new: Optional[KvmMemorySlot],
+                    change: int, while_invalid: Optional[Callable[[], None]] = None) -> int:
+    """``kvm_set_memslot``: a slot being deleted or moved is first made INVALID and
+    zapped (``kvm_invalidate_memslot``) so vCPUs keep running without reaching it; then
+    ``kvm_arch_prepare_memory_region`` (a failure restores the old slot) and the swap."""
+    if change in (KVM_MR_DELETE, KVM_MR_MOVE):
+        kvm_invalidate_memslot(kvm, old)
+        if while_invalid is not None:
+            while_invalid()
+    r = kvm_arch_prepare_memory_region(kvm, new, change)
+    if change in (KVM_MR_DELETE, KVM_MR_MOVE):
+        # The kernel flags a copy: the old slot itself is never INVALID.
+        old.flags &= ~KVM_MEMSLOT_INVALID
+    if r:
+        if change in (KVM_MR_DELETE, KVM_MR_MOVE):
+            kvm_swap_active_memslots(kvm)
+        return r
+    if change in (KVM_MR_DELETE, KVM_MR_MOVE):
+        kvm.memslots.remove(old)
+        del kvm.memslot_id_hash[old.id]
+    if change == KVM_MR_DELETE:
+        kvm_swap_active_memslots(kvm)
+    else:
+        kvm_create_memslot(kvm, new)
+    return 0
+
+
+def kvm_invalidate_memslot(kvm: "Kvm", old: KvmMemorySlot) -> None:
+    """``kvm_invalidate_memslot``: publish the slot as KVM_MEMSLOT_INVALID (faults on it
+    retry), then ``kvm_arch_flush_shadow_memslot`` zaps its SPTEs."""
+    old.flags |= KVM_MEMSLOT_INVALID
+    kvm_swap_active_memslots(kvm)
+    kvm_arch_flush_shadow_memslot(kvm, old)
+
+
+def kvm_arch_prepare_memory_region(kvm: "Kvm", new: Optional[KvmMemorySlot],
+                                   change: int) -> int:
+    """``kvm_arch_prepare_memory_region`` (x86.c): a created or moved slot must end at or
+    below ``kvm_mmu_max_gfn``; its lpage_info is the new ``KvmMemorySlot``'s."""
+    if change in (KVM_MR_CREATE, KVM_MR_MOVE) and new.end_gfn - 1 > kvm_mmu_max_gfn(kvm):
+        return -EINVAL
+    return 0
+
+
+def kvm_arch_flush_shadow_memslot(kvm: "Kvm", slot: KvmMemorySlot) -> None:
+    """``kvm_arch_flush_shadow_memslot`` (mmu.c, v6.12): with KVM_X86_QUIRK_SLOT_ZAP_ALL
+    (default VMs, unless disabled) every root goes (``kvm_mmu_zap_all_fast``); else only
+    the slot's leaf SPTEs are zapped (``kvm_unmap_gfn_range``; no shadow pages with the
+    TDP MMU) and TLBs flushed if any was."""
+    if kvm.vm_type == KVM_X86_DEFAULT_VM and kvm_check_has_quirk(kvm, KVM_X86_QUIRK_SLOT_ZAP_ALL):
+        kvm_mmu_zap_all_fast(kvm)
+        return
+    kvm.mmu_lock.write_lock()
+    if kvm_tdp_mmu_unmap_gfn_range(kvm, slot.base_gfn, slot.end_gfn, KVM_FILTER_SHARED
+                                   | KVM_FILTER_PRIVATE, True, False):
+        kvm.kvm_flush_remote_tlbs()
+    kvm.mmu_lock.write_unlock()
 
 
 def kvm_mmu_slot_apply_flags(kvm: "Kvm", slot: KvmMemorySlot, new_flags: int) -> None:

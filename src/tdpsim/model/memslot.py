@@ -131,6 +131,7 @@ class HostBacking:
     ``moved`` maps a host virtual page (hva >> 12) to the pfn that backs it since the host
     migrated it (compaction, NUMA balancing): the old page is freed.  Elsewhere the pfn is
     the page number itself.
+    ``unpopulated_frames`` are 2 MiB frames of anonymous memory nobody has written yet.
     """
 
     hva: int
@@ -138,12 +139,25 @@ class HostBacking:
     page_level: int = PG_LEVEL_4K
     split_frames: set[int] = field(default_factory=set)
     moved: dict[int, int] = field(default_factory=dict)
+    unpopulated_frames: set[int] = field(default_factory=set)
 
     def hva_to_pfn(self, hva: int) -> int:
         """``hva_to_pfn`` (GUP of the host PTE): the pfn behind ``hva`` now."""
         page = hva >> PAGE_SHIFT
         moved = self.moved
         return moved.get(page, page) if moved else page
+
+    def maps_zero_page(self, hva: int, write: bool) -> bool:
+        """``hva_to_pfn`` on memory nobody populated: a read maps the (huge) zero page,
+        which fast GUP's FOLL_WRITE attempt cannot make writable, so KVM maps it
+        read-only; a write populates the frame.  (A write after such a read — the host's
+        COW and its mmu_notifier invalidation — is not modelled.)"""
+        frame = hva >> 21
+        if frame not in self.unpopulated_frames:
+            return False
+        if write:
+            self.unpopulated_frames.discard(frame)
+        return not write
 
     def host_pfn_mapping_level(self, hva: int) -> int:
         """``host_pfn_mapping_level()``: PUD leaf → 1G, PMD leaf → 2M, else 4K.  A huge

@@ -4,11 +4,11 @@
 ``kvm_tdp_mmu_map_private_pfn`` from ``arch/x86/kvm/mmu/mmu.c``.
 
 Simplifications (one line each):
-- ``kvm_mmu_page_fault``'s RSVD (EPT misconfig → ``handle_mmio_page_fault``) and
-  RET_PF_WRITE_PROTECTED paths are not modelled: the TDP MMU never returns the latter.
-- Userspace memory is always host-writable; ``map_writable`` is only cleared by read-only
-  memslots.  No page is hwpoisoned and no signal is pending (KVM_PFN_ERR_HWPOISON /
-  SIGPENDING never occur).
+- ``kvm_mmu_page_fault``'s RET_PF_WRITE_PROTECTED path is not modelled: the TDP MMU
+  never returns it.  ``handle_mmio_page_fault`` never sees a reserved non-MMIO SPTE.
+- ``map_writable`` is cleared by read-only memslots and by a read of host memory nobody
+  populated (the zero page, ``HostBacking.unpopulated_frames``).  No page is hwpoisoned
+  and no signal is pending (KVM_PFN_ERR_HWPOISON / SIGPENDING never occur).
 - ``mmu_topup_memory_caches`` cannot fail, so it is not modelled.
 """
 
@@ -48,11 +48,14 @@ from .memslot import KVM_MEM_READONLY, KVM_MEMSLOT_INVALID, kvm_max_level_for_or
 from .spte import (
     KVM_MAX_HUGEPAGE_LEVEL,
     KVM_PAGES_PER_HPAGE,
+    MMIO_SPTE_GEN_MASK,
     PAGE_SHIFT,
     PG_LEVEL_4K,
     PT_WRITABLE_MASK,
+    get_mmio_spte_generation,
     is_access_track_spte,
     is_last_spte,
+    is_mmio_spte,
     is_mmu_writable_spte,
     is_shadow_present_pte,
     is_writable_pte,
@@ -91,6 +94,13 @@ def kvm_mmu_load(vcpu: "KvmVcpu") -> None:
         kvm_tdp_mmu_alloc_root(vcpu, True)
     if vcpu.root is None:
         kvm_tdp_mmu_alloc_root(vcpu, False)
+
+
+def kvm_mmu_reload(vcpu: "KvmVcpu") -> None:
+    """``kvm_mmu_reload`` at guest entry: load a root if the vCPU has none, or only an
+    obsolete one (a fast zap invalidated it: KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)."""
+    if vcpu.root is None or vcpu.root.role.invalid:
+        kvm_mmu_load(vcpu)
 
 
 def mmu_invalidate_retry_gfn(kvm: "Kvm", mmu_seq: int, gfn: int) -> bool:
@@ -134,7 +144,7 @@ def kvm_mmu_faultin_pfn(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
     if slot is None:
         if fault.is_private:
             return -EFAULT
-        return kvm_handle_noslot_fault(kvm, fault)
+        return kvm_handle_noslot_fault(vcpu, fault)
     # A slot being deleted or moved: retry until its old SPTEs are zapped (prefault
     # punts to userspace instead, having no forward-progress guarantee).
     if slot.flags & KVM_MEMSLOT_INVALID:
@@ -151,7 +161,10 @@ def kvm_mmu_faultin_pfn(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
     elif fault.write and slot.flags & KVM_MEM_READONLY:
         fault.pfn = KVM_PFN_ERR_RO_FAULT  # __gfn_to_hva_many → KVM_HVA_ERR_RO_BAD
     else:
-        fault.pfn = slot.backing.hva_to_pfn(slot.gfn_to_hva(fault.gfn))
+        hva = slot.gfn_to_hva(fault.gfn)
+        fault.pfn = slot.backing.hva_to_pfn(hva)
+        if slot.backing.unpopulated_frames and slot.backing.maps_zero_page(hva, fault.write):
+            fault.map_writable = False
     if is_error_pfn(fault.pfn):
         return kvm_handle_error_pfn(fault)
     # Again, purely to avoid contending mmu_lock with an invalidation that began while
@@ -162,9 +175,53 @@ def kvm_mmu_faultin_pfn(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
     return RET_PF_CONTINUE
 
 
-def kvm_handle_noslot_fault(kvm: "Kvm", fault: KvmPageFault) -> int:
-    """``kvm_handle_noslot_fault``: emulated MMIO, cached as an MMIO SPTE — except for a
-    gfn above host.MAXPHYADDR, which is emulated every time without an SPTE."""
+def vcpu_cache_mmio_info(vcpu: "KvmVcpu", gfn: int) -> None:
+    """``vcpu_cache_mmio_info`` (x86.h) for a TDP fault (gva 0): remember the MMIO gfn
+    under the current memslot generation (never while a memslot update is in flight,
+    which the sequential model does not have)."""
+    vcpu.mmio_gfn = gfn
+    vcpu.mmio_gen = vcpu.kvm.memslots_generation
+
+
+def vcpu_match_mmio_gpa(vcpu: "KvmVcpu", gpa: int) -> bool:
+    """``vcpu_match_mmio_gpa`` (x86.h): the cached MMIO gfn, still of this generation."""
+    return (vcpu.mmio_gen == vcpu.kvm.memslots_generation and vcpu.mmio_gfn != 0
+            and vcpu.mmio_gfn == gpa >> PAGE_SHIFT)
+
+
+def check_mmio_spte(vcpu: "KvmVcpu", spte: int) -> bool:
+    """``check_mmio_spte``: the MMIO SPTE was made under the current memslot generation
+    (else the memslots changed and the gfn may be RAM now).  Its tracepoint is not
+    emitted."""
+    kvm_gen = vcpu.kvm.memslots_generation & MMIO_SPTE_GEN_MASK
+    return kvm_gen == get_mmio_spte_generation(spte)
+
+
+def handle_mmio_page_fault(vcpu: "KvmVcpu", addr: int) -> int:
+    """``handle_mmio_page_fault`` (direct MMU): a reserved-bit fault is emulated MMIO
+    when the vCPU's MMIO cache or the MMIO SPTE says so for this generation;
+    RET_PF_INVALID sends a stale MMIO SPTE to the page-fault path, and anything else
+    (the SPTE was zapped meanwhile) faults again.  The walk is ``get_mmio_spte``'s
+    (the last SPTE of the direct root); on a direct MMU the SPTE's gfn is the fault's."""
+    kvm = vcpu.kvm
+    if vcpu_match_mmio_gpa(vcpu, addr):
+        return RET_PF_EMULATE
+    sp, index, _ = kvm_tdp_mmu_fast_pf_get_last_sptep(vcpu, addr >> PAGE_SHIFT)
+    spte = sp.spt[index]
+    if is_mmio_spte(kvm.masks, kvm.shadow_mmio_value, spte):
+        if not check_mmio_spte(vcpu, spte):
+            return RET_PF_INVALID
+        vcpu_cache_mmio_info(vcpu, addr >> PAGE_SHIFT)
+        return RET_PF_EMULATE
+    return RET_PF_RETRY
+
+
+def kvm_handle_noslot_fault(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
+    """``kvm_handle_noslot_fault``: emulated MMIO (remembered in the vCPU's MMIO cache),
+    cached as an MMIO SPTE — except for a gfn above host.MAXPHYADDR, which is emulated
+    every time without an SPTE."""
+    kvm = vcpu.kvm
+    vcpu_cache_mmio_info(vcpu, fault.gfn)
     fault.pfn = KVM_PFN_NOSLOT
     fault.map_writable = False
     if fault.gfn > kvm_mmu_max_gfn(kvm):
@@ -315,6 +372,15 @@ def kvm_mmu_page_fault(vcpu: "KvmVcpu", cr2_or_gpa: int, error_code: int) -> int
     result here, so TD-build and pre-fault maps count nothing.  Returns a RET_PF_* value
     (6.15+ returns it instead of 1) or -errno."""
     kvm = vcpu.kvm
+    if error_code & PFERR_RSVD_MASK:
+        if kvm.WARN_ON_ONCE(error_code & PFERR_PRIVATE_ACCESS, "kvm_mmu_page_fault",
+                            "private reserved-bit fault"):
+            return -EFAULT
+        r = handle_mmio_page_fault(vcpu, cr2_or_gpa)
+        if r == RET_PF_EMULATE:
+            return r      # emulated straight away: not counted in any fault stat
+        if r != RET_PF_INVALID:
+            return r
     counted_here = kvm.profile.pf_stats_in_kvm_mmu_page_fault
     if counted_here:
         vcpu.stat.pf_taken += 1

@@ -45,12 +45,13 @@ EAGAIN: Final = 11
 ENOMEM: Final = 12
 EFAULT: Final = 14
 EBUSY: Final = 16
+EEXIST: Final = 17
 EINVAL: Final = 22
 ENOTTY: Final = 25
 EOPNOTSUPP: Final = 95
 ERRNO_NAMES = {EPERM: "EPERM", ENOENT: "ENOENT", EINTR: "EINTR", EIO: "EIO", ENXIO: "ENXIO",
                EAGAIN: "EAGAIN", ENOMEM: "ENOMEM", EFAULT: "EFAULT", EBUSY: "EBUSY",
-               EINVAL: "EINVAL", ENOTTY: "ENOTTY", EOPNOTSUPP: "EOPNOTSUPP"}
+               EEXIST: "EEXIST", EINVAL: "EINVAL", ENOTTY: "ENOTTY", EOPNOTSUPP: "EOPNOTSUPP"}
 
 # Page-fault error code bits (arch/x86/include/asm/kvm_host.h).
 PFERR_PRESENT_MASK: Final = 1 << 0

@@ -8,8 +8,8 @@ every access of the guest's own page tables as a write; bit 32 says the fault hi
 final translation, bit 33 that it hit a guest page-table access.
 
 Simplifications: the guest RIP is not modelled (0 in the tracepoint); decode assists /
-emulation after RET_PF_EMULATE are left to the caller; 6.12's dropping of synthetic
-error-code bits and SEV-SNP's PFERR_GUEST_ENC_MASK are not modelled.
+emulation after RET_PF_EMULATE are left to the caller (the access ends there); 6.12's
+dropping of synthetic error-code bits and SEV-SNP's PFERR_GUEST_ENC_MASK are not modelled.
 """
 
 from __future__ import annotations
@@ -19,26 +19,31 @@ from typing import TYPE_CHECKING
 from .events import KvmPageFault
 from .mmu_fault import kvm_mmu_page_fault
 from .spte import (PAGE_SHIFT, PT_PRESENT_MASK, SPTE_INDEX, is_executable_pte, is_last_spte,
-                   is_shadow_present_pte, is_writable_pte, spte_to_pfn)
+                   is_mmio_spte, is_shadow_present_pte, is_writable_pte, spte_to_pfn)
 from .mmu_internal import (
     PFERR_FETCH_MASK,
     PFERR_GUEST_FINAL_MASK,
     PFERR_GUEST_PAGE_MASK,
     PFERR_PRESENT_MASK,
+    PFERR_RSVD_MASK,
     PFERR_USER_MASK,
     PFERR_WRITE_MASK,
+    RET_PF_EMULATE,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kvm import KvmVcpu
 
-__all__ = ["npf_error_code", "npf_interception", "npt_access", "leaf_spte"]
+__all__ = ["npf_error_code", "npf_interception", "npt_access", "npt_access_emulated",
+           "leaf_spte"]
 
 
 def npf_error_code(*, write: bool = False, exec: bool = False, present: bool = False,
-                   guest_page: bool = False) -> int:
+                   guest_page: bool = False, rsvd: bool = False) -> int:
     """``exit_info_1`` of an NPF: U always; W for writes and for guest page-table
-    accesses; P when the nested translation exists but forbids the access."""
+    accesses; P when the nested translation exists but forbids the access; RSVD when
+    the walk hit reserved bits (an MMIO SPTE: the oracle, QEMU TCG, then leaves P clear,
+    as its recorded 0x10000000c reads show)."""
     err = PFERR_USER_MASK | (PFERR_GUEST_PAGE_MASK if guest_page else PFERR_GUEST_FINAL_MASK)
     if write or guest_page:
         err |= PFERR_WRITE_MASK
@@ -46,6 +51,8 @@ def npf_error_code(*, write: bool = False, exec: bool = False, present: bool = F
         err |= PFERR_FETCH_MASK
     if present:
         err |= PFERR_PRESENT_MASK
+    if rsvd:
+        err |= PFERR_RSVD_MASK
     return err
 
 
@@ -73,15 +80,27 @@ def npt_access(vcpu: "KvmVcpu", gpa: int, kind: str, guest_page: bool = False,
                max_faults: int = 8) -> int:
     """What the CPU does for one guest access of *kind* ("read", "write", "exec") to
     *gpa* under NPT: an NPF (:func:`npf_interception`) until the nested translation
-    allows it.  Returns the number of NPFs; raises RuntimeError without forward progress."""
+    allows it or KVM emulates the access.  Returns the number of NPFs; raises
+    RuntimeError without forward progress."""
+    return npt_access_emulated(vcpu, gpa, kind, guest_page, max_faults)[0]
+
+
+def npt_access_emulated(vcpu: "KvmVcpu", gpa: int, kind: str, guest_page: bool = False,
+                        max_faults: int = 8) -> tuple[int, bool]:
+    """:func:`npt_access`, also saying whether KVM emulated the access (RET_PF_EMULATE:
+    MMIO, which userspace completes) instead of mapping it."""
+    kvm = vcpu.kvm
     write, fetch = kind == "write" or guest_page, kind == "exec" and not guest_page
     for n in range(max_faults):
         spte = leaf_spte(vcpu, gpa >> PAGE_SHIFT)
         present = is_shadow_present_pte(spte)
         if present and (is_writable_pte(spte) if write
-                        else is_executable_pte(vcpu.kvm.masks, spte) if fetch
+                        else is_executable_pte(kvm.masks, spte) if fetch
                         else bool(spte & PT_PRESENT_MASK)):
-            return n
-        npf_interception(vcpu, gpa, npf_error_code(write=write, exec=fetch, present=present,
-                                                   guest_page=guest_page))
+            return n, False
+        rsvd = is_mmio_spte(kvm.masks, kvm.shadow_mmio_value, spte)
+        r = npf_interception(vcpu, gpa, npf_error_code(write=write, exec=fetch, present=present,
+                                                       guest_page=guest_page, rsvd=rsvd))
+        if r == RET_PF_EMULATE:
+            return n + 1, True
     raise RuntimeError(f"no forward progress on {kind} at {gpa:#x}")
