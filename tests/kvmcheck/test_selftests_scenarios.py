@@ -1,16 +1,27 @@
 """KVM selftests as model scenarios (tdpsim.scenarios.selftests), with the asserts the
 selftests make, and the recorded runs of the real selftests in the QEMU oracle
-(tests/kvmcheck/data/oracle/selftests/<release>.jsonl, built from linux-source-6.12)."""
+(tests/kvmcheck/data/oracle/selftests/<release>.jsonl, built from linux-source-6.12;
+<release>/<selftest>.trace.xz: the run's kvmmmu trace without the emulator's guest-walk
+lines kvm_mmu_pagetable_walk / kvm_mmu_paging_element, which nothing compares)."""
 
 from __future__ import annotations
 
 import json
+import lzma
+import re
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
 
-from tdpsim.model.profile import KERNEL_6_1, KERNEL_6_12
-from tdpsim.scenarios.selftests import dirty_log_page_splitting_test, nx_huge_pages_test
+from tdpsim.kvmcheck.oracle import NPT_BITS, event_text, model_bits
+from tdpsim.kvmcheck.selftest_trace import by_thread, comparable, model_records, vm_segments
+from tdpsim.model.kvm import Kvm
+from tdpsim.model.kvm_main import KVM_USER_MEM_SLOTS
+from tdpsim.model.profile import KERNEL_6_1, KERNEL_6_12, KERNEL_6_18_HP_V3
+from tdpsim.scenarios.selftests import (MEM_REGION_SIZE, dirty_log_page_splitting_test,
+                                        nx_huge_pages_test, set_memory_region_test)
+from tdpsim.trace import records as tr
 
 DATA = Path(__file__).parent / "data" / "oracle" / "selftests"
 PROFILES = [KERNEL_6_1, KERNEL_6_12]
@@ -65,3 +76,98 @@ def test_the_6_12_selftests_skip_on_6_1_for_want_of_set_user_memory_region2():
         "set_memory_region_test": 4}                                   # KSFT_SKIP
     assert all("require KVM_SET_USER_MEMORY_REGION2 (introduced in v6.8)" in r["stdout"]
                for r in rec.values())
+
+
+# --- set_memory_region_test ---------------------------------------------------------------
+
+REL_6_12 = "6.12.117+deb12-amd64"
+SMR_TRACE = DATA / REL_6_12 / "set_memory_region_test.trace.xz"
+#: the test region's 2 MiB frames at 3G and the one below (its misaligned MOVE)
+SMR_GFNS = range(0xBFE00, 0xC0400)
+#: the recorded run's timings the selftest allows (set_memory_region_test's docstring),
+#: read off its trace by _timings and asserted exactly
+LATE_FIRST_LOAD = {"move[quirk]#9"}
+DIES_IN_SLOT0_WINDOW = {"delete[quirk]#4", "delete[quirk]#6", "delete[quirk]#7",
+                        "delete[quirk]#8"}
+
+
+@pytest.mark.parametrize("profile", [KERNEL_6_12, KERNEL_6_18_HP_V3], ids=lambda p: p.name)
+def test_set_memory_region_test_asserts_hold_in_the_model(profile):
+    """zero memslots 1, invalid flags 61, max memslots 3, 10 MOVEs x 7 and 10 DELETEs x 9
+    with the slot-zap quirk and without."""
+    run = set_memory_region_test(profile)
+    assert len(run.checks) == 1 + 61 + 3 + 2 * (10 * 7 + 10 * 9) and run.passed, run.failures()
+    assert list(run.events)[:3] == ["zero_memory_regions", "move[quirk]#0", "move[quirk]#1"]
+    assert len(run.events) == 41
+
+
+def test_set_memory_region_test_ran_as_the_model_runs_it_on_6_12():
+    rec = _recorded(REL_6_12)["set_memory_region_test"]
+    assert rec["returncode"] == 0 and rec["trace_overruns"] == 0
+    out = rec["stdout"].splitlines()
+    assert f"Allowed number of memory slots: {KVM_USER_MEM_SLOTS}" in out
+    assert (f"Adding slots 0..{KVM_USER_MEM_SLOTS - 1}, each memory region with "
+            f"{MEM_REGION_SIZE >> 10}K size") in out
+    # Debian's 6.12 has no KVM_X86_SW_PROTECTED_VM: the model's default config
+    assert "Skipping tests for KVM_MEM_GUEST_MEMFD memory regions" in out
+    tests = [m.groups() for m in (re.match(r"Testing (MOVE|DELETE) of in-use region, (\d+) "
+                                           r"loops, slot zap quirk (\w+)", line) for line in out) if m]
+    assert tests == [("MOVE", "10", "enabled"), ("DELETE", "10", "enabled"),
+                     ("MOVE", "10", "disabled"), ("DELETE", "10", "disabled")]
+
+
+@lru_cache(maxsize=None)
+def _smr_kernel_vms():
+    with lzma.open(SMR_TRACE, "rt") as f:
+        return vm_segments(f, filename=str(SMR_TRACE))
+
+
+def _timings(names, vms):
+    """(MOVE VMs whose first mapping of the region is 4K, i.e. made after the first
+    move; DELETE VMs with the quirk whose vCPU died before slot 0's fast zap, which the
+    trace then shows after the vCPU's last event, as teardown)."""
+    late = {n for n, vm in zip(names, vms) if n.startswith("move") and next(
+        r.level for r in vm["vcpu"] if isinstance(r, tr.KvmMmuSetSpte) and r.gfn in SMR_GFNS) == 1}
+    died = {n for n, vm in zip(names, vms) if n.startswith("delete[quirk]") and sum(
+        isinstance(r, tr.KvmMmuZapAllFast) for r in vm["main"]) == 2}
+    return late, died
+
+
+def _smr_mismatches(run, vms):
+    bits = model_bits(Kvm(profile=KERNEL_6_12, vendor="amd").masks)
+    bad, compared = {}, 0
+    for i, (name, kernel) in enumerate(zip(run.events, vms)):
+        gfns = None if i == 0 else SMR_GFNS     # the first VM has no slot but the MMIO gfn
+        model = by_thread(run.events[name])
+        for thread in sorted(set(kernel) | set(model)):
+            k = comparable(kernel.get(thread, []), NPT_BITS, KERNEL_6_12, gfns)
+            m = comparable(model_records(model.get(thread, [])), bits, KERNEL_6_12, gfns)
+            compared += len(k)
+            if k != m:
+                j = next((j for j, (a, b) in enumerate(zip(k, m)) if a != b), min(len(k), len(m)))
+                bad[(name, thread)] = (f"event {j}: kernel {event_text(k[j]) if j < len(k) else '-'}"
+                                       f" != model {event_text(m[j]) if j < len(m) else '-'}")
+    return bad, compared
+
+
+def test_set_memory_region_test_events_agree_with_the_recorded_6_12_trace():
+    """Every VM of the recorded run, thread by thread: each fault and every change of a
+    real SPTE, table and shadow page in the test region (kvmcheck.selftest_trace)."""
+    vms = _smr_kernel_vms()
+    names = list(set_memory_region_test(KERNEL_6_12, loops=10, max_memslots=False).events)
+    assert len(vms) == len(names) == 41
+    assert _timings(names, vms) == (LATE_FIRST_LOAD, DIES_IN_SLOT0_WINDOW)
+    run = set_memory_region_test(KERNEL_6_12, max_memslots=False,
+                                 late_first_load=LATE_FIRST_LOAD,
+                                 dies_in_slot0_window=DIES_IN_SLOT0_WINDOW)
+    assert run.passed, run.failures()
+    bad, compared = _smr_mismatches(run, vms)
+    assert bad == {} and compared == 24603, bad
+
+
+def test_set_memory_region_test_comparison_sees_a_different_timing():
+    """Without the recorded timings the model's run differs exactly where they act."""
+    bad, _ = _smr_mismatches(set_memory_region_test(KERNEL_6_12, max_memslots=False),
+                             _smr_kernel_vms())
+    assert set(bad) == {("move[quirk]#9", "main"), ("move[quirk]#9", "vcpu")} | {
+        (n, "main") for n in DIES_IN_SLOT0_WINDOW}

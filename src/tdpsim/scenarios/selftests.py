@@ -8,35 +8,48 @@
 * :func:`dirty_log_page_splitting_test` — ``x86_64/dirty_log_page_splitting_test.c``:
   populate, enable dirty logging, two dirty passes (GET, plus CLEAR with
   ``manual_caps``), disable, repopulate; the asserts on ``pages_4k/2m/1g``.
+* :func:`set_memory_region_test` — ``set_memory_region_test.c`` (6.12) on x86: KVM_RUN
+  without memslots, invalid memslot flags, KVM_CAP_NR_MEMSLOTS slots and one more, and
+  MOVE / DELETE of the region a running vCPU reads, with the slot-zap quirk and without:
+  the ioctls' return codes, the guest's and ``vcpu_worker``'s asserts, the exit reasons;
+  each VM's events (by selftest thread) are kept for comparison with the kernel's trace.
 
 Each returns :class:`SelftestRun`: every assert as a :class:`Check` (what the selftest
 compares, both sides).  Runs on a kvm_amd VM (NPT, the TDP MMU) as on the oracle.
 
-Simplifications: the selftests' slot 0 (code, stack, page tables) is not modelled; the
-kernel's passing runs show it contributes no huge pages to the counts compared.  The
+Simplifications: the selftests' slot 0 (code, stack, page tables) is not modelled (one
+stand-in page in ``set_memory_region_test``); the kernel's passing runs show it
+contributes no huge pages to the counts compared.  The
 vCPUs of the page-splitting test run one after the other; the recovery worker runs once
 where the selftest sleeps (ratio 1 zaps everything in one run).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable, Collection, Optional, Union
 
-from ..model.kvm import Kvm
-from ..model.kvm_main import (kvm_mmu_slot_apply_flags, kvm_recover_nx_huge_pages,
-                              kvm_set_memory_region)
-from ..model.memslot import KVM_MEM_LOG_DIRTY_PAGES, HostBacking, KvmMemorySlot
-from ..model.mmu_fault import kvm_mmu_load
+from ..model.kvm import KVM_X86_DEFAULT_VM, KVM_X86_SW_PROTECTED_VM, Kvm
+from ..model.kvm_main import (KVM_USER_MEM_SLOTS, KVM_X86_QUIRK_SLOT_ZAP_ALL,
+                              KvmUserspaceMemoryRegion2, kvm_mmu_slot_apply_flags,
+                              kvm_recover_nx_huge_pages, kvm_set_memory_region,
+                              kvm_vm_ioctl_set_memory_region)
+from ..model.memslot import (KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
+                             KVM_MEMSLOT_INVALID, GuestMemfd, HostBacking, KvmMemorySlot)
+from ..model.mmu_fault import kvm_mmu_load, kvm_mmu_reload
+from ..model.mmu_internal import EINVAL, RET_PF_RETRY
 from ..model.policy import Policy
 from ..model.profile import DEFAULT_PROFILE, KernelProfile
-from ..model.spte import PAGE_SHIFT, PG_LEVEL_2M
-from ..model.svm import npt_access
+from ..model.spte import PAGE_SHIFT, PG_LEVEL_2M, PG_LEVEL_4K
+from ..model.svm import npf_error_code, npf_interception, npt_access, npt_access_emulated
 from ..model.dirty_log import (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_INITIALLY_SET,
                                KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, kvm_dirty_bitmap_bytes)
-from ..model.ioctl import (kvm_vm_ioctl_clear_dirty_log, kvm_vm_ioctl_enable_cap,
-                           kvm_vm_ioctl_get_dirty_log)
+from ..model.ioctl import (KVM_CAP_DISABLE_QUIRKS2, kvm_vm_ioctl_clear_dirty_log,
+                           kvm_vm_ioctl_enable_cap, kvm_vm_ioctl_get_dirty_log)
 
-__all__ = ["Check", "SelftestRun", "nx_huge_pages_test", "dirty_log_page_splitting_test"]
+__all__ = ["Check", "SelftestRun", "nx_huge_pages_test", "dirty_log_page_splitting_test",
+           "set_memory_region_test"]
 
 MiB = 1 << 20
 PAGE_2M = 2 * MiB
@@ -44,16 +57,18 @@ PAGE_2M = 2 * MiB
 
 @dataclass(frozen=True)
 class Check:
-    """One ``TEST_ASSERT``: ``left <op> right`` at ``stage``."""
+    """One ``TEST_ASSERT``: ``left <op> right`` at ``stage`` (``in``: one of a tuple)."""
 
     stage: str
     what: str
     left: int
-    right: int
+    right: Union[int, tuple[int, ...]]
     op: str = "=="
 
     @property
     def ok(self) -> bool:
+        if self.op == "in":
+            return self.left in self.right
         return self.left == self.right if self.op == "==" else self.left >= self.right
 
     def __str__(self) -> str:
@@ -65,6 +80,8 @@ class Check:
 class SelftestRun:
     name: str
     checks: list[Check] = field(default_factory=list)
+    #: per VM, the model's events with the selftest thread ("main", "vcpu") causing them
+    events: dict[str, list[tuple[str, object]]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -207,3 +224,269 @@ def dirty_log_page_splitting_test(profile: KernelProfile = DEFAULT_PROFILE, *,
                             populated["pages_1g"]))
     return run
 
+
+
+# --- set_memory_region_test --------------------------------------------------------------
+
+MEM_REGION_SIZE = 0x200000       # one 2M page: the region starts as exactly one huge page
+MEM_REGION_GPA = 0xC0000000
+MEM_REGION_SLOT = 10
+MMIO_VAL = 0xBEEF
+KVM_EXIT_SHUTDOWN, KVM_EXIT_INTERNAL_ERROR = 8, 17
+#: the selftest's slot 0 (code, stack, page tables; not modelled beyond its existence):
+#: its size and where the guest's page tables sit in it
+SLOT0_SIZE, SLOT0_PT_GPA = 2 * MiB, 0x180000
+SLOT0_HVA, REGION_HVA = 0x7D00_0000_0000, 0x7D40_0000_0000
+
+
+class _RegionVm:
+    """``spawn_vm``: one vCPU, slot 0 and the THP-backed test region at 3G whose two
+    first pages the host zeroed (so THP-populated), and the host memory the guest reads
+    (8-byte words by hva; anything unwritten reads 0)."""
+
+    def __init__(self, run: SelftestRun, profile: KernelProfile, segment: str,
+                 disable_slot_zap_quirk: bool) -> None:
+        self.run, self.segment = run, segment
+        # the model's events with the selftest thread that causes them (see vcpu_thread)
+        self.events: list[tuple[str, object]] = []
+        self.thread = "main"
+        self.kvm = Kvm(policy=Policy(), profile=profile, vendor="amd",
+                       tracer=lambda e: self.events.append((self.thread, e)))
+        self.vcpu = self.kvm.vcpus[0]
+        self.mem: dict[int, int] = {}
+        self.region_hva = REGION_HVA
+        assert self.set_region(0, 0, SLOT0_SIZE, SLOT0_HVA, PG_LEVEL_4K) == 0
+        assert self.set_region(MEM_REGION_SLOT, MEM_REGION_GPA, MEM_REGION_SIZE,
+                               self.region_hva, PG_LEVEL_2M) == 0
+        if disable_slot_zap_quirk:
+            assert kvm_vm_ioctl_enable_cap(self.kvm, KVM_CAP_DISABLE_QUIRKS2,
+                                           KVM_X86_QUIRK_SLOT_ZAP_ALL) == 0
+        run.events[segment] = self.events
+        # The guest runs from slot 0: the model's stand-in for its code, stack and page
+        # tables is one page, which gives the root the tables those need.
+        assert not self.cpu_access(SLOT0_PT_GPA)
+
+    def set_region(self, slot: int, gpa: int, size: int, hva: int, level: int,
+                   unpopulated: bool = False) -> int:
+        """KVM_SET_USER_MEMORY_REGION2 with a fresh anonymous mapping at *hva*; a vCPU
+        access while the old slot is INVALID must retry (kvm_faultin_pfn)."""
+        backing = HostBacking(hva, size, level,
+                              unpopulated_frames={hva >> 21} if unpopulated else set())
+        mem = KvmUserspaceMemoryRegion2(slot, 0, gpa, size, hva, backing=backing)
+        return kvm_vm_ioctl_set_memory_region(self.kvm, mem, while_invalid=self.fault_in_window)
+
+    @contextmanager
+    def vcpu_thread(self):
+        """What the vCPU thread does (its events are kept apart from the main thread's)."""
+        self.thread = "vcpu"
+        try:
+            yield
+        finally:
+            self.thread = "main"
+
+    def fault_in_window(self) -> None:
+        with self.vcpu_thread():
+            kvm_mmu_reload(self.vcpu)
+            r = npf_interception(self.vcpu, MEM_REGION_GPA, npf_error_code())
+        self.run.checks.append(Check(self.segment, "fault on a KVM_MEMSLOT_INVALID slot "
+                                     "(RET_PF_RETRY: the guest does not die)", r, RET_PF_RETRY))
+
+    def cpu_access(self, gpa: int, guest_page: bool = False) -> bool:
+        """The vCPU enters (``kvm_mmu_reload``) and reads *gpa*; True if KVM emulates it."""
+        with self.vcpu_thread():
+            kvm_mmu_reload(self.vcpu)
+            return npt_access_emulated(self.vcpu, gpa, "read", guest_page)[1]
+
+    def guest_read(self, gpa: int) -> int:
+        """One guest load: the memory word, or ``vcpu_worker``'s answer to the
+        KVM_EXIT_MMIO (with its asserts)."""
+        if self.cpu_access(gpa):
+            self.run.checks.append(Check(self.segment, "vcpu_worker: run->mmio.phys_addr",
+                                         gpa, MEM_REGION_GPA))
+            return MMIO_VAL
+        slot = self.kvm.gfn_to_memslot(gpa >> PAGE_SHIFT)
+        return self.mem.get(slot.gfn_to_hva(gpa >> PAGE_SHIFT) + (gpa & 0xFFF), 0)
+
+    def guest_spin_on_val(self, spin_val: int) -> int:
+        """``guest_spin_on_val``: load until the value changes (the model loads once: the
+        host changed nothing in between when it loads again)."""
+        return self.guest_read(MEM_REGION_GPA)
+
+    def check_in(self, what: str, val: int, allowed: tuple[int, ...]) -> None:
+        self.run.checks.append(Check(self.segment, what, val, allowed, "in"))
+
+    def move(self, gpa: int) -> int:
+        return kvm_vm_ioctl_set_memory_region(self.kvm, KvmUserspaceMemoryRegion2(
+            MEM_REGION_SLOT, 0, gpa, MEM_REGION_SIZE, self.region_hva),
+            while_invalid=self.fault_in_window)
+
+    def delete(self, slot: int, while_invalid: Optional[Callable[[], None]] = None) -> int:
+        return kvm_vm_ioctl_set_memory_region(self.kvm, KvmUserspaceMemoryRegion2(
+            slot, 0, MEM_REGION_GPA if slot else 0, 0, 0),
+            while_invalid=self.fault_in_window if slot else while_invalid)
+
+
+def _test_move_memory_region(run: SelftestRun, profile: KernelProfile, segment: str,
+                             quirk_off: bool, late: bool) -> None:
+    vm = _RegionVm(run, profile, segment, quirk_off)
+    if not late:
+        assert vm.guest_spin_on_val(0) == 0       # spawn_vm: the guest spins on 0
+    hva = vm.region_hva
+    assert vm.move(MEM_REGION_GPA - 4096) == 0
+    vm.mem[hva] = 2
+    # misaligned: the gpa now reads the region's second page, never the 2
+    run.checks.append(Check(segment, "misaligned move: the guest does not see 2",
+                            vm.guest_spin_on_val(0), 0))
+    vm.mem[hva] = 1
+    assert vm.move(MEM_REGION_GPA) == 0
+    val = vm.guest_spin_on_val(0)
+    vm.check_in("guest: val == 1 || val == MMIO_VAL", val, (1, MMIO_VAL))
+    vm.check_in("guest: val == 1 || val == 0", vm.guest_spin_on_val(MMIO_VAL), (1, 0))
+    vm.check_in("guest: val == 1 || val == MMIO_VAL", vm.guest_spin_on_val(0), (1, MMIO_VAL))
+    run.checks.append(Check(segment, "guest: GUEST_ASSERT_EQ(val, 1)",
+                            vm.guest_spin_on_val(MMIO_VAL), 1))
+
+
+def _test_delete_memory_region(run: SelftestRun, profile: KernelProfile, segment: str,
+                               quirk_off: bool, dies_in_window: bool) -> None:
+    vm = _RegionVm(run, profile, segment, quirk_off)
+    assert vm.guest_spin_on_val(0) == 0
+    assert vm.delete(MEM_REGION_SLOT) == 0
+    run.checks.append(Check(segment, "guest: GUEST_ASSERT_EQ(val, MMIO_VAL)",
+                            vm.guest_spin_on_val(0), MMIO_VAL))
+    # vm_userspace_mem_region_add: a fresh THP mapping nobody wrote (reads: zero page)
+    vm.region_hva += 2 * MEM_REGION_SIZE
+    assert vm.set_region(MEM_REGION_SLOT, MEM_REGION_GPA, MEM_REGION_SIZE, vm.region_hva,
+                         PG_LEVEL_2M, unpopulated=True) == 0
+    run.checks.append(Check(segment, "guest: GUEST_ASSERT_EQ(val, 0)",
+                            vm.guest_spin_on_val(MMIO_VAL), 0))
+    assert vm.delete(MEM_REGION_SLOT) == 0
+    run.checks.append(Check(segment, "guest: GUEST_ASSERT_EQ(val, MMIO_VAL)",
+                            vm.guest_spin_on_val(0), MMIO_VAL))
+    vm.guest_read(MEM_REGION_GPA)            # spin indefinitely (until slot 0 goes)
+    if dies_in_window:
+        # The vCPU is emulating its MMIO load when slot 0 turns INVALID: the emulator's
+        # walk of the guest page tables (in slot 0) reads no memory (an INVALID slot has
+        # no hva), injects #PF into the zeroed IDT: triple fault.
+        died = []
+        assert vm.delete(0, lambda: died.append(vm.kvm.gfn_to_memslot(
+            SLOT0_PT_GPA >> PAGE_SHIFT).flags & KVM_MEMSLOT_INVALID)) == 0
+        exit_reason = KVM_EXIT_SHUTDOWN if died == [KVM_MEMSLOT_INVALID] else 0
+    else:
+        assert vm.delete(0) == 0
+        # Its next instruction needs its page tables, which were in slot 0: the walk's
+        # access is emulated, the emulator's own walk finds no memory: triple fault.
+        exit_reason = KVM_EXIT_SHUTDOWN if vm.cpu_access(SLOT0_PT_GPA, guest_page=True) \
+            and vm.kvm.gfn_to_memslot(SLOT0_PT_GPA >> PAGE_SHIFT) is None else 0
+    vm.check_in("run->exit_reason == KVM_EXIT_SHUTDOWN || KVM_EXIT_INTERNAL_ERROR",
+                exit_reason, (KVM_EXIT_SHUTDOWN, KVM_EXIT_INTERNAL_ERROR))
+
+
+def _test_zero_memory_regions(run: SelftestRun, profile: KernelProfile) -> None:
+    """A VM without memslots: the reset vector's fetch becomes an MMIO SPTE and
+    RET_PF_EMULATE, and the emulator has no instruction bytes to decode
+    (handle_emulation_failure: KVM_EXIT_INTERNAL_ERROR)."""
+    events: list[tuple[str, object]] = []
+    kvm = Kvm(policy=Policy(), profile=profile, vendor="amd",
+              tracer=lambda e: events.append(("main", e)))
+    run.events["zero_memory_regions"] = events     # KVM_RUN on the main thread
+    vcpu = kvm.vcpus[0]
+    kvm_mmu_reload(vcpu)
+    _, emulated = npt_access_emulated(vcpu, RESET_VECTOR, "exec")
+    exit_reason = KVM_EXIT_INTERNAL_ERROR if emulated and kvm.gfn_to_memslot(
+        RESET_VECTOR >> PAGE_SHIFT) is None else 0
+    run.checks.append(Check("test_zero_memory_regions", "TEST_ASSERT_KVM_EXIT_REASON",
+                            exit_reason, KVM_EXIT_INTERNAL_ERROR))
+
+
+RESET_VECTOR = 0xFFFFFFF0
+
+
+def _test_invalid_memory_region_flags(run: SelftestRun, profile: KernelProfile,
+                                      sw_protected_vm: bool,
+                                      memory_attributes_private: bool) -> None:
+    stage = "test_invalid_memory_region_flags"
+    vm_type = KVM_X86_SW_PROTECTED_VM if sw_protected_vm else KVM_X86_DEFAULT_VM
+    kvm = Kvm(vm_type=vm_type, profile=profile, vendor="amd")
+    supported = KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY
+    v2_only = KVM_MEM_GUEST_MEMFD
+    if memory_attributes_private:          # KVM_CAP_MEMORY_ATTRIBUTES on /dev/kvm
+        supported |= KVM_MEM_GUEST_MEMFD
+
+    def set_region(flags: int, v1: bool, gmem: Optional[GuestMemfd] = None) -> int:
+        return kvm_vm_ioctl_set_memory_region(kvm, KvmUserspaceMemoryRegion2(
+            0, flags, 0, MEM_REGION_SIZE, 0, guest_memfd=gmem), v1=v1)
+
+    for i in range(32):
+        flag = 1 << i
+        if supported & flag and not v2_only & flag:
+            continue
+        run.checks.append(Check(stage, f"KVM_SET_USER_MEMORY_REGION flags {flag:#x}",
+                                set_region(flag, True), -EINVAL))
+        if supported & flag:
+            continue
+        run.checks.append(Check(stage, f"KVM_SET_USER_MEMORY_REGION2 flags {flag:#x}",
+                                set_region(flag, False), -EINVAL))
+    if supported & KVM_MEM_GUEST_MEMFD:
+        gmem = GuestMemfd(MEM_REGION_SIZE >> PAGE_SHIFT, pfn_base=0x100000)
+        for other in (KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY):
+            run.checks.append(Check(stage, f"REGION2 GUEST_MEMFD | {other:#x}",
+                                    set_region(KVM_MEM_GUEST_MEMFD | other, False, gmem),
+                                    -EINVAL))
+
+
+def _test_add_max_memory_regions(run: SelftestRun, profile: KernelProfile) -> None:
+    stage = "test_add_max_memory_regions"
+    max_mem_slots = KVM_USER_MEM_SLOTS             # KVM_CAP_NR_MEMSLOTS
+    run.checks.append(Check(stage, "KVM_CAP_NR_MEMSLOTS > 0", max_mem_slots, 1, ">="))
+    kvm = Kvm(profile=profile, vendor="amd")
+    hva = 0x7C00_0000_0000
+    backing = HostBacking(hva, max_mem_slots * MEM_REGION_SIZE, PG_LEVEL_4K)
+    added = sum(kvm_vm_ioctl_set_memory_region(kvm, KvmUserspaceMemoryRegion2(
+        slot, 0, slot * MEM_REGION_SIZE, MEM_REGION_SIZE, hva + slot * MEM_REGION_SIZE,
+        backing=backing)) == 0 for slot in range(max_mem_slots))
+    run.checks.append(Check(stage, "slots 0..max-1 added", added, max_mem_slots))
+    extra = HostBacking(0x7BF0_0000_0000, MEM_REGION_SIZE)
+    r = kvm_vm_ioctl_set_memory_region(kvm, KvmUserspaceMemoryRegion2(
+        max_mem_slots, 0, max_mem_slots * MEM_REGION_SIZE, MEM_REGION_SIZE, extra.hva,
+        backing=extra))
+    run.checks.append(Check(stage, "one more memory slot: -EINVAL", r, -EINVAL))
+
+
+def set_memory_region_test(profile: KernelProfile = DEFAULT_PROFILE, *, loops: int = 10,
+                           sw_protected_vm: bool = False,
+                           memory_attributes_private: bool = True,
+                           max_memslots: bool = True,
+                           late_first_load: Collection[str] = (),
+                           dies_in_slot0_window: Collection[str] = ()) -> SelftestRun:
+    """``main()`` of ``set_memory_region_test.c`` on x86 (KVM_CAP_DISABLE_QUIRKS2 offers
+    KVM_X86_QUIRK_SLOT_ZAP_ALL, so MOVE and DELETE run with the quirk and without).
+    The defaults are the recorded kernel's config (Debian 6.12: no
+    KVM_X86_SW_PROTECTED_VM, KVM_GENERIC_MEMORY_ATTRIBUTES=y); ``max_memslots=False``
+    skips the 32764-slot subtest.  ``run.events`` holds each VM's model events by
+    thread, the VMs named ``zero_memory_regions``, ``move[quirk]#i``, ``delete[quirk]#i``,
+    ``move[noquirk]#i``...; in the MOVE VMs named in ``late_first_load`` the guest's
+    first load comes after the first move (its vCPU had not re-entered the guest within
+    ``spawn_vm``'s 100 ms wait), and in the DELETE VMs named in ``dies_in_slot0_window``
+    the vCPU dies while slot 0 is INVALID, before its zap: timings the selftest allows.
+
+    Not modelled (one line each): KVM_SET_NR_MMU_PAGES (it limits shadow pages only);
+    the guest_memfd subtests (``test_add_private_memory_region``,
+    ``test_add_overlapping_private_memory_regions``) need KVM_X86_SW_PROTECTED_VM, which
+    the recorded kernel skips, and kvm_gmem_bind's file/VM identity checks; the guest's
+    RIP after the final exit (checked only for KVM_EXIT_INTERNAL_ERROR)."""
+    run = SelftestRun("set_memory_region_test")
+    _test_zero_memory_regions(run, profile)
+    _test_invalid_memory_region_flags(run, profile, sw_protected_vm, memory_attributes_private)
+    if max_memslots:
+        _test_add_max_memory_regions(run, profile)
+    for quirk_off in (False, True):
+        tag = "noquirk" if quirk_off else "quirk"
+        for i in range(loops):
+            name = f"move[{tag}]#{i}"
+            _test_move_memory_region(run, profile, name, quirk_off, name in late_first_load)
+        for i in range(loops):
+            name = f"delete[{tag}]#{i}"
+            _test_delete_memory_region(run, profile, name, quirk_off,
+                                       name in dies_in_slot0_window)
+    return run
