@@ -19,8 +19,10 @@ from tdpsim.kvmcheck.selftest_trace import by_thread, comparable, model_records,
 from tdpsim.model.kvm import Kvm
 from tdpsim.model.kvm_main import KVM_USER_MEM_SLOTS
 from tdpsim.model.profile import KERNEL_6_1, KERNEL_6_12, KERNEL_6_18_HP_V3
-from tdpsim.scenarios.selftests import (MEM_REGION_SIZE, dirty_log_page_splitting_test,
-                                        nx_huge_pages_test, set_memory_region_test)
+from tdpsim.scenarios.selftests import (AMD_40BIT_MAX_GFN, MEM_REGION_SIZE, TEST_NPAGES,
+                                        dirty_log_page_splitting_test, nx_huge_pages_test,
+                                        pre_fault_memory_test, pre_fault_test_gpa,
+                                        set_memory_region_test)
 from tdpsim.trace import records as tr
 
 DATA = Path(__file__).parent / "data" / "oracle" / "selftests"
@@ -171,3 +173,59 @@ def test_set_memory_region_test_comparison_sees_a_different_timing():
                              _smr_kernel_vms())
     assert set(bad) == {("move[quirk]#9", "main"), ("move[quirk]#9", "vcpu")} | {
         (n, "main") for n in DIES_IN_SLOT0_WINDOW}
+
+
+# --- pre_fault_memory_test ----------------------------------------------------------------
+
+PRE_FAULT_TRACE = DATA / REL_6_12 / "pre_fault_memory_test.trace.xz"
+
+
+@pytest.mark.parametrize("profile", [KERNEL_6_12, KERNEL_6_18_HP_V3], ids=lambda p: p.name)
+def test_pre_fault_memory_test_asserts_hold_in_the_model(profile):
+    run = pre_fault_memory_test(profile)
+    # 1 + 2 + 1 ioctls, each call's size/ret assert, then size and ret per range, vcpu_run
+    assert [c.left for c in run.checks if c.what == "range.size == left"] == [0, 4096, 4096]
+    assert len(run.checks) == 4 + 3 * 2 + 1 and run.passed, run.failures()
+
+
+def test_pre_fault_memory_test_needs_kvm_pre_fault_memory():
+    """6.1 has no KVM_PRE_FAULT_MEMORY (v6.11): every ioctl is -EINVAL."""
+    run = pre_fault_memory_test(KERNEL_6_1)
+    assert not run.passed and {c.left for c in run.checks if c.what.startswith("ret")} == {-22}
+
+
+def test_pre_fault_memory_test_agrees_with_the_recorded_6_12_run():
+    rec = _recorded(REL_6_12)["pre_fault_memory_test"]
+    assert rec["returncode"] == 0 and rec["trace_overruns"] == 0
+    # Debian's 6.12 has no KVM_X86_SW_PROTECTED_VM: both private variants skip
+    assert rec["stdout"].count("Skipping tests for vm_type 0x1") == 2
+    with lzma.open(PRE_FAULT_TRACE, "rt") as f:
+        (vm,) = vm_segments(f, filename=str(PRE_FAULT_TRACE))
+    base = pre_fault_test_gpa(AMD_40BIT_MAX_GFN) >> 12
+    assert base == 0xFCFFC00
+    # the test slot, the gfn after it (no memslot: MMIO) and their 2M entries
+    gfns = range(base, base + TEST_NPAGES + 1)
+    first = next(r for r in vm["main"] if isinstance(r, tr.KvmMmuSpteRequested))
+    assert first.gfn == base                       # where the recorded selftest put it
+    run = pre_fault_memory_test(KERNEL_6_12)
+    bits = model_bits(Kvm(profile=KERNEL_6_12, vendor="amd").masks)
+    kernel = comparable(vm["main"], NPT_BITS, KERNEL_6_12, gfns)
+    model = comparable(model_records(by_thread(run.events["vm"])["main"]), bits, KERNEL_6_12,
+                       gfns)
+    assert kernel == model and len(kernel) == 1031
+    # every page maps the (4K) zero page read-only and not accessed (a prefetch fault)
+    assert {e[3] for e in kernel if e[0] == "kvm_mmu_set_spte"} == {"LX"}
+
+
+def test_the_other_recorded_6_12_selftests_pass():
+    """Recorded, not modelled: kvm_page_table_test (timed create / update / adjust
+    mapping stages; asserts only that each ioctl and guest stage succeeds) and
+    memslot_modification_stress_test (a memslot added and deleted 20 times under a
+    memstress vCPU)."""
+    rec = _recorded(REL_6_12)
+    page_table = rec["kvm_page_table_test_thp"]
+    assert page_table["returncode"] == 0 and "KVM_ADJUST_MAPPINGS: total execution time" in \
+        page_table["stdout"] and "-s anonymous_thp" in page_table["command"]
+    stress = rec["memslot_modification_stress_test"]
+    assert stress["returncode"] == 0 and "All vCPU threads joined" in stress["stdout"]
+    assert "Memslot zap quirk enabled" in stress["stdout"]

@@ -13,6 +13,10 @@
   MOVE / DELETE of the region a running vCPU reads, with the slot-zap quirk and without:
   the ioctls' return codes, the guest's and ``vcpu_worker``'s asserts, the exit reasons;
   each VM's events (by selftest thread) are kept for comparison with the kernel's trace.
+* :func:`pre_fault_memory_test` — ``pre_fault_memory_test.c`` (6.12), default VM:
+  KVM_PRE_FAULT_MEMORY of 2M, of 2 pages (one past the slot: -ENOENT) and of the page
+  past the slot, with the selftest's per-call and per-range asserts, then the guest's
+  reads (no NPF left).
 
 Each returns :class:`SelftestRun`: every assert as a :class:`Check` (what the selftest
 compares, both sides).  Runs on a kvm_amd VM (NPT, the TDP MMU) as on the oracle.
@@ -38,18 +42,19 @@ from ..model.kvm_main import (KVM_USER_MEM_SLOTS, KVM_X86_QUIRK_SLOT_ZAP_ALL,
 from ..model.memslot import (KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
                              KVM_MEMSLOT_INVALID, GuestMemfd, HostBacking, KvmMemorySlot)
 from ..model.mmu_fault import kvm_mmu_load, kvm_mmu_reload
-from ..model.mmu_internal import EINVAL, RET_PF_RETRY
+from ..model.mmu_internal import EINTR, EINVAL, ENOENT, RET_PF_RETRY
 from ..model.policy import Policy
 from ..model.profile import DEFAULT_PROFILE, KernelProfile
 from ..model.spte import PAGE_SHIFT, PG_LEVEL_2M, PG_LEVEL_4K
 from ..model.svm import npf_error_code, npf_interception, npt_access, npt_access_emulated
 from ..model.dirty_log import (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_INITIALLY_SET,
                                KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, kvm_dirty_bitmap_bytes)
-from ..model.ioctl import (KVM_CAP_DISABLE_QUIRKS2, kvm_vm_ioctl_clear_dirty_log,
+from ..model.ioctl import (KVM_CAP_DISABLE_QUIRKS2, KvmPreFaultMemory,
+                           kvm_vcpu_pre_fault_memory, kvm_vm_ioctl_clear_dirty_log,
                            kvm_vm_ioctl_enable_cap, kvm_vm_ioctl_get_dirty_log)
 
 __all__ = ["Check", "SelftestRun", "nx_huge_pages_test", "dirty_log_page_splitting_test",
-           "set_memory_region_test"]
+           "set_memory_region_test", "pre_fault_memory_test"]
 
 MiB = 1 << 20
 PAGE_2M = 2 * MiB
@@ -489,4 +494,64 @@ def set_memory_region_test(profile: KernelProfile = DEFAULT_PROFILE, *, loops: i
             name = f"delete[{tag}]#{i}"
             _test_delete_memory_region(run, profile, name, quirk_off,
                                        name in dies_in_slot0_window)
+    return run
+
+
+# --- pre_fault_memory_test ---------------------------------------------------------------
+
+TEST_NPAGES = (PAGE_2M >> PAGE_SHIFT) + 1       # TEST_SIZE = SZ_2M + PAGE_SIZE
+PRE_FAULT_TEST_SLOT = 10
+#: vm->max_gfn of the recorded guest (AMD, 40 PA bits: below the HyperTransport hole)
+AMD_40BIT_MAX_GFN = 0xFCFFFFF
+
+
+def pre_fault_test_gpa(max_gfn: int) -> int:
+    """``guest_test_phys_mem``: the top of guest memory, 2M-aligned down."""
+    return ((max_gfn - TEST_NPAGES) << PAGE_SHIFT) & -PAGE_2M
+
+
+def pre_fault_memory_test(profile: KernelProfile = DEFAULT_PROFILE, *,
+                          max_gfn: int = AMD_40BIT_MAX_GFN) -> SelftestRun:
+    """``pre_fault_memory_test.c`` (6.12) for ``vm_type`` 0 (the recorded kernel skips
+    KVM_X86_SW_PROTECTED_VM: not built in): an anonymous slot of 2M + 4K at the top of
+    guest memory, nobody has touched (so every read maps the zero page), pre-faulted in
+    three ranges, then read by the guest.  ``run.events["vm"]``: the model's events.
+
+    Not modelled: the guest's page tables and code (slot 0; the guest's reads of the
+    test pages are modelled, its walks are not)."""
+    run = SelftestRun("pre_fault_memory_test")
+    events: list[tuple[str, object]] = []
+    run.events["vm"] = events
+    kvm = Kvm(policy=Policy(), profile=profile, vendor="amd",
+              tracer=lambda e: events.append(("main", e)))
+    vcpu = kvm.vcpus[0]
+    gpa = pre_fault_test_gpa(max_gfn)
+    size = TEST_NPAGES << PAGE_SHIFT
+    hva = 0x7E80_0000_1000                       # an mmap without THP alignment
+    backing = HostBacking(hva, size, PG_LEVEL_4K,
+                          unpopulated_frames={f for f in range(hva >> 21, (hva + size >> 21) + 1)})
+    assert kvm_vm_ioctl_set_memory_region(kvm, KvmUserspaceMemoryRegion2(
+        PRE_FAULT_TEST_SLOT, 0, gpa, size, hva, backing=backing)) == 0
+
+    def pre_fault_memory(start: int, length: int, left: int) -> None:
+        rng = KvmPreFaultMemory(start, length)
+        stage = f"pre_fault_memory({start - gpa:#x}, {length:#x})"
+        while True:
+            prev = rng.size
+            ret = kvm_vcpu_pre_fault_memory(vcpu, rng)
+            run.checks.append(Check(stage, "(range.size < prev) ^ (ret < 0)",
+                                    int((rng.size < prev) ^ (ret < 0)), 1))
+            if not (rng.size if ret >= 0 else ret == -EINTR):
+                break
+        run.checks.append(Check(stage, "range.size == left", rng.size, left))
+        run.checks.append(Check(stage, "ret" if not left else "ret == -ENOENT",
+                                ret, 0 if not left else -ENOENT))
+
+    pre_fault_memory(gpa, PAGE_2M, 0)
+    pre_fault_memory(gpa + PAGE_2M, 2 << PAGE_SHIFT, 1 << PAGE_SHIFT)
+    pre_fault_memory(gpa + size, 1 << PAGE_SHIFT, 1 << PAGE_SHIFT)
+    # guest_code: one read per page, then GUEST_DONE (KVM_EXIT_IO): nothing left to fault
+    kvm_mmu_reload(vcpu)
+    faults = sum(npt_access(vcpu, gpa + (i << PAGE_SHIFT), "read") for i in range(TEST_NPAGES))
+    run.checks.append(Check("vcpu_run", "NPFs on the pre-faulted pages", faults, 0))
     return run
