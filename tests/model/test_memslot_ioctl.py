@@ -17,7 +17,7 @@ from tdpsim.model.memslot import (KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES,
 from tdpsim.model.mmu_fault import kvm_mmu_reload
 from tdpsim.model.mmu_internal import EEXIST, EINVAL, RET_PF_EMULATE, RET_PF_RETRY
 from tdpsim.model.profile import KERNEL_6_12
-from tdpsim.model.svm import leaf_spte, npf_error_code, npf_interception, npt_access_emulated
+from tdpsim.model.svm import leaf_spte, npf_error_code, npf_interception, npt_access_outcome
 
 MiB = 1 << 20
 GPA, HVA = 1 << 30, 0x7F00_0000_0000
@@ -87,7 +87,7 @@ def _mapped_2m_then_delete(quirk_off: bool):
         assert kvm_vm_ioctl_enable_cap(kvm, KVM_CAP_DISABLE_QUIRKS2,
                                        KVM_X86_QUIRK_SLOT_ZAP_ALL) == 0
     assert set_region(kvm, _region()) == 0
-    npt_access_emulated(vcpu, GPA, "read")
+    npt_access_outcome(vcpu, GPA, "read")
     root = vcpu.root
     seen = []
 
@@ -119,7 +119,7 @@ def test_mmio_sptes_go_stale_with_the_memslot_generation():
     assert set_region(kvm, _region()) == 0
     assert set_region(kvm, Region(1, 0, 0, 0, 0)) == 0
     kvm_mmu_reload(vcpu)                   # the fast zap left the vCPU an obsolete root
-    assert npt_access_emulated(vcpu, GPA, "read") == (1, True)
+    assert npt_access_outcome(vcpu, GPA, "read") == (1, RET_PF_EMULATE)
     assert S.is_mmio_spte(kvm.masks, kvm.shadow_mmio_value, leaf_spte(vcpu, GPA >> 12))
     taken = vcpu.stat.pf_taken
     rsvd = npf_error_code(rsvd=True)
@@ -127,7 +127,7 @@ def test_mmio_sptes_go_stale_with_the_memslot_generation():
     vcpu.mmio_gfn = 0                  # without the vCPU's cache, the SPTE itself says MMIO
     assert npf_interception(vcpu, GPA, rsvd) == RET_PF_EMULATE and vcpu.stat.pf_taken == taken
     assert set_region(kvm, _region()) == 0
-    assert npt_access_emulated(vcpu, GPA, "read") == (1, False)      # stale: RET_PF_INVALID
+    assert npt_access_outcome(vcpu, GPA, "read") == (1, 0)          # stale: RET_PF_INVALID
     assert vcpu.stat.pf_taken == taken + 1 and kvm.stat.pages == [0, 1, 0]
 
 
@@ -136,10 +136,10 @@ def test_a_read_of_unpopulated_memory_maps_the_zero_page_read_only():
     backing = HostBacking(HVA, 2 * MiB, S.PG_LEVEL_2M, unpopulated_frames={HVA >> 21})
     assert set_region(kvm, Region(1, 0, GPA, 2 * MiB, HVA, backing=backing)) == 0
     vcpu = kvm.vcpus[0]
-    npt_access_emulated(vcpu, GPA, "read")
+    npt_access_outcome(vcpu, GPA, "read")
     spte = leaf_spte(vcpu, GPA >> 12)
     assert S.is_last_spte(spte, 2) and not S.is_writable_pte(spte)
     assert not spte & kvm.masks.shadow_host_writable_mask
-    npt_access_emulated(vcpu, GPA + 2 * MiB - 4096, "write")          # populates the frame
+    npt_access_outcome(vcpu, GPA + 2 * MiB - 4096, "write")          # populates the frame
     assert not backing.unpopulated_frames
     assert S.is_writable_pte(leaf_spte(vcpu, GPA >> 12))

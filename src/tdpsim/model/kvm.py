@@ -210,7 +210,7 @@ class KvmVcpu:
     __slots__ = ("kvm", "vcpu_id", "stat", "root", "mirror_root", "requests", "mode",
                  "pml_buffer", "in_guest", "irqs_disabled", "guest_busy",
                  "ipi_pending", "tlb", "mode_key", "req_key", "exit_key",
-                 "entry_cancels", "mmio_gfn", "mmio_gen")
+                 "entry_cancels", "mmio_gfn", "mmio_gen", "memory_fault")
 
     def __init__(self, kvm: "Kvm", vcpu_id: int) -> None:
         self.kvm = kvm
@@ -237,6 +237,8 @@ class KvmVcpu:
         # generation it was seen under (vcpu_cache_mmio_info; gfn 0 means none).
         self.mmio_gfn = 0
         self.mmio_gen = 0
+        # vcpu->run->memory_fault of the last KVM_EXIT_MEMORY_FAULT: (gpa, size, flags)
+        self.memory_fault: Optional[tuple[int, int, int]] = None
 
     def kvm_make_request(self, req: str) -> None:
         self.requests.add(req)

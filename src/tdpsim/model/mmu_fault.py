@@ -14,7 +14,7 @@ Simplifications (one line each):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Final, Optional
 
 from .kvm import KVM_X86_SW_PROTECTED_VM
 from .mmu_internal import (
@@ -76,6 +76,8 @@ from .tdp_mmu import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kvm import Kvm, KvmVcpu
+
+KVM_MEMORY_EXIT_FLAG_PRIVATE: Final = 1 << 3
 
 
 def kvm_mmu_load(vcpu: "KvmVcpu") -> None:
@@ -139,11 +141,11 @@ def kvm_mmu_faultin_pfn(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
     fault.mmu_seq = kvm.mmu_invalidate_seq
     kvm.sched.point(BARRIER, MMU_INVALIDATE_KEY, False)  # smp_rmb(): seq before the pfn
     if fault.is_private != kvm.kvm_mem_is_private(fault.gfn):
-        return -EFAULT  # kvm_mmu_prepare_memory_fault_exit: userspace must convert
+        return kvm_mmu_prepare_memory_fault_exit(vcpu, fault)   # userspace must convert
     slot = fault.slot
     if slot is None:
         if fault.is_private:
-            return -EFAULT
+            return kvm_mmu_prepare_memory_fault_exit(vcpu, fault)
         return kvm_handle_noslot_fault(vcpu, fault)
     # A slot being deleted or moved: retry until its old SPTEs are zapped (prefault
     # punts to userspace instead, having no forward-progress guarantee).
@@ -154,8 +156,8 @@ def kvm_mmu_faultin_pfn(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
         return RET_PF_RETRY
     fault.map_writable = not slot.flags & KVM_MEM_READONLY
     if fault.is_private:
-        if slot.gmem is None:
-            return -EFAULT
+        if slot.gmem is None:      # kvm_mmu_faultin_pfn_private: !kvm_slot_can_be_private
+            return kvm_mmu_prepare_memory_fault_exit(vcpu, fault)
         fault.pfn, order = slot.gmem.kvm_gmem_get_pfn(fault.gfn - slot.base_gfn + slot.gmem_offset)
         fault.max_level = kvm_max_level_for_order(order)
     elif fault.write and slot.flags & KVM_MEM_READONLY:
@@ -173,6 +175,15 @@ def kvm_mmu_faultin_pfn(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
             mmu_invalidate_retry_gfn_unsafe(kvm, fault.mmu_seq, fault.gfn):
         return RET_PF_RETRY
     return RET_PF_CONTINUE
+
+
+def kvm_mmu_prepare_memory_fault_exit(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
+    """``kvm_mmu_prepare_memory_fault_exit``: KVM_RUN fails with -EFAULT and
+    KVM_EXIT_MEMORY_FAULT for the faulting page (``vcpu.memory_fault``: gpa, size,
+    flags; only KVM_MEMORY_EXIT_FLAG_PRIVATE is defined)."""
+    vcpu.memory_fault = (fault.gfn << PAGE_SHIFT, 1 << PAGE_SHIFT,
+                         KVM_MEMORY_EXIT_FLAG_PRIVATE if fault.is_private else 0)
+    return -EFAULT
 
 
 def vcpu_cache_mmio_info(vcpu: "KvmVcpu", gfn: int) -> None:

@@ -34,7 +34,7 @@ from .mmu_internal import (
 if TYPE_CHECKING:  # pragma: no cover
     from .kvm import KvmVcpu
 
-__all__ = ["npf_error_code", "npf_interception", "npt_access", "npt_access_emulated",
+__all__ = ["npf_error_code", "npf_interception", "npt_access", "npt_access_outcome",
            "leaf_spte"]
 
 
@@ -82,13 +82,14 @@ def npt_access(vcpu: "KvmVcpu", gpa: int, kind: str, guest_page: bool = False,
     *gpa* under NPT: an NPF (:func:`npf_interception`) until the nested translation
     allows it or KVM emulates the access.  Returns the number of NPFs; raises
     RuntimeError without forward progress."""
-    return npt_access_emulated(vcpu, gpa, kind, guest_page, max_faults)[0]
+    return npt_access_outcome(vcpu, gpa, kind, guest_page, max_faults)[0]
 
 
-def npt_access_emulated(vcpu: "KvmVcpu", gpa: int, kind: str, guest_page: bool = False,
-                        max_faults: int = 8) -> tuple[int, bool]:
-    """:func:`npt_access`, also saying whether KVM emulated the access (RET_PF_EMULATE:
-    MMIO, which userspace completes) instead of mapping it."""
+def npt_access_outcome(vcpu: "KvmVcpu", gpa: int, kind: str, guest_page: bool = False,
+                       max_faults: int = 8) -> tuple[int, int]:
+    """:func:`npt_access`, also saying how the access ended: 0 (the translation allows
+    it), RET_PF_EMULATE (KVM emulates it: MMIO, which userspace completes) or -errno
+    (KVM_RUN fails, e.g. -EFAULT with KVM_EXIT_MEMORY_FAULT)."""
     kvm = vcpu.kvm
     write, fetch = kind == "write" or guest_page, kind == "exec" and not guest_page
     for n in range(max_faults):
@@ -97,10 +98,10 @@ def npt_access_emulated(vcpu: "KvmVcpu", gpa: int, kind: str, guest_page: bool =
         if present and (is_writable_pte(spte) if write
                         else is_executable_pte(kvm.masks, spte) if fetch
                         else bool(spte & PT_PRESENT_MASK)):
-            return n, False
+            return n, 0
         rsvd = is_mmio_spte(kvm.masks, kvm.shadow_mmio_value, spte)
         r = npf_interception(vcpu, gpa, npf_error_code(write=write, exec=fetch, present=present,
                                                        guest_page=guest_page, rsvd=rsvd))
-        if r == RET_PF_EMULATE:
-            return n + 1, True
+        if r == RET_PF_EMULATE or r < 0:
+            return n + 1, r
     raise RuntimeError(f"no forward progress on {kind} at {gpa:#x}")

@@ -17,6 +17,9 @@
   KVM_PRE_FAULT_MEMORY of 2M, of 2 pages (one past the slot: -ENOENT) and of the page
   past the slot, with the selftest's per-call and per-range asserts, then the guest's
   reads (no NPF left).
+* :func:`private_mem_kvm_exits_test` — ``x86_64/private_mem_kvm_exits_test.c`` (6.12,
+  KVM_X86_SW_PROTECTED_VM): a private page whose guest_memfd slot is deleted, and one
+  in a plain slot: KVM_RUN -EFAULT with KVM_EXIT_MEMORY_FAULT (flags, gpa, size).
 
 Each returns :class:`SelftestRun`: every assert as a :class:`Check` (what the selftest
 compares, both sides).  Runs on a kvm_amd VM (NPT, the TDP MMU) as on the oracle.
@@ -40,21 +43,23 @@ from ..model.kvm_main import (KVM_USER_MEM_SLOTS, KVM_X86_QUIRK_SLOT_ZAP_ALL,
                               kvm_recover_nx_huge_pages, kvm_set_memory_region,
                               kvm_vm_ioctl_set_memory_region)
 from ..model.memslot import (KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
-                             KVM_MEMSLOT_INVALID, GuestMemfd, HostBacking, KvmMemorySlot)
-from ..model.mmu_fault import kvm_mmu_load, kvm_mmu_reload
-from ..model.mmu_internal import EINTR, EINVAL, ENOENT, RET_PF_RETRY
+                             KVM_MEMORY_ATTRIBUTE_PRIVATE, KVM_MEMSLOT_INVALID, GuestMemfd,
+                             HostBacking, KvmMemorySlot)
+from ..model.mmu_fault import KVM_MEMORY_EXIT_FLAG_PRIVATE, kvm_mmu_load, kvm_mmu_reload
+from ..model.mmu_internal import EFAULT, EINTR, EINVAL, ENOENT, RET_PF_EMULATE, RET_PF_RETRY
 from ..model.policy import Policy
 from ..model.profile import DEFAULT_PROFILE, KernelProfile
 from ..model.spte import PAGE_SHIFT, PG_LEVEL_2M, PG_LEVEL_4K
-from ..model.svm import npf_error_code, npf_interception, npt_access, npt_access_emulated
+from ..model.svm import npf_error_code, npf_interception, npt_access, npt_access_outcome
 from ..model.dirty_log import (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_INITIALLY_SET,
                                KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, kvm_dirty_bitmap_bytes)
 from ..model.ioctl import (KVM_CAP_DISABLE_QUIRKS2, KvmPreFaultMemory,
                            kvm_vcpu_pre_fault_memory, kvm_vm_ioctl_clear_dirty_log,
-                           kvm_vm_ioctl_enable_cap, kvm_vm_ioctl_get_dirty_log)
+                           kvm_vm_ioctl_enable_cap, kvm_vm_ioctl_get_dirty_log,
+                           kvm_vm_ioctl_set_mem_attributes)
 
 __all__ = ["Check", "SelftestRun", "nx_huge_pages_test", "dirty_log_page_splitting_test",
-           "set_memory_region_test", "pre_fault_memory_test"]
+           "set_memory_region_test", "pre_fault_memory_test", "private_mem_kvm_exits_test"]
 
 MiB = 1 << 20
 PAGE_2M = 2 * MiB
@@ -300,7 +305,7 @@ class _RegionVm:
         """The vCPU enters (``kvm_mmu_reload``) and reads *gpa*; True if KVM emulates it."""
         with self.vcpu_thread():
             kvm_mmu_reload(self.vcpu)
-            return npt_access_emulated(self.vcpu, gpa, "read", guest_page)[1]
+            return npt_access_outcome(self.vcpu, gpa, "read", guest_page)[1] == RET_PF_EMULATE
 
     def guest_read(self, gpa: int) -> int:
         """One guest load: the memory word, or ``vcpu_worker``'s answer to the
@@ -397,7 +402,7 @@ def _test_zero_memory_regions(run: SelftestRun, profile: KernelProfile) -> None:
     run.events["zero_memory_regions"] = events     # KVM_RUN on the main thread
     vcpu = kvm.vcpus[0]
     kvm_mmu_reload(vcpu)
-    _, emulated = npt_access_emulated(vcpu, RESET_VECTOR, "exec")
+    emulated = npt_access_outcome(vcpu, RESET_VECTOR, "exec")[1] == RET_PF_EMULATE
     exit_reason = KVM_EXIT_INTERNAL_ERROR if emulated and kvm.gfn_to_memslot(
         RESET_VECTOR >> PAGE_SHIFT) is None else 0
     run.checks.append(Check("test_zero_memory_regions", "TEST_ASSERT_KVM_EXIT_REASON",
@@ -554,4 +559,70 @@ def pre_fault_memory_test(profile: KernelProfile = DEFAULT_PROFILE, *,
     kvm_mmu_reload(vcpu)
     faults = sum(npt_access(vcpu, gpa + (i << PAGE_SHIFT), "read") for i in range(TEST_NPAGES))
     run.checks.append(Check("vcpu_run", "NPFs on the pre-faulted pages", faults, 0))
+    return run
+
+
+# --- x86_64/private_mem_kvm_exits_test ------------------------------------------------------
+
+EXITS_TEST_GPA = 0xC0000000
+EXITS_TEST_SIZE = 1 << PAGE_SHIFT
+EXITS_TEST_SLOT = 10
+KVM_EXIT_MEMORY_FAULT = 39
+
+
+def _private_access(run: SelftestRun, profile: KernelProfile, stage: str,
+                    guest_memfd: bool, read_before_delete: bool = False) -> None:
+    """A KVM_X86_SW_PROTECTED_VM whose guest reads EXITS_TEST_GPA, made private with
+    KVM_SET_MEMORY_ATTRIBUTES; with ``guest_memfd`` the slot is a guest_memfd slot that
+    the main thread deletes while the guest reads, else a plain slot (nothing can back
+    the private page).  Either way KVM_RUN ends in KVM_EXIT_MEMORY_FAULT for the page."""
+    events: list[tuple[str, object]] = []
+    run.events[stage] = events
+    kvm = Kvm(vm_type=KVM_X86_SW_PROTECTED_VM, policy=Policy(), profile=profile,
+              vendor="amd", tracer=lambda e: events.append((thread[0], e)))
+    thread = ["main"]
+    vcpu = kvm.vcpus[0]
+    hva = 0x7E90_0000_0000
+    flags = KVM_MEM_GUEST_MEMFD if guest_memfd else 0
+    gmem = GuestMemfd(1, pfn_base=0x200000) if guest_memfd else None
+    assert kvm_vm_ioctl_set_memory_region(kvm, KvmUserspaceMemoryRegion2(
+        EXITS_TEST_SLOT, flags, EXITS_TEST_GPA, EXITS_TEST_SIZE, hva, guest_memfd=gmem,
+        backing=HostBacking(hva, EXITS_TEST_SIZE))) == 0
+    assert kvm_vm_ioctl_set_mem_attributes(kvm, EXITS_TEST_GPA, EXITS_TEST_SIZE,
+                                           KVM_MEMORY_ATTRIBUTE_PRIVATE) == 0
+
+    def guest_repeatedly_read() -> int:
+        thread[0] = "vcpu"
+        kvm_mmu_reload(vcpu)
+        r = npt_access_outcome(vcpu, EXITS_TEST_GPA, "read")[1]
+        thread[0] = "main"
+        return r
+
+    if guest_memfd:
+        if read_before_delete:
+            assert guest_repeatedly_read() == 0    # the private page maps; the guest spins
+        assert kvm_vm_ioctl_set_memory_region(kvm, KvmUserspaceMemoryRegion2(
+            EXITS_TEST_SLOT, 0, EXITS_TEST_GPA, 0, 0)) == 0
+    r = guest_repeatedly_read()
+    run.checks.append(Check(stage, "KVM_RUN: -EFAULT", r, -EFAULT))
+    exit_reason = KVM_EXIT_MEMORY_FAULT if vcpu.memory_fault is not None else 0
+    gpa, size, mf_flags = vcpu.memory_fault or (0, 0, 0)
+    run.checks.append(Check(stage, "exit_reason == KVM_EXIT_MEMORY_FAULT", exit_reason,
+                            KVM_EXIT_MEMORY_FAULT))
+    run.checks.append(Check(stage, "memory_fault.flags", mf_flags, KVM_MEMORY_EXIT_FLAG_PRIVATE))
+    run.checks.append(Check(stage, "memory_fault.gpa", gpa, EXITS_TEST_GPA))
+    run.checks.append(Check(stage, "memory_fault.size", size, EXITS_TEST_SIZE))
+
+
+def private_mem_kvm_exits_test(profile: KernelProfile = DEFAULT_PROFILE, *,
+                               read_before_delete: bool = False) -> SelftestRun:
+    """``x86_64/private_mem_kvm_exits_test.c`` (6.12; needs KVM_X86_SW_PROTECTED_VM):
+    ``test_private_access_memslot_deleted`` and ``..._not_private``.  The first's vCPU
+    reads the private page for the first time once the slot is gone, as in the recorded
+    run (``read_before_delete``: it maps it first; the delete then zaps it, and the end
+    is the same).  Not modelled: the guest's page tables (slot 0)."""
+    run = SelftestRun("private_mem_kvm_exits_test")
+    _private_access(run, profile, "test_private_access_memslot_deleted", True,
+                    read_before_delete)
+    _private_access(run, profile, "test_private_access_memslot_not_private", False)
     return run
