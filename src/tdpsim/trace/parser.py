@@ -242,14 +242,17 @@ _KIND_EXPR: dict[str, str] = {
     "created": "G == 'new'", "reason": "G", "sym": "G[1:] if G else None",
 }
 #: The fast path's expressions: small decimals (regex-checked canonical 0..255) by lookup.
+#: A u32 of fewer than 10 digits cannot exceed U32_MAX; a ptr is hex or "(nil)"/"(null)".
 _TAIL_EXPR: dict[str, str] = {**_KIND_EXPR, "u8": "_SMALL[G]", "u2": "_SMALL[G]",
-                              "u4": "_SMALL[G]", "gpte": "_SMALL[G]"}
+                              "u4": "_SMALL[G]", "gpte": "_SMALL[G]",
+                              "u32": "int(G) if len(G) < 10 else _U32C(G)",
+                              "ptr": "0 if G[0] == '(' else int(G, 16)"}
 #: The fast path's regexes: what they accept beyond the reference's is rejected by the
 #: conversion (u8: ``_SMALL`` holds only the canonical 0..255), cheaper to match than
 #: the reference's alternation.
 _TAIL_KINDS = {**_KINDS, "u8": (r"[0-9]{1,3}", _KINDS["u8"][1])}
 #: Kinds whose fast conversion cannot fail on a text their regex accepts.
-_TAIL_SAFE = frozenset(_TAIL_EXPR) - {"u8"}
+_TAIL_SAFE = frozenset(_TAIL_EXPR) - {"u8", "u32"}
 
 #: Header up to (and including) the blank before the timestamp: comm, pid, tgid, cpu, flags.
 _HDR_PREFIX = (
@@ -654,7 +657,7 @@ def _gen_fast(cls: type[TraceRecord], templates: list[_Template]) -> tuple[Any, 
     ``hdr`` is ``(comm, pid, cpu, tgid, flags)`` (:meth:`TraceParser._header`)."""
     names = [f.name for f in dataclasses.fields(cls)]
     ns: dict[str, Any] = {"_ACCESS": _ACCESS, "_SMALL": _SMALL, "_new": object.__new__,
-                          "_cls": cls, "_name": cls.EVENT}
+                          "_cls": cls, "_name": cls.EVENT, "_U32C": _KINDS["u32"][1]}
     for i, n in enumerate(names):
         ns[f"_s{i}"] = getattr(cls, n).__set__
     hdr_vals = ["comm", "pid", "cpu", "ts", "lineno", "tgid", "flags"]
