@@ -23,6 +23,8 @@ SMALL = {
     "tlb_reenter": 23,
     "tlb_flush_race": 82,
     "host_migrate": 353,
+    "tlb_nx_recovery": 208,
+    "fast_pf_migrate": 314,
 }
 
 
@@ -150,3 +152,29 @@ def test_migrated_page_is_faulted_in_at_its_new_pfn():
     assert check_mmu_invariants(kvm) == [
         "direct L1 gfn 0x10: maps pfn 0x4001000010, but the host migrated that page to pfn "
         "0x8001000010 (stale after the invalidation)"]
+
+
+def test_nx_recovery_owes_a_flush_to_a_guest(monkeypatch):
+    # The recovery worker's zap of the parent SPTE without its final flush.
+    real = Kvm.kvm_flush_remote_tlbs
+    monkeypatch.setattr(Kvm, "kvm_flush_remote_tlbs",
+                        lambda self, *a: None if self.mmu_lock.readers else real(self, *a))
+    f = _first_failure("tlb_nx_recovery")
+    assert f.kind == "TLB" and f.thread == "nx_recovery"
+    assert f.message.startswith("nx_recovery(ratio=1) returned while vCPU 0 (in guest mode) "
+                                "still caches gfn 0x0")
+
+
+def test_present_ept_entry_lets_fast_page_fault_try(monkeypatch):
+    # An EPT violation on a present (write-protected) entry sets PFERR_PRESENT_MASK; the
+    # fast path then races the host's zap, and a plain store instead of its cmpxchg
+    # resurrects the zapped SPTE.
+    def plain(vcpu, fault, sp, index, old_spte, new_spte):
+        tdp_mmu.__kvm_tdp_mmu_write_spte(vcpu.kvm, sp, index, new_spte)
+        return True
+
+    monkeypatch.setattr(mmu_fault, "fast_pf_fix_direct_spte", plain)
+    f = _first_failure("fast_pf_migrate")
+    assert (f.kind, f.thread) == ("LOST_UPDATE", "vcpu0")
+    assert f.message.startswith("plain write to spte[0x100003][16] overwrites "
+                                "0x8000000000000000")

@@ -34,7 +34,7 @@ from tdpsim.model.mmu_internal import RET_PF_RETRY
 from tdpsim.model.sched import WAIT_COND
 from tdpsim.model.tdp_mmu import kvm_tdp_mmu_zap_leafs
 from tdpsim.model.spte import PAGE_SHIFT
-from tdpsim.model.tlb import guest_memory_access
+from tdpsim.model.tlb import ept_translate, guest_memory_access
 from tdpsim.model.vmx import vcpu_enter_guest
 
 from .tracking import KEY_HOST_PTE, TRACKER
@@ -95,11 +95,13 @@ class OpContext:
 
 
 def op_fault(ctx: OpContext, vcpu: int, gfn: int, write: bool = True, exec: bool = False,
-             private: Optional[bool] = None) -> int:
+             private: Optional[bool] = None, present: bool = False) -> int:
     """A vCPU's EPT violation on ``gfn`` → ``kvm_mmu_page_fault``, retried locally while
     it returns RET_PF_RETRY (as ``tdx_handle_ept_violation`` / ``vcpu_enter_guest`` re-entry
-    would).  ``private`` defaults to the gfn's current attribute.  Returns the RET_PF_* value
-    or -errno of the last attempt."""
+    would).  ``private`` defaults to the gfn's current attribute; ``present``: the EPT entry
+    the CPU found was present but lacked the permission (exit qualification RWX bits →
+    PFERR_PRESENT_MASK, what lets ``fast_page_fault`` try).  Returns the RET_PF_* value or
+    -errno of the last attempt."""
     kvm = ctx.kvm
     v = kvm.vcpus[vcpu]
     if private is None:
@@ -107,7 +109,7 @@ def op_fault(ctx: OpContext, vcpu: int, gfn: int, write: bool = True, exec: bool
     gpa = gfn << PAGE_SHIFT
     if not private:
         gpa |= kvm.gfn_direct_bits << PAGE_SHIFT
-    err = ept_violation_error_code(write=write, exec=exec, private=private)
+    err = ept_violation_error_code(write=write, exec=exec, private=private, present=present)
     for _ in range(ctx.retry_bound + 1):
         if kvm.vm_dead:
             return -5  # -EIO: KVM_REQ_VM_DEAD stops the vCPU
@@ -182,12 +184,13 @@ def op_guest_access(ctx: OpContext, vcpu: int, gfn: int, write: bool = False,
             kvm_vcpu_insn_end(v)
             return pfn
         # EPT violation: VM exit (a TD exit for a TD), then KVM's fault handling.
+        present = ept_translate(kvm, v.root, gfn | gfn_bits) is not None
         if ctx.tdx is not None:
             ctx.tdx._td_exit(v)
         else:
             kvm_vcpu_guest_exited(v)
         v.guest_busy = False
-        r = op_fault(ctx, vcpu, gfn, write=write, exec=exec, private=False)
+        r = op_fault(ctx, vcpu, gfn, write=write, exec=exec, private=False, present=present)
         if r < 0:
             return r
     raise RetryBoundExceeded(f"vCPU {vcpu}: guest access to gfn {gfn:#x} still faulting "
