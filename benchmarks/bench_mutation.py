@@ -44,8 +44,9 @@ from tdpsim.explore import DporScheduler, PctScheduler, explore, load_scenario
 from tdpsim.explore.scenario import builtin_names
 n = int(sys.argv[1]) // 2  # per strategy
 CHEAP_FIRST = ["roots_invalidate", "roots_alloc_race", "seed_2vcpu", "td_convert_shared",
-               "tlb_reenter", "tlb_dirty_log", "tlb_flush_race", "tlb_zap", "host_migrate",
-               "tlb_recover", "tlb_notifier", "aug_vs_demote", "nx_recovery",
+               "tlb_reenter", "tlb_dirty_log", "tlb_flush_race", "tlb_zap", "tlb_nx_recovery",
+               "fast_pf_migrate", "host_migrate", "tlb_recover", "tlb_notifier",
+               "aug_vs_demote", "nx_recovery",
                "td_entry_track", "td_accept_punch", "td_accept_convert", "seed_promotion",
                "eager_split"]
 names = sys.argv[2:] or builtin_names()
@@ -84,8 +85,10 @@ def apply(mutant: dict, dest: Path) -> bool:
 
 def run_explorer(dest: Path, executions: int, scenarios: list[str]) -> dict:
     env = dict(os.environ, PYTHONPATH=str(dest), PYTHONDONTWRITEBYTECODE="1")
+    # cwd=dest: ``python -c`` puts the working directory first on sys.path, so a tdpsim
+    # package there would shadow the mutated copy.
     r = subprocess.run([sys.executable, "-c", WORKER, str(executions), *scenarios], env=env,
-                       capture_output=True, text=True, timeout=3600)
+                       cwd=dest, capture_output=True, text=True, timeout=3600)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         return {"killed": True, "kind": "CRASH", "scenario": "-", "strategy": "-",

@@ -137,9 +137,12 @@ MUTANTS: list[dict] = [
     if attrs & KVM_MEMORY_ATTRIBUTE_PRIVATE:""",
          new="""            kvm.kvm_flush_remote_tlbs()
         kvm_mmu_invalidate_end(kvm)
-        kvm.mmu_invalidate_in_progress += 1
         kvm.mmu_lock.write_unlock()
-    if attrs & KVM_MEMORY_ATTRIBUTE_PRIVATE:"""),
+    if attrs & KVM_MEMORY_ATTRIBUTE_PRIVATE:""",
+         also=[("model/kvm_main.py", """        kvm_arch_post_set_memory_attributes(kvm, slot, start, end, attrs)
+        kvm_mmu_invalidate_end(kvm)
+        kvm.mmu_lock.write_unlock()""", """        kvm_arch_post_set_memory_attributes(kvm, slot, start, end, attrs)
+        kvm.mmu_lock.write_unlock()""")]),
     # ------------------------------------------------------------------ guests in the race
     dict(name="guest_no_exit_request_check", cls="GUEST",
          what="entry does not re-check requests/kicks after IN_GUEST_MODE", file="model/kvm.py",
