@@ -37,8 +37,8 @@ _PKG = Path(__file__).resolve().parent.parent  # src/tdpsim
 # The modules the 4K fault and the TD paths run through (profiled: tdp_mmu, tdp_iter,
 # mmu_fault, the TDX glue and module are the top of the profile).
 MODULES = tuple(f"tdpsim.model.{m}" for m in (
-    "spte", "sched", "events", "locking", "mmu_internal", "memslot", "tlb", "kvm",
-    "tdp_iter", "tdp_mmu", "mmu", "mmu_fault", "kvm_main", "vmx",
+    "profile", "policy", "spte", "sched", "events", "locking", "mmu_internal", "memslot",
+    "tlb", "kvm", "tdp_iter", "tdp_mmu", "mmu", "mmu_fault", "kvm_main", "vmx",
     "tdx", "tdx_module.status", "tdx_module.results", "tdx_module.locks", "tdx_module.pamt",
     "tdx_module.sept", "tdx_module.module"))
 # mypy checks the model less strictly than mypyc would like (Optional members the code

@@ -14,11 +14,13 @@ override it in the older profiles that lack the commit, and cite the commit here
 
 from __future__ import annotations
 
+from typing import Final
+
 from dataclasses import dataclass, fields, replace
 
 # Values of the special SPTEs (arch/x86/kvm/mmu/spte.h).
-_BIT63 = 1 << 63
-_FROZEN_LOW = 0x5A0  # "any value that is guaranteed not to be MMU-present nor MMIO"
+_BIT63: Final = 1 << 63
+_FROZEN_LOW: Final = 0x5A0  # "any value that is guaranteed not to be MMU-present nor MMIO"
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,11 @@ class KernelProfile:
     # the new leaf loses MMU-writable; up to v6.12 only replacing a table flushes.
     tdp_mmu_map_warn_leaf_change_flush: bool = True
 
+    def __reduce__(self) -> tuple:
+        """Pickled as its fields: compare's worker processes receive the profile pickled,
+        and the compiled build's frozen classes refuse pickle's attribute-wise restore."""
+        return (KernelProfile, tuple(getattr(self, f.name) for f in fields(self)))
+
     def with_(self, **changes: object) -> "KernelProfile":
         return replace(self, **changes)
 
@@ -177,7 +184,7 @@ KERNEL_6_1 = KERNEL_6_12.with_(
     pf_stats_in_kvm_mmu_page_fault=False,
 )
 
-DEFAULT_PROFILE = KERNEL_6_18_HP_V3
+DEFAULT_PROFILE: Final = KERNEL_6_18_HP_V3
 
 PROFILES: dict[str, KernelProfile] = {
     p.name: p for p in (KERNEL_6_1, KERNEL_6_12, KERNEL_6_18_HP_V3)
