@@ -165,10 +165,14 @@ def hugepage_has_attrs(kvm: "Kvm", slot: KvmMemorySlot, gfn: int, level: int, at
     step = KVM_PAGES_PER_HPAGE(level - 1)
     i = slot.lpage_index(gfn, level - 1)
     sub = slot.lpage_info[level - 1][i:i + (end - gfn) // step]
-    # min/max run in C; only a negative count (a bug elsewhere) needs the bitwise test.
-    if min(sub) < 0 or max(sub) >= KVM_LPAGE_MIXED_FLAG:
-        if any(x & KVM_LPAGE_MIXED_FLAG for x in sub):
-            return False
+    # max runs in C: the largest entry carries the flag when a sub-frame is MIXED, unless
+    # values outside the kernel's (negative, or above bit 31) make the bitwise test needed.
+    top = max(sub)
+    if top & KVM_LPAGE_MIXED_FLAG:
+        return False
+    if (top > KVM_LPAGE_MIXED_FLAG or min(sub) < 0) \
+            and any(x & KVM_LPAGE_MIXED_FLAG for x in sub):
+        return False
     return kvm.mem_attr_private.holds_every(gfn, end, step,
                                             attrs == KVM_MEMORY_ATTRIBUTE_PRIVATE)
 
