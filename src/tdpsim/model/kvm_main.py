@@ -1,5 +1,6 @@
 """Memslot updates, memory attributes, MMU invalidation and NX recovery — the generic
-paths of ``virt/kvm/kvm_main.c`` (``kvm_set_memory_region``, ``kvm_vm_set_mem_attributes``,
+paths of ``virt/kvm/kvm_main.c`` (``__kvm_set_memory_region`` / ``kvm_set_memslot``,
+``kvm_vm_set_mem_attributes``,
 ``kvm_handle_gfn_range``, ``kvm_mmu_invalidate_begin/end``, guest_memfd invalidation) with
 the x86 hooks they call from ``arch/x86/kvm/x86.c`` and ``mmu.c``
 (``kvm_mmu_slot_apply_flags``, ``kvm_arch_pre/post_set_memory_attributes``,
@@ -9,6 +10,13 @@ Simplifications (one line each):
 - One memslot per attribute-range call: ranges must not straddle slots.
 - ``slots_lock`` is not modelled: these paths are always called from one thread.
 - HP-v3's ``kvm_split_cross_boundary_leafs`` -ENOMEM cannot happen (allocation never fails).
+- The memslot generation steps by 2 per swap for every VM type (the kernel steps by 1
+  where there is no SMM address space: VMs with private memory); SMM slots (as_id 1)
+  are refused with a ``KvmUserError``.
+- ``kvm_gmem_bind`` only checks that a guest_memfd is given (not its owner VM, size or
+  the other slots bound to it), and ``access_ok``/``untagged_addr`` always pass.
+- A slot CREATEd with KVM_MEM_LOG_DIRTY_PAGES is not counted in
+  ``nr_memslots_dirty_logging`` (no PML enable request); nothing is mapped in it yet.
 """
 
 from __future__ import annotations
