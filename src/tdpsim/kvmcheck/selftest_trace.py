@@ -44,7 +44,9 @@ T = TypeVar("T")
 def vm_segments(lines: Iterable[str], *, filename: str = "<trace>"
                 ) -> list[dict[str, list[tr.TraceRecord]]]:
     """One entry per VM, its records by thread (``"main"``, ``"vcpu"``): first the VM
-    whose vCPU runs on the main thread, up to its first zap, then one per vCPU thread."""
+    whose vCPU runs on the main thread, up to its first zap, then one per vCPU thread.
+    The trace's first event must be the main thread's (true of set_memory_region_test
+    and pre_fault_memory_test; a selftest that starts in a vCPU thread is cut wrongly)."""
     recs = list(parse_trace(lines, filename=filename))
     if not recs:
         return []
