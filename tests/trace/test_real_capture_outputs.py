@@ -4,7 +4,8 @@ was made faster (``golden/real_captures.sha256.json``, written by the tree at 66
 the JSON summary (``--json``: counters, anomalies with their line texts, samples, parse
 statistics, the kernel inference), the HTML report and the CLI's text summary, on each
 capture as it is and with lines damaged (dropped or mutated: anomalies and bad lines).
-The fast path must also equal the reference path (``fast=False``) on each of them.
+The fast path must also equal the reference path (``fast=False``) on each of them, and
+on captures recorded later (not in the digests: no output from before to compare with).
 
 Re-record (only when a change of output is intended, from the tree that defines it)::
 
@@ -91,9 +92,9 @@ def recorded() -> dict[str, str]:
     return json.loads(DIGESTS.read_text())
 
 
-def test_every_capture_is_recorded(recorded):
-    assert len(CAPTURES) >= 80
-    assert {k.rsplit(":", 2)[0] for k in recorded} == {_name(c) for c in CAPTURES}
+def test_every_recorded_capture_is_there(recorded):
+    names = {k.rsplit(":", 2)[0] for k in recorded}
+    assert len(names) == 80 and names <= {_name(c) for c in CAPTURES}
 
 
 @pytest.mark.parametrize("cap", CAPTURES, ids=_name)
@@ -103,7 +104,8 @@ def test_outputs_are_those_recorded(cap, recorded, tmp_path):
         file = tmp_path / f"{variant}.txt"
         file.write_text(text)
         got = {k: _digest(s) for k, s in _outputs(file, name, variant).items()}
-        assert got == {k: recorded[f"{name}:{variant}:{k}"] for k in got}, variant
+        if f"{name}:{variant}:json" in recorded:
+            assert got == {k: recorded[f"{name}:{variant}:{k}"] for k in got}, variant
         if variant == "damaged":
             ref = _replay(str(file), ReplayOptions(), skip_bad=True, filename=f"{name}:{variant}",
                           resolve_lines=True, fast=False)
@@ -113,7 +115,7 @@ def test_outputs_are_those_recorded(cap, recorded, tmp_path):
 def test_cli_text_is_that_recorded(recorded, tmp_path, monkeypatch):
     """The CLI's text summary of the damaged captures (anomalies and bad lines shown)."""
     monkeypatch.chdir(tmp_path)
-    for cap in CAPTURES[::9]:
+    for cap in (c for c in CAPTURES if f"{_name(c)}:damaged:cli" in recorded):
         name = _name(cap)
         file = tmp_path / f"{name.replace('/', '__')}.txt"
         file.write_text(_texts(cap)["damaged"])
