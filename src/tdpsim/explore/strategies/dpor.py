@@ -23,7 +23,10 @@ and descends into the first child whose thread is a weak initial of the rest of 
 a leaf means an equivalent continuation is already scheduled.  Exploration follows the
 leftmost branch; after a leaf it continues with the running thread (fewest switches) or the
 lowest-numbered runnable one.  An explored branch's thread joins the node's sleep set and is
-inherited by children whose event is independent of it.
+inherited by children whose event is independent of it.  A branch's footprint is the one its
+event had when it last ran: the one recorded at insertion came from another execution, where
+the racing event e' ran after e, and can differ once e' runs first (a stale one put threads to
+sleep that should have woken, and lost traces).
 
 A branch whose thread is not runnable when reached (a reversal that only a blocking wait
 forbids) is dropped: such a race is not reversible.  A state where every runnable thread
@@ -154,9 +157,7 @@ class DporScheduler(Scheduler):
         d = self.depth
         stack = self.stack
         if d > 0:
-            cur = stack[d - 1].cur
-            if cur.fp is None:
-                cur.fp = normalise(info.last_footprint, self._memo)[0]
+            stack[d - 1].cur.fp = normalise(info.last_footprint, self._memo)[0]
         self.depth = d + 1
         if d < len(stack):
             node = stack[d]
@@ -222,7 +223,7 @@ class DporScheduler(Scheduler):
         events = result.events
         n = len(events)
         stack = self.stack
-        if n and n <= len(stack) and stack[n - 1].cur.fp is None:
+        if n and n <= len(stack):
             stack[n - 1].cur.fp = normalise(events[-1][1], self._memo)[0]
         del stack[n:]
         self._races(events, len(result.thread_names))
@@ -336,6 +337,29 @@ class DporScheduler(Scheduler):
         if not any(t in covered for t in inits):
             t = min(inits)
             node.wut.children.append(_WNode(t, next(fp for q, fp in v if q == t)))
+
+
+def trace_of(events: Sequence[tuple[int, frozenset, str]]) -> tuple:
+    """The Mazurkiewicz trace of an execution's events, as a value: every dependent pair
+    of events of different threads, each event named by (thread, its index in that
+    thread), earlier first.  Two executions are the same trace exactly when these are equal,
+    whatever strategy ran them — which is how a bounded DFS run checks that DPOR reached
+    every trace it reached (``benchmarks/bench_dpor.py --sound``)."""
+    memo: dict = {}
+    seen: dict[int, int] = {}
+    names = []
+    fps = []
+    for tid, raw, _ in events:
+        n = seen.get(tid, 0)
+        seen[tid] = n + 1
+        names.append((tid, n))
+        fps.append(normalise(raw, memo)[0])
+    pairs = []
+    for j, fp in enumerate(fps):
+        for i in range(j):
+            if names[i][0] != names[j][0] and dependent(fps[i], fp):
+                pairs.append((names[i], names[j]))
+    return tuple(sorted(pairs))  # the order of independent events is not the trace's
 
 
 def _can_wake(waited: dict, writes: dict, p: int, e: int, pe: int, vcs: list) -> bool:
