@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -26,6 +27,7 @@ from tdpsim.explore.shrink import shrink
 from tdpsim.explore.strategies import ReplayScheduler, ScheduleMismatch, pct_bound
 
 UNPATCHED = {"policy.mirror_promotion": "unpatched"}
+NX_FAR = Path(__file__).parent / "data" / "nx_recovery_far.toml"
 PATCHED = {"policy.mirror_promotion": "disallowed"}
 
 
@@ -86,21 +88,20 @@ def test_dpor_needs_fewer_executions_than_bounded_dfs():
 
 
 def test_optimal_and_source_dpor_on_three_threads():
-    sc = load_scenario("nx_recovery", PATCHED)
+    sc = load_scenario(str(NX_FAR), PATCHED)
     opt = explore(sc, DporScheduler())
     src = explore(sc, DporScheduler(wakeup_trees=False))
     assert opt.exhausted and src.exhausted
-    # Footprints miss a few model fields (tracking.py), so neither is exactly one per trace
-    # here; both reach the same final states.  Every SPTE access carries its table's
-    # ("pt", pfn) so DPOR can reverse a stale walker against the RCU free (issue 14): that
-    # costs optimal DPOR 141 -> 478 executions here (67 sleep-set blocked) and source DPOR
-    # 131 -> 287, a price paid for seeing the RCU-free race.  The recovery worker holds
-    # rcu_read_lock across its loop as kvm_recover_nx_huge_pages does (6.18): 478 -> 405
-    # (4 blocked), 287 -> 258, and 5 -> 3 final states (the zapped table's frame can no
-    # longer back vCPU 1's new table before the worker's read section ends).
-    assert (opt.executions, opt.pruned) == (405, 4)
-    assert (src.executions, src.pruned) == (258, 66)
-    assert opt.states == src.states and len(opt.states) == 3
+    # On nx_recovery this was 478 / 287 executions (67 / 79 sleep-set blocked) while the page
+    # table allocator, RCU's read-side nesting, the vCPU mode fields and
+    # sp->nx_huge_page_disallowed had no footprint: DPOR then missed 31 of the 45 traces DFS
+    # reaches at bound 1.  With them (tracking.py) nx_recovery no longer exhausts in a test's
+    # time, so the comparison runs on its three-thread variant, where optimal DPOR runs one
+    # execution per trace and none is sleep-set blocked.  Source DPOR runs fewer: it does
+    # not reach every trace (a shortfall of the source variant, kept for comparison).
+    assert (opt.executions, opt.pruned) == (464, 0)
+    assert (src.executions, src.pruned) == (211, 1)
+    assert opt.states == src.states and len(opt.states) == 2
 
 
 def test_schedule_replays_to_identical_failure_twice(seed_failure, tmp_path):

@@ -42,6 +42,7 @@ from tdpsim.model.spte import (
 )
 
 from .ops import RETRY_WAIT, WAIT_COND, RetryBoundExceeded
+from .tracking import track_cpus
 
 # Explorer-only point kinds (never emitted by the model itself).
 THREAD_START = "start"
@@ -127,7 +128,7 @@ class ModelThread:
 
     __slots__ = ("tid", "name", "fn", "glet", "kind", "key", "write", "done", "prev_kind",
                  "prev_key", "wait_step", "wait_keys", "attempt_keys", "observed",
-                 "retries", "result", "funcs", "tags")
+                 "retries", "result", "funcs", "tags", "cond_keys")
 
     def __init__(self, tid: int, name: str, fn: Callable[[], Any]) -> None:
         self.tid = tid
@@ -148,6 +149,7 @@ class ModelThread:
         self.result: Any = None
         self.funcs: tuple[str, ...] = ("<start>",)
         self.tags: dict[str, bytes] = {}  # kind -> this thread's trace-digest record
+        self.cond_keys: list = []  # what the last look at its WAIT_COND condition read
 
 
 class Scheduler:
@@ -255,6 +257,7 @@ class Engine:
         world.cache.pop("digests", None)
         if world.tracker is not None:
             world.tracker.sink = self.extras
+            track_cpus(self.kvm, len(self.threads))
 
     # ------------------------------------------------------------------ public entry
     def run(self) -> ExecutionResult:
@@ -417,6 +420,8 @@ class Engine:
                 # The retry was enabled by a write to something the failed attempt read:
                 # make that enabling write dependent with this step.
                 fp.update((k, False) for k in t.wait_keys)
+            elif kind == WAIT_COND:
+                fp.update((k, False) for k, _ in t.cond_keys)
             fp = frozenset(fp)
             self.events.append((tid, fp, kind))
             self.info.last_footprint = fp
@@ -436,9 +441,9 @@ class Engine:
             if sp is not None:
                 t.observed[key] = sp.spt[key[2]]
         t.prev_kind, t.prev_key = kind, key
-        if extras:
-            extras.clear()
         self._step_checks(t)
+        if extras:  # after the checks: what they read is no thread's access
+            extras.clear()
         if self.step >= self.max_steps and self.failure is None:
             self._fail("STEP_BOUND", f"execution exceeded {self.max_steps} steps", t)
 
@@ -520,7 +525,14 @@ class Engine:
                             return True
             return False
         if kind == WAIT_COND:
-            return self.world.conditions[t.key]()
+            extras = self.extras
+            n = len(extras)
+            ok = self.world.conditions[t.key]()
+            # What the condition read is what the wait reads (the step it ends on): the
+            # write that let it through is then dependent with it.  No thread's access now.
+            t.cond_keys = extras[n:]
+            del extras[n:]
+            return ok
         return True
 
     def _pick(self, cur: Optional[ModelThread]) -> Optional[ModelThread]:
