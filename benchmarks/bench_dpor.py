@@ -3,6 +3,8 @@ engine on the same program, and split campaigns on local processes and Ray (prin
 no assertions).
 
   python benchmarks/bench_dpor.py [--cap 30] [--ray] [--skip-builtins]
+  python benchmarks/bench_dpor.py --exhaust [--cap 300]   # section 4 only
+  python benchmarks/bench_dpor.py --sound [--bound 1] [SCENARIO ...]  # section 5 only
 
 1. Toy programs whose Mazurkiewicz traces are counted independently (unbounded DFS over
    every interleaving, distinct trace signatures): our optimal DPOR's executions and
@@ -15,6 +17,13 @@ no assertions).
 3. seed_promotion as a DPOR campaign: serial, --jobs 2, and (with --ray) a local Ray
    cluster with 1 and 2 workers: wall time, speed-up, and whether executions, states,
    traces and failures are identical to the serial run.
+4. ``--exhaust``: optimal DPOR on every built-in scenario with no other work, each run capped
+   at --cap seconds of wall time: executions, sleep-blocked executions, CPU seconds,
+   exhausted or not, final states and distinct failures (the issue-14 "clean under exhaustive
+   DPOR" table).
+5. ``--sound``: bounded DFS at --bound against optimal DPOR on each scenario, both to the
+   end: the Mazurkiewicz traces (``dpor.trace_of``) DFS reaches that DPOR never ran.  DPOR
+   is sound when that number is 0 (a missing trace means a dependency DPOR cannot see).
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ import time
 from tdpsim.explore import DfsScheduler, DporScheduler, builtin_names, explore, load_scenario
 from tdpsim.explore.campaign import CampaignSpec, run_campaign
 from tdpsim.explore.engine import Engine
+from tdpsim.explore.runner import run_one
+from tdpsim.explore.strategies.dpor import trace_of
 from tdpsim.explore.programs import program_world, trace_signature
 
 W, R = "w", "r"
@@ -172,12 +183,68 @@ def campaigns(use_ray: bool) -> None:
               f" vs serial{vs}, identical to serial: {_same(st, serial)}", flush=True)
 
 
+def exhaust(cap: float) -> None:
+    print(f"== optimal DPOR to exhaustion on every built-in scenario (cap {cap:.0f} s wall) ==")
+    for name in builtin_names():
+        sc = load_scenario(name, {})
+        cpu = time.process_time()
+        rep = explore(sc, DporScheduler(10**9), time_limit=cap, stop_on_failure=False)
+        cpu = time.process_time() - cpu
+        print(f"  {name:18s} {rep.executions:8d} exec {rep.pruned:6d} sleep-blocked "
+              f"{cpu:7.1f} s CPU {rep.seconds:7.1f} s wall  exhausted: "
+              f"{'yes' if rep.exhausted else 'no '}  {len(rep.states):3d} final states  "
+              f"{len(rep.failures)} failures {sorted(rep.failures)[:2]}", flush=True)
+
+
+class _TracedDfs(DfsScheduler):
+    needs_footprints = True  # record the events, to name each execution's trace
+
+
+def _traces(sc, sched) -> tuple[int, dict]:
+    """(executions, trace -> final state) of one exploration to the end."""
+    out: dict = {}
+    n = 0
+    while sched.new_execution():
+        res = run_one(sc, sched)
+        n += 1
+        if not res.pruned:
+            out.setdefault(trace_of(res.events), res.state_hash)
+    return n, out
+
+
+def sound(names: list[str], bound: int) -> None:
+    print(f"== soundness: traces bounded DFS (bound {bound}) reaches that DPOR never ran ==")
+    for name in names or builtin_names():
+        sc = load_scenario(name, {})
+        t = time.process_time()
+        nd, dfs = _traces(sc, _TracedDfs(bound, 10**9))
+        td = time.process_time() - t
+        t = time.process_time()
+        np_, dp = _traces(sc, DporScheduler(10**9))
+        tp = time.process_time() - t
+        missing = set(dfs) - set(dp)
+        lost = set(dfs.values()) - set(dp.values())
+        print(f"  {name:18s} DFS {nd:6d} exec {len(dfs):5d} traces ({td:6.1f} s) | DPOR "
+              f"{np_:6d} exec {len(dp):5d} traces ({tp:6.1f} s) | DFS traces DPOR missed: "
+              f"{len(missing)}, final states missed: {len(lost)}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cap", type=float, default=30.0)
     ap.add_argument("--ray", action="store_true", help="also run on a local Ray cluster")
     ap.add_argument("--skip-builtins", action="store_true")
+    ap.add_argument("--exhaust", action="store_true", help="only section 4")
+    ap.add_argument("--sound", action="store_true", help="only section 5")
+    ap.add_argument("--bound", type=int, default=1)
+    ap.add_argument("scenarios", nargs="*")
     args = ap.parse_args()
+    if args.exhaust or args.sound:
+        if args.exhaust:
+            exhaust(args.cap)
+        if args.sound:
+            sound(args.scenarios, args.bound)
+        return
     programs()
     if not args.skip_builtins:
         builtins(args.cap)
