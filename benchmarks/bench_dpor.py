@@ -34,8 +34,7 @@ import time
 from tdpsim.explore import DfsScheduler, DporScheduler, builtin_names, explore, load_scenario
 from tdpsim.explore.campaign import CampaignSpec, run_campaign
 from tdpsim.explore.engine import Engine
-from tdpsim.explore.runner import run_one
-from tdpsim.explore.strategies.dpor import trace_of
+from tdpsim.explore.runner import explore_traces
 from tdpsim.explore.programs import program_world, trace_signature
 
 W, R = "w", "r"
@@ -196,31 +195,15 @@ def exhaust(cap: float) -> None:
               f"{len(rep.failures)} failures {sorted(rep.failures)[:2]}", flush=True)
 
 
-class _TracedDfs(DfsScheduler):
-    needs_footprints = True  # record the events, to name each execution's trace
-
-
-def _traces(sc, sched) -> tuple[int, dict]:
-    """(executions, trace -> final state) of one exploration to the end."""
-    out: dict = {}
-    n = 0
-    while sched.new_execution():
-        res = run_one(sc, sched)
-        n += 1
-        if not res.pruned:
-            out.setdefault(trace_of(res.events), res.state_hash)
-    return n, out
-
-
 def sound(names: list[str], bound: int) -> None:
     print(f"== soundness: traces bounded DFS (bound {bound}) reaches that DPOR never ran ==")
     for name in names or builtin_names():
         sc = load_scenario(name, {})
         t = time.process_time()
-        nd, dfs = _traces(sc, _TracedDfs(bound, 10**9))
+        nd, dfs = explore_traces(sc, DfsScheduler(bound, 10**9))
         td = time.process_time() - t
         t = time.process_time()
-        np_, dp = _traces(sc, DporScheduler(10**9))
+        np_, dp = explore_traces(sc, DporScheduler(10**9))
         tp = time.process_time() - t
         missing = set(dfs) - set(dp)
         lost = set(dfs.values()) - set(dp.values())

@@ -94,28 +94,14 @@ def test_bounded_dpor_never_runs_more_than_bounded_dfs():
     assert got == [(2, 1, 2), (6, 2, 44), (9, 2, 906)]
 
 
-class _TracedDfs(DfsScheduler):
-    needs_footprints = True  # record events, to name each execution's trace
-
-
-def _scenario_traces(sc, sched) -> set:
-    from tdpsim.explore.runner import run_one
-    from tdpsim.explore.strategies.dpor import trace_of
-    out = set()
-    while sched.new_execution():
-        res = run_one(sc, sched)
-        if not res.pruned:
-            out.add(trace_of(res.events))
-    return out
-
-
 def test_dpor_runs_every_trace_bounded_dfs_reaches():
     """Soundness on a real scenario: every Mazurkiewicz trace a bounded DFS runs, DPOR runs
     too (a trace DPOR misses is a dependency its footprints do not see).  The larger
     scenarios are checked by ``benchmarks/bench_dpor.py --sound``."""
     from tdpsim.explore import load_scenario
+    from tdpsim.explore.runner import explore_traces
     sc = load_scenario("seed_2vcpu", {})
-    dfs = _scenario_traces(sc, _TracedDfs(2))
-    dpor = _scenario_traces(sc, DporScheduler())
-    assert dfs <= dpor
+    _, dfs = explore_traces(sc, DfsScheduler(2))
+    _, dpor = explore_traces(sc, DporScheduler())
+    assert set(dfs) <= set(dpor)
     assert (len(dfs), len(dpor)) == (8, 12)

@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 from .engine import Engine, ExecutionResult, Scheduler
 from .scenario import Scenario
+from .strategies.dpor import trace_of
 
 
 def run_one(scenario: Scenario, scheduler: Scheduler, record: bool = False) -> ExecutionResult:
@@ -76,3 +77,17 @@ def explore(scenario: Scenario, scheduler: Scheduler, *, stop_on_failure: bool =
     if progress is not None:
         progress(report)
     return report
+
+
+def explore_traces(scenario: Scenario, scheduler: Scheduler) -> tuple[int, dict]:
+    """Run ``scheduler`` to its end, recording footprints: (executions, Mazurkiewicz trace
+    -> final state) — what ``benchmarks/bench_dpor.py --sound`` and the tests compare."""
+    scheduler.needs_footprints = True
+    out: dict = {}
+    n = 0
+    while scheduler.new_execution():
+        res = run_one(scenario, scheduler)
+        n += 1
+        if not res.pruned:
+            out.setdefault(trace_of(res.events), res.state_hash)
+    return n, out
