@@ -39,8 +39,8 @@ def test_split_costs_only_empty_subtrees():
     sc = load_scenario(NX_FAR, {})
     optimal = explore(sc, DporScheduler())
     split = run_campaign(CampaignSpec(NX_FAR, {}, "dpor", executions=10**5))
-    assert (optimal.executions, optimal.pruned) == (464, 0)
-    assert (split.executions, split.pruned) == (469, 5)
+    assert (optimal.executions, optimal.pruned) == (1408, 16)
+    assert (split.executions, split.pruned) == (1413, 21)
     # Every trace once either way; same final states.
     assert optimal.executions - optimal.pruned == split.executions - split.pruned
     assert optimal.states == split.states
@@ -75,7 +75,7 @@ def test_dpor_campaign_resumes_without_loss_or_repeat(tmp_path):
     chunks = [c for c, _ in ran]
     assert len(chunks) == len(set(chunks)) == len(spec.chunks())
     assert _totals(resumed) == _totals(full)
-    assert (full.executions, full.pruned) == (469, 5)
+    assert (full.executions, full.pruned) == (1413, 21)
     # The resumed run's rate counts only what it ran itself.
     assert resumed.restored[0] == before > 0
     assert resumed.executions_run == full.executions - before
