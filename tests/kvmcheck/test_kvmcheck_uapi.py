@@ -31,6 +31,11 @@ KNOWN_IOCTLS = {
     "KVM_ENABLE_CAP": 0x4068AEA3,
     "KVM_CLEAR_DIRTY_LOG": 0xC018AEC0,
     "KVM_GET_STATS_FD": 0xAECE,
+    # 6.8+ private memory, 6.11+ pre-fault (gcc on linux-source-6.12's headers_install)
+    "KVM_SET_USER_MEMORY_REGION2": 0x40A0AE49,
+    "KVM_SET_MEMORY_ATTRIBUTES": 0x4020AED2,
+    "KVM_CREATE_GUEST_MEMFD": 0xC040AED4,
+    "KVM_PRE_FAULT_MEMORY": 0xC040AED5,
     "PAGEMAP_SCAN": 0xC0606610,
 }
 
@@ -52,6 +57,10 @@ KNOWN_SIZES = {
     "kvm_run": 2352,
     "page_region": 24,
     "pm_scan_arg": 96,
+    "kvm_userspace_memory_region2": 160,
+    "kvm_memory_attributes": 32,
+    "kvm_create_guest_memfd": 64,
+    "kvm_pre_fault_memory": 64,
 }
 
 

@@ -21,7 +21,8 @@ __all__ = [
     "kvm_dirty_log", "kvm_clear_dirty_log", "kvm_enable_cap", "kvm_stats_header",
     "kvm_stats_desc", "kvm_run", "kvm_run_io", "kvm_run_mmio", "kvm_run_internal",
     "kvm_run_fail_entry", "kvm_run_hw", "kvm_run_exit_union", "page_region", "pm_scan_arg",
-    "make_kvm_msrs", "make_kvm_cpuid2",
+    "make_kvm_msrs", "make_kvm_cpuid2", "kvm_userspace_memory_region2",
+    "kvm_memory_attributes", "kvm_create_guest_memfd", "kvm_pre_fault_memory",
     "IOCTL_NAMES",
 ]
 
@@ -82,6 +83,11 @@ KVMIO = 0xAE
 
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1
+KVM_MEM_GUEST_MEMFD = 1 << 2
+#: KVM_CREATE_VM types (arch/x86/include/uapi/asm/kvm.h)
+KVM_X86_DEFAULT_VM = 0
+KVM_X86_SW_PROTECTED_VM = 1
+KVM_MEMORY_ATTRIBUTE_PRIVATE = 1 << 3
 
 KVM_EXIT_UNKNOWN = 0
 KVM_EXIT_EXCEPTION = 1
@@ -117,6 +123,11 @@ KVM_CAP_NR_MEMSLOTS = 10
 KVM_CAP_EXT_CPUID = 7
 KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 = 168
 KVM_CAP_BINARY_STATS_FD = 203
+KVM_CAP_USER_MEMORY2 = 231
+KVM_CAP_MEMORY_ATTRIBUTES = 233
+KVM_CAP_GUEST_MEMFD = 234
+KVM_CAP_VM_TYPES = 235
+KVM_CAP_PRE_FAULT_MEMORY = 236
 
 KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1 << 0
 KVM_DIRTY_LOG_INITIALLY_SET = 1 << 1
@@ -154,6 +165,46 @@ class kvm_userspace_memory_region(ctypes.Structure):
         ("guest_phys_addr", u64),
         ("memory_size", u64),      # bytes
         ("userspace_addr", u64),   # start of the userspace allocated memory
+    ]
+
+
+class kvm_userspace_memory_region2(ctypes.Structure):
+    _fields_ = [
+        ("slot", u32),
+        ("flags", u32),
+        ("guest_phys_addr", u64),
+        ("memory_size", u64),
+        ("userspace_addr", u64),
+        ("guest_memfd_offset", u64),
+        ("guest_memfd", u32),
+        ("pad1", u32),
+        ("pad2", u64 * 14),
+    ]
+
+
+class kvm_memory_attributes(ctypes.Structure):
+    _fields_ = [
+        ("address", u64),
+        ("size", u64),
+        ("attributes", u64),
+        ("flags", u64),
+    ]
+
+
+class kvm_create_guest_memfd(ctypes.Structure):
+    _fields_ = [
+        ("size", u64),
+        ("flags", u64),
+        ("reserved", u64 * 6),
+    ]
+
+
+class kvm_pre_fault_memory(ctypes.Structure):
+    _fields_ = [
+        ("gpa", u64),
+        ("size", u64),
+        ("flags", u64),
+        ("padding", u64 * 5),
     ]
 
 
@@ -410,6 +461,9 @@ KVM_GET_DIRTY_LOG = _IOW(KVMIO, 0x42, kvm_dirty_log)
 KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, kvm_userspace_memory_region)
 KVM_SET_TSS_ADDR = _IO(KVMIO, 0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _IOW(KVMIO, 0x48, u64)
+KVM_SET_USER_MEMORY_REGION2 = _IOW(KVMIO, 0x49, kvm_userspace_memory_region2)
+KVM_SET_MEMORY_ATTRIBUTES = _IOW(KVMIO, 0xd2, kvm_memory_attributes)
+KVM_CREATE_GUEST_MEMFD = _IOWR(KVMIO, 0xd4, kvm_create_guest_memfd)
 KVM_ENABLE_CAP = _IOW(KVMIO, 0xa3, kvm_enable_cap)
 KVM_CLEAR_DIRTY_LOG = _IOWR(KVMIO, 0xc0, kvm_clear_dirty_log)
 KVM_GET_STATS_FD = _IO(KVMIO, 0xce)
@@ -423,6 +477,7 @@ KVM_GET_MSRS = _IOWR(KVMIO, 0x88, kvm_msrs)
 KVM_SET_MSRS = _IOW(KVMIO, 0x89, kvm_msrs)
 KVM_SET_CPUID2 = _IOW(KVMIO, 0x90, kvm_cpuid2)
 KVM_GET_CPUID2 = _IOWR(KVMIO, 0x91, kvm_cpuid2)
+KVM_PRE_FAULT_MEMORY = _IOWR(KVMIO, 0xd5, kvm_pre_fault_memory)
 
 
 # --------------------------------------------------------------------------------------
@@ -491,6 +546,9 @@ MADV_DONTNEED = 4
 MADV_HUGEPAGE = 14
 MADV_NOHUGEPAGE = 15
 MADV_COLLAPSE = 25
+# include/uapi/linux/falloc.h
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
 
 
 #: request number -> "KVM_..." name, for error messages.
@@ -499,5 +557,5 @@ IOCTL_NAMES: dict[int, str] = {
     if (k.startswith("KVM_") or k == "PAGEMAP_SCAN") and isinstance(v, int)
     and k not in ("KVM_API_VERSION",) and v > 0xFF and not k.startswith(
         ("KVM_EXIT_", "KVM_CAP_", "KVM_STATS_", "KVM_MEM_", "KVM_DIRTY_LOG_",
-         "KVM_INTERNAL_ERROR_", "KVM_NR_"))
+         "KVM_INTERNAL_ERROR_", "KVM_NR_", "KVM_X86_", "KVM_MEMORY_ATTRIBUTE_"))
 }

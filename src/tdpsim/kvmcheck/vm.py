@@ -20,7 +20,7 @@ from .guest import (ACCESS_KINDS, PAGE_2M, PAGE_4K, RET_OPCODE, GuestCode,
 
 __all__ = [
     "KvmCheckError", "KvmError", "KvmUnavailable",
-    "KvmSystem", "Vm", "Vcpu", "HostMemory", "Memslot", "ExitInfo",
+    "KvmSystem", "Vm", "Vcpu", "HostMemory", "Memslot", "ExitInfo", "GuestMemfd",
     "StatDescriptor", "StatsFd", "parse_stats_buffer", "NativeMsrProbe", "TouchGuest",
     "read_module_params", "write_module_param", "kvm_vendor_modules", "hugetlb_free_pages", "GuestError",
     "fill_window", "pagemap_scan", "smaps_huge_bytes", "NATIVE_EXEC_MSR", "DEFAULT_KVM_PATH",
@@ -77,6 +77,8 @@ _libc.madvise.restype = ctypes.c_int
 _libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int,
                          ctypes.c_void_p]
 _libc.mremap.restype = ctypes.c_void_p
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+_libc.fallocate.restype = ctypes.c_int
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
@@ -479,8 +481,12 @@ class KvmSystem:
         _ioctl(self.fd, u.KVM_GET_MSR_INDEX_LIST, lst)
         return list(lst.indices[: lst.nmsrs])
 
-    def create_vm(self, vm_type: int = 0) -> "Vm":
+    def create_vm(self, vm_type: int = u.KVM_X86_DEFAULT_VM) -> "Vm":
         return Vm(self, _ioctl(self.fd, u.KVM_CREATE_VM, vm_type))
+
+    def supports_vm_type(self, vm_type: int) -> bool:
+        """KVM_CAP_VM_TYPES is a bitmap of the KVM_CREATE_VM types (v6.8+; 0 before)."""
+        return bool(self.check_extension(u.KVM_CAP_VM_TYPES) & (1 << vm_type))
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -494,6 +500,25 @@ class KvmSystem:
         self.close()
 
 
+class GuestMemfd:
+    """A guest_memfd (KVM_CREATE_GUEST_MEMFD): the private memory of one VM."""
+
+    def __init__(self, vm: "Vm", size: int):
+        self.size = size
+        self.fd = _ioctl(vm.fd, u.KVM_CREATE_GUEST_MEMFD, u.kvm_create_guest_memfd(size=size))
+
+    def punch_hole(self, offset: int, length: int) -> None:
+        """fallocate(PUNCH_HOLE | KEEP_SIZE): ``kvm_gmem_punch_hole`` zaps the range's
+        mappings, then frees its pages."""
+        _mm_check(_libc.fallocate(self.fd, u.FALLOC_FL_PUNCH_HOLE | u.FALLOC_FL_KEEP_SIZE,
+                                  offset, length), "fallocate(guest_memfd, PUNCH_HOLE)")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 @dataclass
 class Memslot:
     slot: int
@@ -502,6 +527,7 @@ class Memslot:
     hva: int
     flags: int
     memory: HostMemory | None = None
+    gmem: GuestMemfd | None = None
 
     @property
     def npages(self) -> int:
@@ -518,6 +544,7 @@ class Vm:
         self.vcpus: list[Vcpu] = []
         self._stats: StatsFd | None = None
         self._owned_memory: list[HostMemory] = []
+        self._guest_memfds: list[GuestMemfd] = []
 
     # -- memslots ------------------------------------------------------------------
     def set_user_memory_region(self, slot: int, gpa: int, size: int, hva: int, flags: int = 0) -> None:
@@ -525,11 +552,26 @@ class Vm:
                                           memory_size=size, userspace_addr=hva)
         _ioctl(self.fd, u.KVM_SET_USER_MEMORY_REGION, r)
 
+    def set_user_memory_region2(self, slot: int, gpa: int, size: int, hva: int, flags: int,
+                                gmem: GuestMemfd, gmem_offset: int = 0) -> None:
+        """KVM_SET_USER_MEMORY_REGION2 with a guest_memfd (KVM_MEM_GUEST_MEMFD)."""
+        r = u.kvm_userspace_memory_region2(slot=slot, flags=flags | u.KVM_MEM_GUEST_MEMFD,
+                                           guest_phys_addr=gpa, memory_size=size,
+                                           userspace_addr=hva, guest_memfd_offset=gmem_offset,
+                                           guest_memfd=gmem.fd)
+        _ioctl(self.fd, u.KVM_SET_USER_MEMORY_REGION2, r)
+
     def add_memslot(self, slot: int, gpa: int, memory: HostMemory, *, flags: int = 0,
-                    size: int | None = None, own: bool = True) -> Memslot:
+                    size: int | None = None, own: bool = True,
+                    gmem: GuestMemfd | None = None) -> Memslot:
+        """A memslot over *memory* (the shared side); with *gmem* its private side is
+        that guest_memfd from offset 0."""
         size = memory.size if size is None else size
-        self.set_user_memory_region(slot, gpa, size, memory.addr, flags)
-        ms = Memslot(slot, gpa, size, memory.addr, flags, memory)
+        if gmem is None:
+            self.set_user_memory_region(slot, gpa, size, memory.addr, flags)
+        else:
+            self.set_user_memory_region2(slot, gpa, size, memory.addr, flags, gmem)
+        ms = Memslot(slot, gpa, size, memory.addr, flags, memory, gmem)
         self.memslots[slot] = ms
         if own:
             self._owned_memory.append(memory)
@@ -576,6 +618,17 @@ class Vm:
                u.kvm_clear_dirty_log(slot=slot, num_pages=num_pages, first_page=first_page,
                                      dirty_bitmap=ctypes.addressof(buf)))
 
+    def set_memory_attributes(self, gpa: int, size: int, attributes: int) -> None:
+        """KVM_SET_MEMORY_ATTRIBUTES (KVM_MEMORY_ATTRIBUTE_PRIVATE or 0 = shared)."""
+        _ioctl(self.fd, u.KVM_SET_MEMORY_ATTRIBUTES,
+               u.kvm_memory_attributes(address=gpa, size=size, attributes=attributes))
+
+    def create_guest_memfd(self, size: int) -> GuestMemfd:
+        """A guest_memfd of *size* bytes, closed with the VM."""
+        g = GuestMemfd(self, size)
+        self._guest_memfds.append(g)
+        return g
+
     def enable_cap(self, cap: int, *args: int, flags: int = 0) -> None:
         ec = u.kvm_enable_cap(cap=cap, flags=flags)
         for i, a in enumerate(args):
@@ -616,6 +669,9 @@ class Vm:
         for m in self._owned_memory:
             m.close()
         self._owned_memory.clear()
+        for g in self._guest_memfds:
+            g.close()
+        self._guest_memfds.clear()
 
     def __enter__(self) -> "Vm":
         return self
@@ -756,6 +812,14 @@ class Vcpu:
             readback = None
         return NativeMsrProbe(msr, accepted, readback, listed)
 
+    def pre_fault_memory(self, gpa: int, size: int) -> None:
+        """KVM_PRE_FAULT_MEMORY over [gpa, gpa + size): KVM advances ``gpa`` / shrinks
+        ``size`` as it maps and may stop early (EINTR, or after a partial map), so ask
+        again until nothing is left."""
+        r = u.kvm_pre_fault_memory(gpa=gpa, size=size)
+        while r.size:
+            _ioctl(self.fd, u.KVM_PRE_FAULT_MEMORY, r)
+
     # -- running ---------------------------------------------------------------------
     def run(self) -> ExitInfo:
         """One KVM_RUN; returns the decoded exit."""
@@ -858,13 +922,13 @@ class TouchGuest:
     CODE_STRIDE = 0x80
 
     def __init__(self, system: KvmSystem, access: str = "write", *, native: bool = True,
-                 max_window_span: int = 1 << 30):
+                 max_window_span: int = 1 << 30, vm_type: int = u.KVM_X86_DEFAULT_VM):
         self.system = system
         self.access = access
         # All variants are loaded; ``access`` is only the default for touch().
         self.codes: dict[str, GuestCode] = {a: touch_loop_code(a) for a in ACCESS_KINDS}
         self.code: GuestCode = self.codes[access]
-        self.vm = system.create_vm()
+        self.vm = system.create_vm(vm_type)
         self.sys_mem: HostMemory | None = None
         try:
             self.vcpu = self.vm.create_vcpu(0)
@@ -888,8 +952,9 @@ class TouchGuest:
         return SYS_GPA + CODE_OFFSET + ACCESS_KINDS.index(access) * self.CODE_STRIDE
 
     def add_window(self, slot: int, gpa: int, memory: HostMemory, *, guest_page_size: int = PAGE_2M,
-                   flags: int = 0, size: int | None = None) -> Memslot:
-        ms = self.vm.add_memslot(slot, gpa, memory, flags=flags, size=size)
+                   flags: int = 0, size: int | None = None,
+                   gmem: GuestMemfd | None = None) -> Memslot:
+        ms = self.vm.add_memslot(slot, gpa, memory, flags=flags, size=size, gmem=gmem)
         self.pt.map(gpa, gpa + ms.size, guest_page_size)
         if self._finalized:
             self.sys_mem.write(PT_OFFSET, self.pt.image())
