@@ -6,12 +6,13 @@ import pytest
 
 from tdpsim.kvmcheck.compare import CHECK_MATRIX, compare_results, load_report
 from tdpsim.kvmcheck.guest import PAGE_2M, PAGE_4K
-from tdpsim.kvmcheck.host_matrix import HostScenario, PageCounts
+from tdpsim.kvmcheck.host_matrix import PRIVATE_ROWS, HostScenario, PageCounts
 from tdpsim.kvmcheck.model_side import (SHADOW, TDP, guest_page_tables,
                                         host_huge_frames_by_phase, mmu_kind, model_policy,
                                         run_model_scenario)
 from tdpsim.kvmcheck.pt_window import PT_WINDOW_ROW, PtWindowScenario
 from tdpsim.kvmcheck.vm import PT_OFFSET
+from tdpsim.model.profile import DEFAULT_PROFILE, KERNEL_6_1, KERNEL_6_12
 
 RECORDED = Path(__file__).parent / "data" / "kvm_check_recorded.json"
 SHADOW_PARAMS = {"tdp_mmu": "N", "nx_huge_pages": "N", "eager_page_split": "Y"}
@@ -109,6 +110,61 @@ def test_tdp_model_is_chosen_by_tdp_mmu_y_and_differs_where_tdp_mmu_does():
     # page fault per frame makes each writable again
     assert r.phase("touch_again").counters.get("pf_fixed", 0) == 8
     assert run_model_scenario(PT_WINDOW_ROW, TDP_PARAMS).final == PageCounts(1, 8, 0)
+
+
+PRIVATE = {s.name: s for s in PRIVATE_ROWS}
+
+
+def _private(name, profile=KERNEL_6_12):
+    return run_model_scenario(PRIVATE[name], TDP_PARAMS, profile=profile)
+
+
+def test_private_memory_maps_4k_from_guest_memfd_and_2m_when_shared():
+    """kvm_faultin_pfn_private: 6.12's guest_memfd reports max_order 0, so private faults
+    map 4K; the shared side maps 2M from THP (each row's first page-table 4K aside)."""
+    assert _private("swprot-shared").phase("0-touch").pages == PageCounts(1, 8, 0)
+    r = _private("swprot-private")
+    assert r.phase("0-private").pages == PageCounts() and r.final == PageCounts(4097, 0, 0)
+    assert r.phase("1-touch").counters["pf_fixed"] == 4097
+    # one private 4K page makes its 2M frame MIXED (hugepage_has_attrs): 511 shared 4K
+    r = _private("swprot-private-4k-in-2m")
+    assert r.phase("1-private").pages == PageCounts(1, 7, 0)
+    assert r.final == PageCounts(513, 7, 0)
+    assert _private("swprot-to-shared-half").final == PageCounts(2049, 4, 0)
+
+
+def test_a_guest_memfd_hole_zaps_shared_leaves_and_whole_straddling_ones_on_6_12():
+    """kvm_gmem_invalidate_begin passes KVM_FILTER_PRIVATE, but 6.12's
+    kvm_tdp_mmu_unmap_gfn_range has no mirror roots to pick and zaps the shared leaf;
+    tdp_mmu_zap_leafs zaps the huge leaves straddling [1 MiB, 3 MiB) whole.  HP-v3 splits
+    them first (KernelProfile.split_cross_boundary_leafs)."""
+    assert _private("swprot-punch-shared").phase("1-punch").pages == PageCounts(1, 7, 0)
+    assert _private("swprot-punch-straddle").phase("1-punch").pages == PageCounts(1, 6, 0)
+    hp = _private("swprot-punch-straddle", DEFAULT_PROFILE)
+    assert hp.phase("1-punch").pages == PageCounts(513, 6, 0)
+    r = _private("swprot-shared-straddle")
+    assert r.phase("3-shared").pages == PageCounts(257, 6, 0)
+    assert _private("swprot-shared-straddle", DEFAULT_PROFILE).phase("3-shared").pages == \
+        PageCounts(513, 6, 0)
+
+
+def test_pre_fault_memory_counts_no_fault_on_6_12():
+    r = _private("swprot-prefault-private")
+    assert r.phase("1-prefault").pages == PageCounts(4096, 0, 0)
+    assert r.phase("1-prefault").counters == {}
+    assert r.phase("2-touch").counters["pf_fixed"] == 1      # only the window's PT page
+    assert _private("swprot-prefault-shared").phase("0-prefault").pages == PageCounts(0, 8, 0)
+
+
+def test_private_rows_need_a_kernel_with_the_sw_protected_vm_type():
+    with pytest.raises(ValueError):
+        _private("swprot-shared", KERNEL_6_1)
+    with pytest.raises(ValueError, match="TDP MMU only"):
+        run_model_scenario(PRIVATE["swprot-shared"], SHADOW_PARAMS)
+    with pytest.raises(ValueError, match="step punch needs private_mem"):
+        HostScenario("x", steps=(("punch", 0, PAGE_4K),))
+    with pytest.raises(ValueError, match="a step is one of"):
+        HostScenario("x", private_mem=True, steps=(("convert", 0, PAGE_4K),))
 
 
 def test_no_eager_split_without_the_parameter_on_tdp():

@@ -19,19 +19,21 @@ import json
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Iterable, Mapping, Optional, Sequence
 
-from .host_matrix import (DEFAULT_MATRIX, TDP_ROWS, Marker, HostResult, HostScenario, NativeExecution,
+from .host_matrix import (DEFAULT_MATRIX, PRIVATE_ROWS, TDP_ROWS, Marker, HostResult, HostScenario, NativeExecution,
                           PageCounts, PhaseResult, host_facts, run_host_scenario)
 from ..model.profile import KernelProfile
 from .model_side import ModelResult, mmu_kind, run_model_scenario
 from .pt_window import PT_WINDOW_ROW, PtWindowScenario, run_pt_window_scenario
 from .vm import DEFAULT_KVM_PATH, NATIVE_EXEC_MSR
 
-__all__ = ["CHECK_MATRIX", "ORACLE_MATRIX", "phase_to_dict", "PhaseCheck", "CheckRow", "compare_results", "run_kvm_check",
+__all__ = ["CHECK_MATRIX", "ORACLE_MATRIX", "PRIVATE_MATRIX", "phase_to_dict", "PhaseCheck", "CheckRow", "compare_results", "run_kvm_check",
            "report_to_json", "load_report", "host_result_from_dict", "JSON_FORMAT"]
 
 CHECK_MATRIX: tuple[HostScenario, ...] = DEFAULT_MATRIX + (PT_WINDOW_ROW,)
 #: the rows the QEMU oracle runs on a TDP MMU (NPT) kernel
 ORACLE_MATRIX: tuple[HostScenario, ...] = CHECK_MATRIX + TDP_ROWS
+#: ... and on a kernel that has KVM_X86_SW_PROTECTED_VM, the private-memory rows after them
+PRIVATE_MATRIX: tuple[HostScenario, ...] = ORACLE_MATRIX + PRIVATE_ROWS
 JSON_FORMAT = "tdpsim-kvm-check/1"
 #: the module parameters that choose and shape the model
 MODEL_PARAMS = ("tdp_mmu", "nx_huge_pages", "eager_page_split")

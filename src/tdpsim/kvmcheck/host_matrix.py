@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Mapping
 
 from . import uapi as u
 from .guest import PAGE_1G, PAGE_2M, PAGE_4K
-from .vm import (DEFAULT_KVM_PATH, KvmSystem, HostMemory, NativeMsrProbe,
+from .vm import (DEFAULT_KVM_PATH, GuestMemfd, KvmSystem, HostMemory, NativeMsrProbe,
                  TouchGuest, fill_window, hugetlb_free_pages, kvm_vendor_modules,
                  read_module_params, write_module_param)
 
@@ -32,6 +32,7 @@ __all__ = [
     "PageCounts", "HostScenario", "PhaseResult", "NativeExecution", "HostResult",
     "DEFAULT_MATRIX", "TDP_ROWS", "run_host_scenario", "run_host_matrix", "host_facts",
     "DIRTY_LOG_MODES", "THP_SPLIT_METHODS", "WINDOW_SLOT", "PAGE_STATS", "Marker",
+    "STEP_VERBS", "PRIVATE_ROWS", "step_phase_names",
 ]
 
 MiB = 1 << 20
@@ -54,6 +55,13 @@ NX_RECOVERY_PARAMS = (("nx_huge_pages_recovery_ratio", "1"),
                       ("nx_huge_pages_recovery_period_ms", "100"))
 #: where "move" puts the window (its old GPA + this)
 SLOT_MOVE_DELTA = 1 << 30
+#: what a scripted row does after the warm-up, one phase per step (offsets and sizes in
+#: bytes of the window, which is the guest_memfd's offset 0 too):
+#: ``("private" | "shared", off, size)`` KVM_SET_MEMORY_ATTRIBUTES,
+#: ``("punch", off, size)`` fallocate(PUNCH_HOLE) on the guest_memfd,
+#: ``("prefault", off, size)`` KVM_PRE_FAULT_MEMORY, ``("touch", access)`` the loop
+STEP_VERBS = ("private", "shared", "punch", "prefault", "touch")
+_PRIVATE_VERBS = ("private", "shared", "punch")
 
 
 @dataclass(frozen=True, order=True)
@@ -116,6 +124,11 @@ class HostScenario:
     #: then touch again ("touch_again")
     nx_recovery_wait: float = 0.0
     slot_op: str | None = None
+    #: a KVM_X86_SW_PROTECTED_VM whose window is also bound to a guest_memfd
+    #: (KVM_SET_USER_MEMORY_REGION2 with KVM_MEM_GUEST_MEMFD): the private side
+    private_mem: bool = False
+    #: a script of :data:`STEP_VERBS` run instead of the first touch (and nothing else)
+    steps: tuple[tuple, ...] = ()
 
     def __post_init__(self) -> None:
         if self.dirty_log not in DIRTY_LOG_MODES:
@@ -133,6 +146,11 @@ class HostScenario:
             raise ValueError("guest_page_size must be 4 KiB, 2 MiB or 1 GiB")
         if self.window_gpa % PAGE_1G and self.guest_page_size == PAGE_1G:
             raise ValueError("1 GiB guest pages need a 1 GiB aligned window_gpa")
+        for st in self.steps:
+            if not st or st[0] not in STEP_VERBS:
+                raise ValueError(f"a step is one of {STEP_VERBS} with its arguments, not {st!r}")
+            if st[0] in _PRIVATE_VERBS and not self.private_mem:
+                raise ValueError(f"step {st[0]} needs private_mem")
 
     @property
     def gpa(self) -> int:
@@ -328,6 +346,75 @@ TDP_ROWS: tuple[HostScenario, ...] = (
 )
 
 
+_W = 16 * MiB
+#: rows of a KVM_X86_SW_PROTECTED_VM (6.8+ with CONFIG_KVM_SW_PROTECTED_VM): the window's
+#: private side is a guest_memfd (4K folios in 6.12: kvm_gmem_get_pfn's max_order is 0),
+#: its shared side THP memory; the attributes decide which one a fault maps
+#: (kvm_mmu_page_fault sets PFERR_PRIVATE_ACCESS from kvm_mem_is_private)
+PRIVATE_ROWS: tuple[HostScenario, ...] = (
+    HostScenario("swprot-shared", private_mem=True, steps=(("touch",),),
+                 description="software-protected VM, guest_memfd slot, everything shared: "
+                             "the shared side maps 2M from THP"),
+    HostScenario("swprot-private", private_mem=True,
+                 steps=(("private", 0, _W), ("touch",)),
+                 description="everything private: kvm_faultin_pfn_private maps 4K from "
+                             "guest_memfd (max_order 0)"),
+    HostScenario("swprot-private-read", private_mem=True, access="read",
+                 steps=(("private", 0, _W), ("touch",)),
+                 description="everything private, reads only"),
+    HostScenario("swprot-to-private-1m", private_mem=True,
+                 steps=(("touch",), ("private", 0, MiB), ("touch",)),
+                 description="touch shared (2M), convert the first 1 MiB to private (its 2M "
+                             "leaf is zapped, frame 0 is MIXED), touch: 4K on both sides"),
+    HostScenario("swprot-private-4k-in-2m", private_mem=True,
+                 steps=(("touch",), ("private", 3 * PAGE_2M + _K4, _K4), ("touch",)),
+                 description="one private 4K page in shared frame 3: the whole 2M leaf goes, "
+                             "frame 3 maps 511 shared + 1 private 4K"),
+    HostScenario("swprot-to-shared", private_mem=True,
+                 steps=(("private", 0, _W), ("touch",), ("shared", 0, _W), ("touch",)),
+                 description="private (4K), convert all back to shared: MIXED cleared, 2M again"),
+    HostScenario("swprot-to-shared-half", private_mem=True,
+                 steps=(("private", 0, _W), ("touch",), ("shared", _W // 2, _W // 2),
+                        ("touch",)),
+                 description="private, upper half back to shared: 2048 private 4K + 4 x 2M"),
+    HostScenario("swprot-punch-private", private_mem=True,
+                 steps=(("private", 0, _W), ("touch",), ("punch", PAGE_2M, PAGE_2M), ("touch",)),
+                 description="private, punch a 2 MiB hole in the guest_memfd "
+                             "(kvm_gmem_invalidate_begin zaps it), touch: new pages"),
+    HostScenario("swprot-punch-shared", private_mem=True,
+                 steps=(("touch",), ("punch", PAGE_2M, PAGE_2M), ("touch",)),
+                 description="shared 2M leaves, punch the guest_memfd under frame 1: 6.12's "
+                             "kvm_tdp_mmu_unmap_gfn_range ignores attr_filter and zaps the "
+                             "shared leaf too"),
+    HostScenario("swprot-punch-straddle", private_mem=True,
+                 steps=(("touch",), ("punch", MiB, 2 * MiB), ("touch",)),
+                 description="shared 2M leaves, punch [1 MiB, 3 MiB): both straddling leaves "
+                             "are zapped whole (no cross-boundary split before v6.12's zap)"),
+    HostScenario("swprot-shared-straddle", private_mem=True,
+                 steps=(("touch",), ("private", PAGE_2M + _K4, _K4), ("touch",),
+                        ("shared", MiB, 2 * MiB), ("touch",)),
+                 description="one private page in frame 1, then [1 MiB, 3 MiB) back to shared: "
+                             "frame 0's 2M leaf is zapped whole, frame 1 keeps its upper 4K "
+                             "leaves; both map 2M again"),
+    HostScenario("swprot-prefault-private", private_mem=True,
+                 steps=(("private", 0, _W), ("prefault", 0, _W), ("touch",)),
+                 description="private, KVM_PRE_FAULT_MEMORY the window (no fault stats), "
+                             "touch: nothing left to fault"),
+    HostScenario("swprot-prefault-shared", private_mem=True,
+                 steps=(("prefault", 0, _W), ("touch",)),
+                 description="KVM_PRE_FAULT_MEMORY of the shared side (2M), then write"),
+    HostScenario("swprot-round-trip", private_mem=True,
+                 steps=(("touch",), ("private", 0, _W), ("touch",), ("shared", 0, _W),
+                        ("touch",)),
+                 description="shared (2M), private (4K), shared (2M) again"),
+)
+
+
+def step_phase_names(s: HostScenario) -> list[str]:
+    """The phase of each step: ``<index>-<verb>``."""
+    return [f"{i}-{st[0]}" for i, st in enumerate(s.steps)]
+
+
 # --------------------------------------------------------------------------------------
 # running
 # --------------------------------------------------------------------------------------
@@ -342,7 +429,12 @@ def host_facts() -> dict:
             "kvm_params": params}
 
 
-def _skip_reason(s: HostScenario) -> str | None:
+def _skip_reason(s: HostScenario, kvm_path: str = DEFAULT_KVM_PATH) -> str | None:
+    if s.private_mem:
+        with KvmSystem(kvm_path) as kvm:
+            if not kvm.supports_vm_type(u.KVM_X86_SW_PROTECTED_VM):
+                return ("this KVM cannot create a KVM_X86_SW_PROTECTED_VM (KVM_CAP_VM_TYPES; "
+                        "needs CONFIG_KVM_SW_PROTECTED_VM and the TDP MMU)")
     if s.hugetlb:
         need = -(-(s.hva_skew + s.slot_size) // PAGE_2M)
         free = hugetlb_free_pages(2048)
@@ -381,17 +473,20 @@ def _no_marker(name: str) -> None:
 
 def _run_once(s: HostScenario, kvm_path: str, native: bool,
               marker: Marker = _no_marker) -> tuple[tuple[PhaseResult, ...], dict, NativeExecution]:
-    with KvmSystem(kvm_path) as kvm, TouchGuest(kvm, s.access, native=native,
+    vm_type = u.KVM_X86_SW_PROTECTED_VM if s.private_mem else u.KVM_X86_DEFAULT_VM
+    with KvmSystem(kvm_path) as kvm, TouchGuest(kvm, s.access, native=native, vm_type=vm_type,
                                                 max_window_span=s.slot_size + s.gpa_skew) as g:
         mem = HostMemory(s.slot_size, hva_skew=s.hva_skew, thp=None if s.hugetlb else s.thp,
                          hugetlb=s.hugetlb)
+        gmem = g.vm.create_guest_memfd(s.slot_size) if s.private_mem else None
         try:
             if s.prefault:       # ret bytes wherever the loop will call
                 fill_window(mem, "exec" if "exec" in (s.access, s.then_access) else s.access)
             if s.manual_protect:
                 g.vm.enable_manual_dirty_log_protect(initially_set=s.initially_set)
             flags = u.KVM_MEM_LOG_DIRTY_PAGES if s.dirty_log == "before_touch" else 0
-            g.add_window(WINDOW_SLOT, s.gpa, mem, guest_page_size=s.guest_page_size, flags=flags)
+            g.add_window(WINDOW_SLOT, s.gpa, mem, guest_page_size=s.guest_page_size, flags=flags,
+                         gmem=gmem)
             g.finalize()
 
             # warm-up: faults in code, stack and page tables, touches nothing in the window
@@ -426,10 +521,15 @@ def _run_once(s: HostScenario, kvm_path: str, native: bool,
             def touch(access: str | None = None) -> None:
                 g.touch(gpa, s.touches, s.stride, access)
 
-            touch()
-            # before_touch: the dirty log is read before the phase ends (and its trace cut)
-            phase("touch", _popcount(g.vm.get_dirty_log(WINDOW_SLOT))
-                  if s.dirty_log == "before_touch" else None)
+            if s.steps:
+                for name, st in zip(step_phase_names(s), s.steps):
+                    _run_step(g, gmem, s, st, touch)
+                    phase(name)
+            else:
+                touch()
+                # before_touch: the dirty log is read before the phase ends (and its trace cut)
+                phase("touch", _popcount(g.vm.get_dirty_log(WINDOW_SLOT))
+                      if s.dirty_log == "before_touch" else None)
             if s.then_access:
                 touch(s.then_access)
                 phase("touch_then")
@@ -491,6 +591,21 @@ def _run_once(s: HostScenario, kvm_path: str, native: bool,
             mem.close()
 
 
+def _run_step(g: TouchGuest, gmem: GuestMemfd | None, s: HostScenario, st: tuple,
+              touch: Callable[[str | None], None]) -> None:
+    """One :data:`STEP_VERBS` step on the host."""
+    verb = st[0]
+    if verb == "touch":
+        touch(st[1] if len(st) > 1 else None)
+    elif verb in ("private", "shared"):
+        g.vm.set_memory_attributes(s.gpa + st[1], st[2], u.KVM_MEMORY_ATTRIBUTE_PRIVATE
+                                   if verb == "private" else 0)
+    elif verb == "punch":
+        gmem.punch_hole(st[1], st[2])
+    else:
+        g.vcpu.pre_fault_memory(s.gpa + st[1], st[2])
+
+
 def run_host_scenario(s: HostScenario, *, repeats: int = 2, kvm_path: str = DEFAULT_KVM_PATH,
                       native: bool = True, facts: dict | None = None,
                       marker: Marker = _no_marker) -> HostResult:
@@ -506,7 +621,7 @@ def run_host_scenario(s: HostScenario, *, repeats: int = 2, kvm_path: str = DEFA
     facts = facts if facts is not None else host_facts()
     common = dict(kvm_params=facts["kvm_params"], vendor_modules=facts["vendor_modules"],
                   kernel_release=facts["kernel_release"])
-    reason = _skip_reason(s)
+    reason = _skip_reason(s, kvm_path)
     if reason:
         return HostResult(s, skipped=reason, **common)
     phases, deltas, nat = _run_once(s, kvm_path, native, marker)

@@ -26,12 +26,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
-from ..model.kvm import Kvm
-from ..model.kvm_main import (KvmUserspaceMemoryRegion2, id_to_memslot,
+from ..model.kvm import KVM_X86_DEFAULT_VM, KVM_X86_SW_PROTECTED_VM, Kvm
+from ..model.kvm_main import (KvmUserspaceMemoryRegion2, id_to_memslot, kvm_gmem_punch_hole,
                               kvm_mmu_notifier_invalidate_range, kvm_mmu_slot_apply_flags,
                               kvm_recover_nx_huge_pages, kvm_set_memory_region,
                               kvm_vm_ioctl_set_memory_region)
-from ..model.memslot import KVM_MEM_LOG_DIRTY_PAGES, HostBacking, KvmMemorySlot
+from ..model.memslot import (KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMORY_ATTRIBUTE_PRIVATE, GuestMemfd,
+                             HostBacking, KvmMemorySlot)
 from ..model.mmu_fault import kvm_mmu_load, kvm_mmu_reload
 from ..model.policy import Policy
 from ..model.profile import DEFAULT_PROFILE, PROFILES, KernelProfile
@@ -40,12 +41,13 @@ from ..model.svm import npt_access
 from ..model.spte import PAGE_SHIFT, PG_LEVEL_2M, PG_LEVEL_4K, SpteMasks
 from ..model.dirty_log import (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_INITIALLY_SET,
                                KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, kvm_dirty_bitmap_bytes)
-from ..model.ioctl import (kvm_vm_ioctl_clear_dirty_log, kvm_vm_ioctl_enable_cap,
-                           kvm_vm_ioctl_get_dirty_log)
+from ..model.ioctl import (KvmPreFaultMemory, kvm_vcpu_pre_fault_memory,
+                           kvm_vm_ioctl_clear_dirty_log, kvm_vm_ioctl_enable_cap,
+                           kvm_vm_ioctl_get_dirty_log, kvm_vm_ioctl_set_mem_attributes)
 from .guest import (ACCESS_KINDS, PAGE_2M, PAGE_4K, PTE_P, PTE_PS, IdentityPageTables,
                     page_tables_needed)
 from .host_matrix import (SLOT_MOVE_DELTA, WINDOW_SLOT, HostResult, HostScenario, PageCounts,
-                          PhaseResult)
+                          PhaseResult, step_phase_names)
 from .pt_window import PtWindowScenario, link_pt_in_window, pt_window_pte_bytes
 from .vm import CODE_OFFSET, PT_OFFSET, STACK_TOP_OFFSET, SYS_GPA, SYS_SLOT, TouchGuest
 
@@ -59,6 +61,8 @@ TDP = "tdp"
 # Host virtual addresses of the model's memory (2 MiB aligned; pfn == hva >> 12).
 SYS_HVA = 0x7F00_0000_0000
 WINDOW_FRAME_HVA = 0x7F40_0000_0000
+#: pfns of the window's guest_memfd pages (apart from the host memory's hva >> 12)
+GMEM_PFN_BASE = 0x10_0000_0000
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,8 @@ def _nframes(s: HostScenario) -> int:
 
 
 def _phase_names(s: HostScenario) -> list[str]:
+    if s.steps:
+        return step_phase_names(s)
     names = ["touch"]
     if s.dirty_log in ("after_mapping", "after_mapping_then_disable"):
         names += ["dirty_log_on", "write_logged"]
@@ -220,7 +226,8 @@ class _Engine:
         self.s = s
         self.events: list = []
         self.kvm = Kvm(policy=policy, tracer=self.events.append, profile=profile,
-                       vendor=self.VENDOR, root_level=root_level)
+                       vendor=self.VENDOR, root_level=root_level,
+                       vm_type=KVM_X86_SW_PROTECTED_VM if s.private_mem else KVM_X86_DEFAULT_VM)
         self.pt, sys_size = guest_page_tables(s)
         sys_backing = HostBacking(SYS_HVA, sys_size, PG_LEVEL_4K)     # TouchGuest: thp=False
         self.sys_slot = KvmMemorySlot(SYS_SLOT, SYS_GPA >> PAGE_SHIFT, sys_size >> PAGE_SHIFT,
@@ -230,8 +237,13 @@ class _Engine:
         self.backing = HostBacking(WINDOW_FRAME_HVA, n * PAGE_2M, level)
         self.set_host_frames(huge)
         flags = KVM_MEM_LOG_DIRTY_PAGES if s.dirty_log == "before_touch" else 0
+        # guest_memfd as upstream has it: 4K folios (6.12's __kvm_gmem_get_pfn reports
+        # max_order 0) and no HP-v3 hva fixup in kvm_alloc_memslot_metadata
+        gmem = GuestMemfd(s.slot_size >> PAGE_SHIFT, GMEM_PFN_BASE, folio_order=0) \
+            if s.private_mem else None
         self.slot = KvmMemorySlot(WINDOW_SLOT, s.gpa >> PAGE_SHIFT, s.slot_size >> PAGE_SHIFT,
-                                  WINDOW_FRAME_HVA + s.hva_skew, self.backing, flags=flags)
+                                  WINDOW_FRAME_HVA + s.hva_skew, self.backing, flags=flags,
+                                  gmem=gmem, gmem_hva_fixup=False)
         kvm_set_memory_region(self.kvm, self.sys_slot)
         kvm_set_memory_region(self.kvm, self.slot)
 
@@ -361,6 +373,25 @@ class _TdpEngine(_Engine):
         """The recovery worker with ratio 1 (:data:`NX_RECOVERY_PARAMS`): everything."""
         kvm_recover_nx_huge_pages(self.kvm, ratio=1)
 
+    def memory_step(self, verb: str, off: int, size: int) -> None:
+        """A private-memory step of the window's bytes [off, off + size): the same ioctl
+        (or guest_memfd fallocate) the host row makes."""
+        gpa = self.s.gpa + off
+        if verb == "punch":      # guest_memfd offset 0 is the window's first gfn
+            kvm_gmem_punch_hole(self.kvm, self.slot, gpa >> PAGE_SHIFT, (gpa + size) >> PAGE_SHIFT)
+            return
+        if verb == "prefault":
+            rng = KvmPreFaultMemory(gpa, size)
+            while rng.size:
+                r = kvm_vcpu_pre_fault_memory(self.vcpu, rng)
+                if r < 0:
+                    raise ValueError(f"{self.s.name}: KVM_PRE_FAULT_MEMORY failed ({r})")
+            return
+        attrs = KVM_MEMORY_ATTRIBUTE_PRIVATE if verb == "private" else 0
+        r = kvm_vm_ioctl_set_mem_attributes(self.kvm, gpa, size, attrs)
+        if r:
+            raise ValueError(f"{self.s.name}: KVM_SET_MEMORY_ATTRIBUTES failed ({r})")
+
 
 # --------------------------------------------------------------------------------------
 # the scenario
@@ -380,9 +411,9 @@ def run_model_scenario(s: HostScenario, kvm_params: Optional[Mapping[str, str]] 
     kind = mmu_kind(kvm_params)
     frames = host_huge_frames_by_phase(s, host)
     first = frames.get("touch") or next(iter(frames.values()))
-    if kind != TDP and (s.slot_op or s.nx_recovery_wait or s.initially_set):
-        raise ValueError(f"{s.name}: memslot operations, NX recovery and INITIALLY_SET are "
-                         f"modelled on the TDP MMU only")
+    if kind != TDP and (s.slot_op or s.nx_recovery_wait or s.initially_set or s.steps):
+        raise ValueError(f"{s.name}: memslot operations, NX recovery, INITIALLY_SET and "
+                         f"private memory are modelled on the TDP MMU only")
     eng_cls = _TdpEngine if kind == TDP else _ShadowEngine
     eng = eng_cls(s, model_policy(kvm_params), first, profile, root_level)
 
@@ -442,9 +473,16 @@ def run_model_scenario(s: HostScenario, kvm_params: Optional[Mapping[str, str]] 
         phase(name, dirty)
         pending[0] = next(names, "")
 
-    touch()
-    dirty = eng.get_dirty_log() if s.dirty_log == "before_touch" else None
-    step("touch", dirty)
+    if s.steps:
+        for name, st in zip(step_phase_names(s), s.steps):
+            if st[0] == "touch":
+                touch(st[1] if len(st) > 1 else None)
+            else:
+                eng.memory_step(*st)
+            step(name)
+    else:
+        touch()
+        step("touch", eng.get_dirty_log() if s.dirty_log == "before_touch" else None)
     if s.then_access:
         touch(s.then_access)
         step("touch_then")

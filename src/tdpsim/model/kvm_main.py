@@ -500,7 +500,8 @@ def kvm_arch_pre_set_memory_attributes(kvm: "Kvm", slot: KvmMemorySlot, start: i
                                        attrs: int) -> bool:
     """``kvm_arch_pre_set_memory_attributes`` (write lock): keep faults off head/tail huge
     frames that straddle the range, then unmap the *old* attribute's mappings.  HP-v3
-    first splits mirror leaves crossing the range when converting to shared."""
+    first splits leaves crossing the range when converting to shared
+    (``KernelProfile.split_cross_boundary_leafs``)."""
     if kvm.WARN_ON_ONCE(not kvm.kvm_arch_has_private_mem(), "kvm_arch_pre_set_memory_attributes",
                         "VM without private memory"):
         return False
@@ -520,7 +521,8 @@ def kvm_arch_pre_set_memory_attributes(kvm: "Kvm", slot: KvmMemorySlot, start: i
         attr_filter = KVM_FILTER_SHARED
     else:
         attr_filter = KVM_FILTER_PRIVATE
-        kvm_tdp_mmu_gfn_range_split_cross_boundary_leafs(kvm, start, end, attr_filter, False)
+        if kvm.profile.split_cross_boundary_leafs:
+            kvm_tdp_mmu_gfn_range_split_cross_boundary_leafs(kvm, start, end, attr_filter, False)
     return kvm_tdp_mmu_unmap_gfn_range(kvm, start, end, attr_filter, True, False)
 
 
@@ -583,12 +585,15 @@ def kvm_vm_set_mem_attributes(kvm: "Kvm", start: int, end: int, attrs: int) -> N
 
 def kvm_gmem_punch_hole(kvm: "Kvm", slot: KvmMemorySlot, start: int, end: int) -> None:
     """guest_memfd ``FALLOC_FL_PUNCH_HOLE`` → ``kvm_gmem_invalidate_begin/end``: zap the
-    private mappings of [start, end) (gfns), then free the pages.  HP-v3 splits crossing
-    mirror leaves first."""
+    private mappings of [start, end) (gfns), then free the pages (a VM without mirror
+    roots loses its shared mappings there too: the filter only picks root types).  HP-v3
+    splits crossing leaves first (``KernelProfile.split_cross_boundary_leafs``)."""
     kvm.mmu_lock.write_lock()
     kvm_mmu_invalidate_begin(kvm)
     kvm_mmu_invalidate_range_add(kvm, start, end)
-    kvm_tdp_mmu_gfn_range_split_cross_boundary_leafs(kvm, start, end, KVM_FILTER_PRIVATE, False)
+    if kvm.profile.split_cross_boundary_leafs:
+        kvm_tdp_mmu_gfn_range_split_cross_boundary_leafs(kvm, start, end, KVM_FILTER_PRIVATE,
+                                                         False)
     if kvm_tdp_mmu_unmap_gfn_range(kvm, start, end, KVM_FILTER_PRIVATE, True, False):
         kvm.kvm_flush_remote_tlbs()
     kvm.mmu_lock.write_unlock()

@@ -137,6 +137,13 @@ class KernelProfile:
     # the new leaf loses MMU-writable; up to v6.12 only replacing a table flushes.
     tdp_mmu_map_warn_leaf_change_flush: bool = True
 
+    # HP-v3 (Yan Zhao's TDX huge page series v3, 11/24 "KVM: x86/mmu: Introduce
+    # kvm_split_cross_boundary_leafs()"): converting memory to shared and punching a
+    # guest_memfd hole first split the huge leaves that straddle the range, so only the
+    # range loses its mappings.  Upstream (v6.12 and after) has no such split:
+    # tdp_mmu_zap_leafs zaps every leaf overlapping the range, huge ones whole.
+    split_cross_boundary_leafs: bool = True
+
     def __reduce__(self) -> tuple:
         """Pickled as its fields: compare's worker processes receive the profile pickled,
         and the compiled build's frozen classes refuse pickle's attribute-wise restore."""
@@ -165,6 +172,7 @@ KERNEL_6_12 = KERNEL_6_18_HP_V3.with_(
     possible_nx_huge_pages_per_mmu_type=False,
     tdp_mmu_map_spurious_if_access_allowed=False,
     tdp_mmu_map_warn_leaf_change_flush=False,
+    split_cross_boundary_leafs=False,
 )
 
 KERNEL_6_1 = KERNEL_6_12.with_(
