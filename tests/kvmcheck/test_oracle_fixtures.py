@@ -4,7 +4,9 @@ KNOWN_GAPS with the kernel behaviour the model lacks.  The lists are exact: a ga
 closes fails the test too, so the list is kept honest.
 
 Fixtures: tests/kvmcheck/data/oracle/<release>/ (facts.json with the kernel release and
-command line, rows.jsonl, traces/*.trace.xz), written by benchmarks/oracle_record.py.
+command line, rows.jsonl, traces/*.trace.xz), written by benchmarks/oracle_record.py;
+tiny-<release>/ is the small 6.12 build with KVM_X86_SW_PROTECTED_VM (kernel.config.xz is
+the .config it was built with), whose matrix adds the private-memory rows.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tdpsim.kvmcheck.compare import ORACLE_MATRIX
+import lzma
+
+from tdpsim.kvmcheck.compare import ORACLE_MATRIX, PRIVATE_MATRIX
+from tdpsim.kvmcheck.host_matrix import PRIVATE_ROWS
 from tdpsim.kvmcheck.oracle import check_run
 
 DATA = Path(__file__).parent / "data" / "oracle"
@@ -39,19 +44,23 @@ def _series(release: str) -> str:
 
 @lru_cache(maxsize=None)
 def _checked(release: str):
-    return check_run(DATA / release, ORACLE_MATRIX, replay=False)
+    # the small 6.12 build's traces are also replayed (its test asserts 0 anomalies)
+    return check_run(DATA / release, PRIVATE_MATRIX, replay=release.startswith(TINY))
 
 
 #: fixture directory suffix of the runs with a 5-level NPT root (-cpu max: LA57)
 LA57 = "-la57"
+#: fixture directory prefix of the small 6.12 build with KVM_X86_SW_PROTECTED_VM
+TINY = "tiny-"
 
 
 def _release(fixture: str) -> str:
+    fixture = fixture[len(TINY):] if fixture.startswith(TINY) else fixture
     return fixture[:-len(LA57)] if fixture.endswith(LA57) else fixture
 
 
 def test_fixtures_hold_both_debian_kernels_with_at_least_25_rows():
-    series = {_series(k): k for k in KERNELS if not k.endswith(LA57)}
+    series = {_series(k): k for k in KERNELS if not k.endswith(LA57) and not k.startswith(TINY)}
     assert {"6.1", "6.12"} <= set(series)
     for k in series.values():
         run, rows = _checked(k)
@@ -84,6 +93,8 @@ def test_the_fixture_rows_are_the_oracle_matrix():
                  (DATA / k / "rows.jsonl").read_text().splitlines()]
         if k.endswith(LA57):
             assert set(names) <= {s.name for s in ORACLE_MATRIX} and len(names) >= 5
+        elif k.startswith(TINY):
+            assert names == [s.name for s in PRIVATE_MATRIX]
         else:
             assert names == [s.name for s in ORACLE_MATRIX]
 
@@ -96,3 +107,20 @@ def test_la57_runs_have_five_level_roots_in_kernel_and_model():
         assert run.facts["kernel_release"] == _release(k) and run.facts["npt_root_level"] == 5
         first = json.loads((DATA / k / "rows.jsonl").read_text().splitlines()[0])
         assert first["kernel_phases"] and all(r.events_compared for r in rows)
+
+
+def test_the_small_6_12_build_ran_every_row_private_memory_included():
+    """The software-protected VM type, a guest_memfd slot, KVM_SET_MEMORY_ATTRIBUTES both
+    ways, PUNCH_HOLE and KVM_PRE_FAULT_MEMORY: every row ran (none skipped), matched, and
+    its trace replays through the 6.12 profile with no anomaly."""
+    tiny = [k for k in KERNELS if k.startswith(TINY)]
+    assert tiny == ["tiny-6.12.117"]
+    run, rows = _checked(tiny[0])
+    assert run.facts["kernel_release"] == "6.12.117" and run.facts["npt_root_level"] == 4
+    assert "tsc_early_khz=" in run.facts["cmdline"]          # no ACPI: see qemu.tsc_calibration_args
+    config = lzma.decompress((DATA / tiny[0] / "kernel.config.xz").read_bytes()).decode()
+    assert "CONFIG_KVM_SW_PROTECTED_VM=y" in config.splitlines()
+    assert len(rows) == len(PRIVATE_MATRIX) >= 25 and not [r.error for r in rows if r.error]
+    ran = {r.name for r in rows if r.stats is not None and not r.stats.skipped}
+    assert {s.name for s in PRIVATE_ROWS} <= ran
+    assert {r.name: r.replay_anomalies for r in rows} == {r.name: 0 for r in rows}

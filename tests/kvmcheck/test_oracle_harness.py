@@ -269,3 +269,74 @@ def test_no_cpu_mhz_is_one_line(tmp_path):
     (tmp_path / "cpuinfo").write_text("processor\t: 0\n")
     with pytest.raises(q.OracleError, match=r"^oracle: step boot failed: no 'cpu MHz' line in "):
         q.host_tsc_khz(str(tmp_path / "cpuinfo"))
+
+
+def _fake_swprot_tree(build_dir, options):
+    tree = build_dir / "linux-source-6.12"
+    (tree / "arch/x86/boot").mkdir(parents=True)
+    (tree / "arch/x86/boot/bzImage").write_bytes(b"bzImage")
+    (tree / ".config").write_text("\n".join(options) + "\n")
+    return tree
+
+
+def test_the_swprot_kernel_is_built_when_its_config_has_the_whole_fragment(tmp_path):
+    frag = tmp_path / "frag.config"
+    frag.write_text("# comment\nCONFIG_KVM=y\nCONFIG_KVM_SW_PROTECTED_VM=y\n")
+    assert q.fragment_options(frag.read_text()) == ["CONFIG_KVM=y", "CONFIG_KVM_SW_PROTECTED_VM=y"]
+    assert q.swprot_kernel_built(tmp_path, frag) is None
+    tree = _fake_swprot_tree(tmp_path, ["CONFIG_KVM=y", "CONFIG_X=y"])
+    assert q.swprot_kernel_built(tmp_path, frag) is None       # the fragment changed
+    (tree / ".config").write_text("CONFIG_KVM=y\nCONFIG_KVM_SW_PROTECTED_VM=y\nCONFIG_X=y\n")
+    assert q.swprot_kernel_built(tmp_path, frag) == str(tree / "arch/x86/boot/bzImage")
+    # the repository's fragment asks for the VM type the private rows need
+    assert "CONFIG_KVM_SW_PROTECTED_VM=y" in q.fragment_options(q.SWPROT_FRAGMENT.read_text())
+
+
+def test_building_the_swprot_kernel_without_its_packages_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(q.shutil, "which", lambda name: None if name == "bison" else "/usr/bin/x")
+    real_exists = os.path.exists
+    monkeypatch.setattr(q.os.path, "exists", lambda p: p != "/usr/include/gelf.h" and real_exists(p))
+    with pytest.raises(q.OracleError) as e:
+        q.build_swprot_kernel(tmp_path, source=str(tmp_path / "none.tar.xz"))
+    assert str(e.value) == (
+        f"oracle: step packages failed: building the 6.12-swprot kernel needs bison, "
+        f"libelf (gelf.h), {tmp_path / 'none.tar.xz'}: apt-get install linux-source-6.12 "
+        f"build-essential bc bison flex libelf-dev")
+
+
+def test_a_failing_build_step_names_the_command_and_the_log(monkeypatch, tmp_path):
+    monkeypatch.setattr(q.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(q.os.path, "exists", lambda p: True)
+    tree = _fake_swprot_tree(tmp_path, [])
+    (tree / "Makefile").write_text("tinyconfig:\n\tfalse\n")
+    with pytest.raises(q.OracleError) as e:
+        q.build_swprot_kernel(tmp_path)
+    assert str(e.value) == (f"oracle: step build failed: `make tinyconfig` exited 2 "
+                            f"(log: {tmp_path / 'build-6.12-swprot.log'})")
+    assert "$ make tinyconfig" in (tmp_path / "build-6.12-swprot.log").read_text()
+
+
+def test_an_unbuilt_swprot_kernel_says_how_to_build_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(q.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setenv("TDPSIM_ORACLE_BUILD", str(tmp_path))
+    with pytest.raises(q.OracleError) as e:
+        q.run_oracle(q.SWPROT, str(tmp_path / "out"))
+    assert str(e.value) == (f"oracle: step packages failed: the 6.12-swprot kernel is not "
+                            f"built in {tmp_path}: python benchmarks/oracle_record.py "
+                            f"6.12-swprot builds it")
+
+
+def test_write_fixture_keeps_a_built_kernels_config(tmp_path):
+    from tdpsim.kvmcheck.oracle import write_fixture
+    src, dest = tmp_path / "run", tmp_path / "fixture"
+    (src / "traces").mkdir(parents=True)
+    (src / "facts.json").write_text("{}\n")
+    (src / "rows.jsonl").write_text(json.dumps({"name": "aligned", "trace": "traces/aligned.trace",
+                                                "traceback": "x"}) + "\n")
+    (src / "traces" / "aligned.trace").write_text("t\n")
+    (src / "kernel.config").write_text("CONFIG_KVM_SW_PROTECTED_VM=y\n")
+    written = write_fixture(src, dest)
+    assert sorted(os.path.relpath(w, dest) for w in written) == [
+        "facts.json", "kernel.config.xz", "rows.jsonl", "traces/aligned.trace.xz"]
+    assert lzma.decompress((dest / "kernel.config.xz").read_bytes()) == b"CONFIG_KVM_SW_PROTECTED_VM=y\n"
+    assert "traceback" not in (dest / "rows.jsonl").read_text()

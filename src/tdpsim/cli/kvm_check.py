@@ -159,7 +159,9 @@ def kvm_check(
         None, "--qemu", metavar="KERNEL",
         help="Boot this Debian kernel (6.1, 6.12 or a release) under QEMU TCG and run the "
              "matrix on its TDP MMU (see tdpsim.kvmcheck.qemu); needs qemu-system-x86, "
-             "busybox-static and the linux-image package."),
+             "busybox-static and the linux-image package.  6.12-swprot: the small 6.12 "
+             "build with KVM_X86_SW_PROTECTED_VM and the private-memory rows (built by "
+             "benchmarks/oracle_record.py 6.12-swprot)."),
     recorded: Optional[str] = typer.Option(
         None, "--recorded", metavar="DIR",
         help="Check an oracle run (or fixture) already on disk against the model."),

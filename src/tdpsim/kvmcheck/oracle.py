@@ -39,7 +39,7 @@ from ..trace import records as tr
 from ..trace.emit import model_event_to_record
 from ..trace.parser import TraceStats, parse_trace
 from ..trace.replay import ReplayOptions, replay_trace
-from .compare import ORACLE_MATRIX, CheckRow, compare_results, host_result_from_dict
+from .compare import PRIVATE_MATRIX, CheckRow, compare_results, host_result_from_dict
 from .host_matrix import HostScenario
 from .model_side import ModelResult, kernel_profile, run_model_scenario
 from .oracle_guest import PHASE_MARK
@@ -281,7 +281,7 @@ def check_row(run: OracleRunData, row: Mapping, scenario: HostScenario, *,
     return rc
 
 
-def check_run(root: str | os.PathLike[str], matrix: Iterable[HostScenario] = ORACLE_MATRIX,
+def check_run(root: str | os.PathLike[str], matrix: Iterable[HostScenario] = PRIVATE_MATRIX,
               *, replay: bool = True,
               profile: Optional[KernelProfile] = None) -> tuple[OracleRunData, list[RowCheck]]:
     """:func:`check_row` for every recorded row of the run at *root* that *matrix* knows;
@@ -299,8 +299,9 @@ def check_run(root: str | os.PathLike[str], matrix: Iterable[HostScenario] = ORA
 
 
 def write_fixture(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> list[str]:
-    """Copy a run into a fixture directory: facts.json, rows.jsonl (tracebacks dropped)
-    and the traces xz-compressed; returns the files written."""
+    """Copy a run into a fixture directory: facts.json, rows.jsonl (tracebacks dropped),
+    the traces and a built kernel's ``kernel.config`` xz-compressed; returns the files
+    written."""
     src, dest = Path(src), Path(dest)
     (dest / "traces").mkdir(parents=True, exist_ok=True)
     written = []
@@ -311,10 +312,12 @@ def write_fixture(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> 
             r.pop("traceback", None)
             f.write(json.dumps(r, sort_keys=True) + "\n")
     written += [str(dest / "facts.json"), str(dest / "rows.jsonl")]
-    for r in rows:
-        if r.get("trace") and (src / r["trace"]).exists():
-            out = dest / (r["trace"] + ".xz")
-            with open(src / r["trace"], "rb") as fi, lzma.open(out, "wb", preset=9) as fo:
-                fo.write(fi.read())
-            written.append(str(out))
+    # the .config of a kernel built for the oracle (run_oracle keeps it)
+    files = ["kernel.config"] if (src / "kernel.config").exists() else []
+    files += [r["trace"] for r in rows if r.get("trace") and (src / r["trace"]).exists()]
+    for name in files:
+        out = dest / (name + ".xz")
+        with open(src / name, "rb") as fi, lzma.open(out, "wb", preset=9) as fo:
+            fo.write(fi.read())
+        written.append(str(out))
     return written

@@ -51,7 +51,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 __all__ = ["OracleError", "GuestKernel", "OracleRun", "find_kernel", "module_closure",
            "build_initramfs", "init_script", "qemu_command", "run_oracle", "read_rows",
            "BUSYBOX", "GUEST_MODULES", "DEFAULT_CPU", "KERNEL_PACKAGES", "host_tsc_khz",
-           "kernel_config", "tsc_calibration_args"]
+           "kernel_config", "tsc_calibration_args", "SWPROT", "SWPROT_BUILD_PACKAGES",
+           "swprot_build_dir", "swprot_kernel_built", "build_swprot_kernel", "fragment_options"]
 
 BUSYBOX = "/bin/busybox"
 QEMU = "qemu-system-x86_64"
@@ -66,6 +67,12 @@ KERNEL_PACKAGES = {
 #: insmod parameters (busybox insmod does not read kvm.x=y from the command line)
 DEFAULT_MODULE_PARAMS = {"kvm": "tdp_mmu=1", "kvm_amd": "npt=1"}
 HOST_TAG, OUT_TAG = "tdpsim_host", "tdpsim_out"
+#: the small 6.12 build with KVM_X86_SW_PROTECTED_VM (Debian's 6.12 config lacks it):
+#: Debian's linux-source-6.12, ``make tinyconfig`` plus this repository's fragment
+SWPROT = "6.12-swprot"
+SWPROT_SOURCE = "/usr/src/linux-source-6.12.tar.xz"
+SWPROT_FRAGMENT = Path(__file__).resolve().parents[3] / "tools" / "oracle-6.12-tiny.config"
+SWPROT_BUILD_PACKAGES = "linux-source-6.12 build-essential bc bison flex libelf-dev"
 
 
 class OracleError(Exception):
@@ -316,6 +323,77 @@ def tsc_calibration_args(config: Optional[str], cpuinfo: str = "/proc/cpuinfo") 
     return f"tsc_early_khz={host_tsc_khz(cpuinfo)}"
 
 
+def swprot_build_dir() -> Path:
+    """Where the 6.12-swprot kernel is built: ``$TDPSIM_ORACLE_BUILD``, else
+    ``~/.cache/tdpsim/oracle-build``."""
+    env = os.environ.get("TDPSIM_ORACLE_BUILD")
+    return Path(env) if env else Path.home() / ".cache" / "tdpsim" / "oracle-build"
+
+
+def fragment_options(fragment: str) -> list[str]:
+    """The ``CONFIG_X=...`` lines of a config fragment."""
+    return [line.strip() for line in fragment.splitlines() if line.startswith("CONFIG_")]
+
+
+def _swprot_tree(build_dir: Path) -> Path:
+    return Path(build_dir) / "linux-source-6.12"
+
+
+def swprot_kernel_built(build_dir: Path, fragment: Path = SWPROT_FRAGMENT) -> Optional[str]:
+    """The bzImage of the 6.12-swprot build under *build_dir* if it is there and its
+    ``.config`` has every option of the fragment, else None."""
+    tree = _swprot_tree(build_dir)
+    image, cfg = tree / "arch/x86/boot/bzImage", tree / ".config"
+    if not image.exists() or not cfg.exists():
+        return None
+    have = set(cfg.read_text().splitlines())
+    return str(image) if set(fragment_options(fragment.read_text())) <= have else None
+
+
+def _build_step(cmd: Sequence[str], cwd: Path, log: Path) -> None:
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        r = subprocess.run(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode:
+        raise OracleError("build", f"`{' '.join(cmd)}` exited {r.returncode}", str(log))
+
+
+def build_swprot_kernel(build_dir: Path, *, fragment: Path = SWPROT_FRAGMENT, jobs: int = 2,
+                        source: str = SWPROT_SOURCE) -> str:
+    """Build the 6.12-swprot kernel under *build_dir* (``linux-source-6.12/``, unpacked
+    from Debian's source package): ``make tinyconfig``, the fragment merged on top,
+    ``make olddefconfig``, ``nice make bzImage`` (incremental when the tree is there).
+    Returns the bzImage; a missing tool or package is one line naming the apt packages."""
+    missing = [t for t in ("make", "gcc", "bc", "bison", "flex") if shutil.which(t) is None]
+    missing += [] if os.path.exists("/usr/include/gelf.h") else ["libelf (gelf.h)"]
+    missing += [] if os.path.exists(source) else [source]
+    if missing:
+        raise OracleError("packages", f"building the {SWPROT} kernel needs {', '.join(missing)}: "
+                          f"apt-get install {SWPROT_BUILD_PACKAGES}")
+    if not fragment.exists():
+        raise OracleError("packages", f"{fragment} is missing (the config fragment of {SWPROT})")
+    build_dir = Path(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    log = build_dir / f"build-{SWPROT}.log"
+    tree = _swprot_tree(build_dir)
+    if not (tree / "Makefile").exists():
+        _build_step(["tar", "-xf", source, "-C", str(build_dir)], build_dir, log)
+    # tinyconfig + fragment + olddefconfig gives the same .config every time, so an
+    # existing tree only rebuilds what the fragment changed
+    for cmd in (["make", "tinyconfig"],
+                ["scripts/kconfig/merge_config.sh", "-m", ".config", str(fragment.resolve())],
+                ["make", "olddefconfig"],
+                ["nice", "-n", "19", "make", f"-j{jobs}", "bzImage"]):
+        _build_step(cmd, tree, log)
+    have = set((tree / ".config").read_text().splitlines())
+    dropped = [o for o in fragment_options(fragment.read_text()) if o not in have]
+    if dropped:
+        raise OracleError("build", f"Kconfig dropped {', '.join(dropped)} (a dependency is "
+                          f"missing from {fragment.name})", str(log))
+    return str(tree / "arch/x86/boot/bzImage")
+
+
 @dataclass
 class OracleRun:
     """What one boot brought back."""
@@ -359,12 +437,21 @@ def run_oracle(spec: str, out_dir: str, *, only: Sequence[str] = (), timeout: fl
     initramfs); boot failures, hangs and bad rows are :attr:`OracleRun.failures`."""
     if shutil.which(QEMU) is None:
         raise OracleError("packages", f"{QEMU} not found: apt-get install qemu-system-x86")
+    if spec == SWPROT and image is None:
+        image = swprot_kernel_built(swprot_build_dir())
+        if image is None:
+            raise OracleError("packages", f"the {SWPROT} kernel is not built in "
+                              f"{swprot_build_dir()}: python benchmarks/oracle_record.py "
+                              f"{SWPROT} builds it")
     kernel = find_kernel(spec, image=image, modules=modules)
-    append = f"{append} {tsc_calibration_args(kernel_config(kernel.image))}".strip()
+    config = kernel_config(kernel.image)
+    append = f"{append} {tsc_calibration_args(config)}".strip()
     os.makedirs(out_dir, exist_ok=True)
-    for stale in ("rows.jsonl", "facts.json", "selftests.jsonl"):
+    for stale in ("rows.jsonl", "facts.json", "selftests.jsonl", "kernel.config"):
         if os.path.exists(os.path.join(out_dir, stale)):
             os.unlink(os.path.join(out_dir, stale))
+    if config is not None:          # a kernel you built: keep what it was built from
+        Path(out_dir, "kernel.config").write_text(config)
     import tdpsim  # noqa: PLC0415 - where this tdpsim lives is what the guest imports
     src = str(Path(tdpsim.__file__).resolve().parents[1])
     initrd = os.path.join(out_dir, "initramfs.cpio.gz")
