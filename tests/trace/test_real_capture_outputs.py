@@ -1,5 +1,5 @@
 """Every recorded real capture (tests/kvmcheck/data/oracle/*/traces: Debian 6.1 and 6.12,
-4- and 5-level roots, and the small 6.12 build with private memory, kvm_amd) replays to exactly the outputs recorded before the replay
+4- and 5-level roots, kvm_amd) replays to exactly the outputs recorded before the replay
 was made faster (``golden/real_captures.sha256.json``, written by the tree at 66b7606):
 the JSON summary (``--json``: counters, anomalies with their line texts, samples, parse
 statistics, the kernel inference), the HTML report and the CLI's text summary, on each
