@@ -78,6 +78,9 @@ def test_guest_memfd_slots_refuse_dirty_logging_and_readonly():
     assert set_region(kvm, _region(flags=KVM_MEM_GUEST_MEMFD, guest_memfd=gmem)) == 0
     assert set_region(kvm, _region(flags=KVM_MEM_GUEST_MEMFD, guest_memfd=gmem,
                                    gpa=GPA + 4 * MiB)) == -EINVAL           # immutable
+    # Nor by leaving the flag out: (mem->flags ^ old->flags) & KVM_MEM_GUEST_MEMFD.
+    assert set_region(kvm, _region(gpa=GPA + 4 * MiB)) == -EINVAL
+    assert set_region(kvm, _region(flags=KVM_MEM_LOG_DIRTY_PAGES)) == -EINVAL
 
 
 def _mapped_2m_then_delete(quirk_off: bool):
