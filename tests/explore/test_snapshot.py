@@ -10,6 +10,7 @@ value, and the invariant memo must return what running the checkers returns.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import gc
 import hashlib
@@ -143,6 +144,29 @@ def test_restored_graph_is_independent_of_the_original():
     # Mutating one restore leaves the next one untouched.
     a.kvm.next_pt_pfn += 7
     assert snap.restore().kvm.next_pt_pfn == ctx.kvm.next_pt_pfn
+
+
+def test_copied_containers_keep_sharing_and_stay_private():
+    """Flat containers come back as copies of a template: one per restore, shared inside a
+    restore where the original was shared, the snapshot unchanged by later mutations."""
+    big = {i: i * 3 for i in range(40)}
+    small = {1: 2}
+    nested = {i: [i] for i in range(40)}  # not flat: pickled as usual
+    root = {"a": big, "b": big, "buf": bytearray(b"xy"), "arr": array.array("Q", [5, 6]),
+            "small": small, "nested": nested}
+    snap = Snapshot(root)
+    assert len(snap.copiers) == 3
+    big[0] = -1
+    root["buf"][0] = 0
+    r1, r2 = snap.restore(), snap.restore()
+    assert r1["a"] is r1["b"] and r1["a"] is not r2["a"]
+    assert r1["a"] == {i: i * 3 for i in range(40)} and r1["buf"] == bytearray(b"xy")
+    assert r1["arr"] == array.array("Q", [5, 6]) and r1["arr"] is not r2["arr"]
+    r1["a"][1] = 0
+    r1["buf"][1] = 0
+    r1["arr"][0] = 0
+    assert r2["a"][1] == 3 and r2["buf"] == bytearray(b"xy") and r2["arr"][0] == 5
+    assert snap.restore()["a"][1] == 3 and r1["nested"] == nested
 
 
 def _reference_state_digest(kvm) -> str:
