@@ -1,6 +1,6 @@
 """Mutation benchmark: does the explorer (and do the tests) kill planted concurrency bugs?
 
-  python benchmarks/bench_mutation.py [--executions 1000] [--set old|fresh|all]
+  python benchmarks/bench_mutation.py [--executions 1000] [--set old|fresh|fresh4|all]
                                       [--only NAME ...] [--tests] [--json out.json]
 
 Each mutant of ``benchmarks/mutants.py`` is applied alone to a copy of ``src/tdpsim`` in a
@@ -13,8 +13,9 @@ gives the scenario, strategy, failure kind, the executions that run needed and t
 executions spent on every scenario before it (``spent``: the cost of finding the bug
 without knowing where it is).  ``--tests`` also runs
 ``tests/model tests/explore tests/stateful`` against the copy (``-x``): *killed by the tests*
-when they fail.  ``--set``: the 26 bugs of session 2 (``old``), the fresh bugs written
-before the checks that see them (``fresh``), or both.  A mutant that does not apply (its text is gone) is reported as such, never
+when they fail.  ``--set``: the 26 bugs of session 2 (``old``), the fresh bugs of session 3
+(``fresh``) or of session 4 (``fresh4``), each set written before the checks that see them,
+or all three.  A mutant that does not apply (its text is gone) is reported as such, never
 counted.  Prints one line per mutant and the kill rates.
 """
 
@@ -36,7 +37,7 @@ ROOT = HERE.parent
 # worktree do not leak into later mutants).
 SRC = ROOT / "src" / "tdpsim"
 sys.path.insert(0, str(HERE))
-from mutants import FRESH, MUTANTS  # noqa: E402
+from mutants import FRESH, FRESH4, MUTANTS  # noqa: E402
 
 WORKER = r'''
 import json, sys
@@ -131,7 +132,7 @@ def summarise(rows: list[dict], label: str, tests: bool, budget: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--executions", type=int, default=1000)
-    ap.add_argument("--set", choices=("old", "fresh", "all"), default="all")
+    ap.add_argument("--set", choices=("old", "fresh", "fresh4", "all"), default="all")
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--scenarios", nargs="*", default=[],
                     help="explore only these built-in scenarios (default: all)")
@@ -143,7 +144,8 @@ def main() -> None:
     if args.src is not None:
         SRC = args.src
     rows = []
-    chosen = {"old": MUTANTS, "fresh": FRESH, "all": MUTANTS + FRESH}[args.set]
+    sets = {"old": MUTANTS, "fresh": FRESH, "fresh4": FRESH4}
+    chosen = sets[args.set] if args.set != "all" else MUTANTS + FRESH + FRESH4
     for m in chosen:
         if args.only and m["name"] not in args.only:
             continue
@@ -158,7 +160,7 @@ def main() -> None:
             if args.tests:
                 res["tests_killed"] = run_tests(dest)
         res.update(name=m["name"], cls=m["cls"], what=m["what"],
-                   set="fresh" if m in FRESH else "old")
+                   set=next(label for label, ms in sets.items() if m in ms))
         rows.append(res)
         where = (f"{res['scenario']}/{res['strategy']} after {res['executions']} exec: "
                  f"{res['kind']}: {res['message'][:70]}") if res["killed"] else \
@@ -167,7 +169,7 @@ def main() -> None:
             (" tests:KILL" if res["tests_killed"] else " tests:survive")
         print(f"{m['name']:38s} {m['cls']:5s} {'KILL' if res['killed'] else 'LIVE'} "
               f"{where}{tests} ({res['seconds']}s)", flush=True)
-    for label in ("old", "fresh"):
+    for label in ("old", "fresh", "fresh4"):
         sub = [r for r in rows if r["set"] == label]
         if sub:
             summarise(sub, label, args.tests, args.executions)

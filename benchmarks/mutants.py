@@ -423,3 +423,122 @@ FRESH: list[dict] = [
          new="""    vcpu.kvm.sched.point("spte_write", ("spte", sp.spt_pfn, index), True)
     sp.spt[index] = new_spte"""),
 ]
+
+# Fresh bugs (session 4), written before this session's data-race check and scenarios, by
+# the same rule as ``FRESH``: the kill rate on these before the checks is the estimate.
+FRESH4: list[dict] = [
+    # ------------------------------------------------------------------ RCU
+    dict(name="rcu_put_root_free_now", cls="RCU",
+         what="kvm_tdp_mmu_put_root frees the root at once instead of through call_rcu",
+         file="model/tdp_mmu.py",
+         old="""    kvm.tdp_mmu_roots.remove(root)
+    kvm.tdp_mmu_pages_lock.unlock()
+    tdp_mmu_free_sp_rcu(kvm, root)""",
+         new="""    kvm.tdp_mmu_roots.remove(root)
+    kvm.tdp_mmu_pages_lock.unlock()
+    tdp_mmu_free_sp(kvm, root)"""),
+    dict(name="rcu_fast_pf_unlock_before_fix", cls="RCU",
+         what="fast_page_fault leaves the lockless walk before the cmpxchg on the SPTE",
+         file="model/mmu_fault.py",
+         old="""        if fast_pf_fix_direct_spte(vcpu, fault, sp, index, spte, new_spte):
+            ret = RET_PF_FIXED
+            break""",
+         new="""        kvm.rcu.rcu_read_unlock()  # the walk is over: only the cmpxchg is left
+        fixed = fast_pf_fix_direct_spte(vcpu, fault, sp, index, spte, new_spte)
+        kvm.rcu.rcu_read_lock()
+        if fixed:
+            ret = RET_PF_FIXED
+            break"""),
+    # ------------------------------------------------------------------ TLB
+    dict(name="tlb_yield_no_flush", cls="TLB",
+         what="tdp_mmu_iter_cond_resched yields without the flush the caller has pending",
+         file="model/tdp_mmu.py",
+         old="""    if flush:
+        kvm.kvm_flush_remote_tlbs()
+    kvm.rcu.rcu_read_unlock()
+    _mmu_unlock(kvm, shared)""",
+         new="""    kvm.rcu.rcu_read_unlock()
+    _mmu_unlock(kvm, shared)"""),
+    dict(name="tlb_promote_no_flush", cls="TLB",
+         what="a fault that replaces a table by a huge leaf does not flush the 4K entries",
+         file="model/tdp_mmu.py",
+         old="""        # A table was replaced by a huge leaf (promotion): stale 4K translations must go.
+        kvm.kvm_flush_remote_tlbs_gfn(iter.gfn, iter.level)""",
+         new="""        pass"""),
+    # ------------------------------------------------------------------ lock edges / barriers
+    dict(name="lock_track_nx_after_pages_unlock", cls="LOCK",
+         what="the fault tracks a possible NX huge page after dropping tdp_mmu_pages_lock",
+         file="model/tdp_mmu.py",
+         old="""        kvm.tdp_mmu_pages_lock.lock()
+        if sp.nx_huge_page_disallowed:
+            track_possible_nx_huge_page(kvm, sp, KVM_TDP_MMU)
+        kvm.tdp_mmu_pages_lock.unlock()""",
+         new="""        kvm.tdp_mmu_pages_lock.lock()
+        disallowed = sp.nx_huge_page_disallowed
+        kvm.tdp_mmu_pages_lock.unlock()
+        if disallowed:
+            track_possible_nx_huge_page(kvm, sp, KVM_TDP_MMU)"""),
+    dict(name="lock_put_root_del_unlocked", cls="LOCK",
+         what="kvm_tdp_mmu_put_root does list_del_rcu without tdp_mmu_pages_lock",
+         file="model/tdp_mmu.py",
+         old="""    kvm.tdp_mmu_pages_lock.lock()
+    kvm.sched.point(ROOTS, ROOTS_KEY, True)  # list_del_rcu
+    kvm.tdp_mmu_roots.remove(root)
+    kvm.tdp_mmu_pages_lock.unlock()""",
+         new="""    kvm.sched.point(ROOTS, ROOTS_KEY, True)  # list_del_rcu
+    kvm.tdp_mmu_roots.remove(root)"""),
+    dict(name="lock_nx_recover_untrack_unlocked", cls="LOCK",
+         what="NX recovery picks the SP under tdp_mmu_pages_lock but untracks it after",
+         file="model/kvm_main.py",
+         old="""        sp = nx_huge_pages[0]
+        kvm.WARN_ON_ONCE(not sp.nx_huge_page_disallowed, "kvm_recover_nx_huge_pages",
+                         "tracked SP not NX-disallowed")
+        sp.nx_huge_page_disallowed = False  # unaccount_nx_huge_page
+        untrack_possible_nx_huge_page(kvm, sp, KVM_TDP_MMU)
+        kvm.tdp_mmu_pages_lock.unlock()
+        if _nx_huge_page_recoverable(kvm, sp):""",
+         new="""        sp = nx_huge_pages[0]
+        kvm.tdp_mmu_pages_lock.unlock()
+        kvm.WARN_ON_ONCE(not sp.nx_huge_page_disallowed, "kvm_recover_nx_huge_pages",
+                         "tracked SP not NX-disallowed")
+        sp.nx_huge_page_disallowed = False  # unaccount_nx_huge_page
+        untrack_possible_nx_huge_page(kvm, sp, KVM_TDP_MMU)
+        if _nx_huge_page_recoverable(kvm, sp):"""),
+    # ------------------------------------------------------------------ guests in the race
+    dict(name="guest_request_after_mode_read", cls="GUEST",
+         what="kvm_make_all_cpus_request reads vcpu->mode before setting the request bit",
+         file="model/kvm.py",
+         old="""            if req != KVM_REQ_OUTSIDE_GUEST_MODE:
+                sp.point(VCPU, vcpu.req_key, True)
+                vcpu.kvm_make_request(req)
+            sp.point(BARRIER, vcpu.mode_key, True)
+            if vcpu.mode == OUTSIDE_GUEST_MODE:
+                continue""",
+         new="""            sp.point(BARRIER, vcpu.mode_key, True)
+            outside = vcpu.mode == OUTSIDE_GUEST_MODE
+            if req != KVM_REQ_OUTSIDE_GUEST_MODE:
+                sp.point(VCPU, vcpu.req_key, True)
+                vcpu.kvm_make_request(req)
+            if outside:
+                continue"""),
+    dict(name="guest_track_kick_first", cls="GUEST",
+         what="tdx_track kicks the vCPUs before TDH.MEM.TRACK bumps the epoch",
+         file="model/tdx.py",
+         old="""        r = self.tdh_do_no_vcpus(kvm, "tdx_track", "TDH.MEM.TRACK", 0, 0,
+                                 self.module.tdh_mem_track)
+        self.TDX_BUG_ON(kvm, r, "tdx_track", "TDH.MEM.TRACK")
+        self.kick_all_vcpus(kvm)""",
+         new="""        self.kick_all_vcpus(kvm)
+        r = self.tdh_do_no_vcpus(kvm, "tdx_track", "TDH.MEM.TRACK", 0, 0,
+                                 self.module.tdh_mem_track)
+        self.TDX_BUG_ON(kvm, r, "tdx_track", "TDH.MEM.TRACK")"""),
+    dict(name="guest_sept_zap_cleared_before_retry", cls="GUEST",
+         what="tdh_do_no_vcpus lets vCPUs back in before the retried SEAMCALL",
+         file="model/tdx.py",
+         old="""            r = self._seamcall(function, leaf, gfn, level, fn, *args)
+            kvm.sched.point(VCPU, SEPT_ZAP_KEY, True)
+            self.wait_for_sept_zap = False""",
+         new="""            kvm.sched.point(VCPU, SEPT_ZAP_KEY, True)
+            self.wait_for_sept_zap = False
+            r = self._seamcall(function, leaf, gfn, level, fn, *args)"""),
+]
