@@ -42,7 +42,7 @@ from tdpsim.model.spte import (
 )
 
 from .ops import RETRY_WAIT, WAIT_COND, RetryBoundExceeded
-from .tracking import track_cpus
+from .tracking import RACES, track_cpus
 
 # Explorer-only point kinds (never emitted by the model itself).
 THREAD_START = "start"
@@ -67,7 +67,8 @@ class _Abort(BaseException):
 @dataclass(frozen=True)
 class Failure:
     """Why an execution failed: ``kind`` is one of KVM_BUG, KERNEL_BUG, WARN, LOST_UPDATE,
-    RETRY_BOUND, LIVELOCK, DEADLOCK, TDX_FATAL, INVARIANT, TLB, EXCEPTION, STEP_BOUND."""
+    RETRY_BOUND, LIVELOCK, DEADLOCK, TDX_FATAL, INVARIANT, TLB, DATA_RACE, EXCEPTION,
+    STEP_BOUND."""
 
     kind: str
     message: str
@@ -258,6 +259,7 @@ class Engine:
         if world.tracker is not None:
             world.tracker.sink = self.extras
             track_cpus(self.kvm, len(self.threads))
+        self._races = world.tracker is not None
 
     # ------------------------------------------------------------------ public entry
     def run(self) -> ExecutionResult:
@@ -271,6 +273,8 @@ class Engine:
         self.main = greenlet.getcurrent()
         for t in self.threads:
             t.glet = greenlet(self._make_body(t), parent=self.main)
+        if self._races:
+            RACES.start(kvm, [t.name for t in self.threads])
         try:
             nxt = self._pick(None)
             while nxt is not None:
@@ -294,6 +298,8 @@ class Engine:
                 sp.hook = None
             if self.world.tracker is not None:
                 self.world.tracker.sink = None
+            if self._races:
+                RACES.stop()
         result = ExecutionResult(
             failure=self.failure, steps=self.step, decisions=self.decisions,
             thread_names=[t.name for t in self.threads], pruned=self.pruned,
@@ -484,6 +490,8 @@ class Engine:
             elif tdx.fatal_errors:
                 fn, leaf, status = tdx.fatal_errors[0]
                 self._fail("TDX_FATAL", f"TDX_BUG_ON in {fn}: {leaf} returned {status:#x}", t)
+        if self._races and RACES.found is not None:
+            self._fail("DATA_RACE", RACES.found, t)
         for check in self.world.step_checks:
             r = check()
             if r is not None:

@@ -31,6 +31,11 @@ independent and skip one order.  The tracker swaps the classes of those objects 
 execution's objects only) for subclasses that report each access as ``(key, write)`` into the
 engine's per-step list.  The model code is not copied or changed.
 
+A second, separate use of class swaps is the data-race check (``RaceDetector``, KCSAN's job
+in the kernel): the fields ``tdp_mmu_pages_lock`` protects are not shared-memory steps of
+the model at all (each list operation is atomic in Python), so a list touched outside the
+lock can only be seen by asking which locks the touching thread held.
+
 Missing one of these is unsound, not just imprecise: DPOR takes the two orders of an
 untracked pair for one and never runs the other (on nx_recovery, DPOR without the RCU and
 SP keys missed 31 of the 45 traces bounded DFS reaches at preemption bound 1).
@@ -38,6 +43,7 @@ SP keys missed 31 of the 45 traces bounded DFS reaches at preemption bound 1).
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional
 
 from tdpsim.model.kvm import Kvm, KvmVcpu
@@ -65,6 +71,129 @@ class Tracker:
 
 
 TRACKER = Tracker()
+
+
+# Lockset of one access: (tdp_mmu_pages_lock held, mmu_lock held: 0 no, 1 read, 2 write).
+_MMU_HELD = ("", "mmu_lock read", "mmu_lock write")
+
+
+class RaceDetector:
+    """KCSAN for the fields ``kvm->arch.tdp_mmu_pages_lock`` protects (kvm_host.h: "Protects
+    accesses to the following fields when the MMU lock is held in read mode: tdp_mmu_roots,
+    ..., possible_nx_huge_pages ...; strictly speaking it is redundant to acquire this lock
+    when the thread holds the MMU lock in write mode").
+
+    Eraser-style lockset, pairwise: each access records the locks its CPU holds; two accesses
+    by different threads, at least one a write, race unless both held tdp_mmu_pages_lock or
+    one held mmu_lock for write while the other held mmu_lock at all.  No happens-before is
+    needed beyond that: the model's threads all start together and meet only through locks,
+    so two such accesses could always have run in either order.  The first race is kept
+    (``found``); the engine fails the execution with DATA_RACE at the end of that step.
+    Marked accesses are not reported, as KCSAN does not: the RCU readers of the roots
+    (``list_for_each_entry_rcu``) and ``nx_huge_pages_to_zap``'s ``READ_ONCE(nr_pages)``
+    (the list's ``len``).  One per process, like ``TRACKER``."""
+
+    __slots__ = ("kvm", "names", "seen", "found")
+
+    def __init__(self) -> None:
+        self.kvm: Any = None
+        self.names: list[str] = []
+        self.seen: dict = {}
+        self.found: Optional[str] = None
+
+    def start(self, kvm: Any, names: list[str]) -> None:
+        self.kvm, self.names, self.seen, self.found = kvm, names, {}, None
+
+    def stop(self) -> None:
+        self.kvm = None
+
+    def access(self, field: str, write: bool) -> None:
+        kvm = self.kvm
+        if kvm is None or self.found is not None:
+            return
+        cpu = kvm.sched.cpu
+        pages = kvm.tdp_mmu_pages_lock.owner == cpu
+        lock = kvm.mmu_lock
+        mmu = 2 if lock.write_owner == cpu else 1 if lock.read_owners.get(cpu, 0) > 0 else 0
+        seen = self.seen.setdefault(field, {})
+        for (tid, w, p, m), site in seen.items():
+            if tid == cpu or not (w or write) or (p and pages) or (m == 2 and mmu) \
+                    or (mmu == 2 and m):
+                continue
+            self.found = (f"data race on {field}: {self._what(cpu, write, pages, mmu, _site())}"
+                          f" vs {self._what(tid, w, p, m, site)}")
+            return
+        key = (cpu, write, pages, mmu)
+        if key not in seen:
+            seen[key] = _site()
+
+    def _what(self, cpu: int, write: bool, pages: bool, mmu: int, site: str) -> str:
+        held = [h for h in ("tdp_mmu_pages_lock" if pages else "", _MMU_HELD[mmu]) if h]
+        name = self.names[cpu] if 0 <= cpu < len(self.names) else f"cpu {cpu}"
+        return (f"{'write' if write else 'read'} by {name} in {site} "
+                f"(holding {', '.join(held) or 'no lock'})")
+
+
+RACES = RaceDetector()
+
+
+def _site() -> str:
+    """The innermost model functions making the access (the caller's caller on)."""
+    f = sys._getframe(3)
+    out: list[str] = []
+    while f is not None and len(out) < 3:
+        name = f.f_code.co_name
+        if f.f_globals.get("__name__", "").startswith("tdpsim.model") \
+                and name != "possible_nx_huge_pages" and (not out or out[-1] != name):
+            out.append(name)
+        f = f.f_back
+    return " <- ".join(out) or "?"
+
+
+class TrackedNxList(list):
+    """``kvm->arch.possible_nx_huge_pages[].pages``: every plain access is checked for
+    races (``list_empty`` is ``not``; ``len`` stands for the ``READ_ONCE``'d ``nr_pages``)."""
+
+    FIELD = "kvm->arch.possible_nx_huge_pages"
+
+    def append(self, sp: Any) -> None:
+        RACES.access(self.FIELD, True)
+        list.append(self, sp)
+
+    def remove(self, sp: Any) -> None:
+        RACES.access(self.FIELD, True)
+        list.remove(self, sp)
+
+    def __bool__(self) -> bool:
+        RACES.access(self.FIELD, False)
+        return list.__len__(self) > 0
+
+    def __getitem__(self, i: Any) -> Any:
+        RACES.access(self.FIELD, False)
+        return list.__getitem__(self, i)
+
+    def __iter__(self) -> Any:
+        RACES.access(self.FIELD, False)
+        return list.__iter__(self)
+
+
+class TrackedRoots(list):
+    """``kvm->arch.tdp_mmu_roots``: ``list_add_rcu`` / ``list_del_rcu`` must be serialised
+    by tdp_mmu_pages_lock (readers walk it under RCU alone: not checked)."""
+
+    FIELD = "kvm->arch.tdp_mmu_roots"
+
+    def insert(self, i: int, root: Any) -> None:
+        RACES.access(self.FIELD, True)
+        list.insert(self, i, root)
+
+    def append(self, root: Any) -> None:
+        RACES.access(self.FIELD, True)
+        list.append(self, root)
+
+    def remove(self, root: Any) -> None:
+        RACES.access(self.FIELD, True)
+        list.remove(self, root)
 
 
 def _invalidate_property(name: str) -> property:
@@ -321,6 +450,8 @@ def track_cpus(kvm: Kvm, ncpus: int) -> None:
 def track(kvm: Kvm) -> Tracker:
     """Start tracking the unannotated shared fields of one VM (after its setup ran)."""
     kvm.sp_by_pfn = TrackedSpTable(kvm.sp_by_pfn)
+    kvm.possible_nx_huge_pages = [TrackedNxList(pages) for pages in kvm.possible_nx_huge_pages]
+    kvm.tdp_mmu_roots = TrackedRoots(kvm.tdp_mmu_roots)
     kvm.free_pt_pfns = TrackedFreeFrames(kvm.free_pt_pfns)
     for sp in kvm.sp_by_pfn.values():
         if type(sp) is KvmMmuPage:

@@ -134,7 +134,7 @@ class RwLock:
 class SpinLock:
     """``spinlock_t``."""
 
-    __slots__ = ("name", "key", "after", "held", "_sp")
+    __slots__ = ("name", "key", "after", "held", "_sp", "owner")
 
     def __init__(self, name: str, sched: SchedPoints) -> None:
         self.name = name
@@ -142,18 +142,23 @@ class SpinLock:
         self.after = ("lock", name, "after")
         self.held = False
         self._sp = sched
+        self.owner = -1  # the holding CPU (explorer runs only, as RwLock's owners)
 
     def lock(self) -> None:
-        self._sp.point(LOCK_ACQUIRE, self.key, True)
+        sp = self._sp
+        sp.point(LOCK_ACQUIRE, self.key, True)
         while self.held:
-            _block(self._sp, self.name, self.key, True)
+            _block(sp, self.name, self.key, True)
         self.held = True
+        if sp.hook is not None:
+            self.owner = sp.cpu
 
     def unlock(self) -> None:
         if not self.held:
             raise LockingError(f"spin_unlock({self.name}) without spin_lock")
         self._sp.point(LOCK_RELEASE, self.key, True)
         self.held = False
+        self.owner = -1
         self._sp.point(LOCK_RELEASED, self.after, False)
 
 

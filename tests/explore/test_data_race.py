@@ -1,0 +1,92 @@
+"""Issue 14, session 4: the data-race check (``tracking.RaceDetector``, KCSAN's job): the
+fields tdp_mmu_pages_lock protects, touched by two threads without a common exclusion, one
+access a write.  It fires on bugs planted with monkeypatch and stays silent on the
+unmodified model."""
+
+from __future__ import annotations
+
+from tdpsim.explore import DporScheduler, PctScheduler, explore, load_scenario
+from tdpsim.explore.tracking import RACES, TrackedNxList, track
+from tdpsim.model import mmu, tdp_mmu
+from tdpsim.model.sched import ROOTS, ROOTS_KEY
+
+
+def _first_failure(name, executions=50):
+    rep = explore(load_scenario(name), DporScheduler(max_executions=executions))
+    assert rep.failure is not None
+    return rep.failure_index, rep.failure.failure
+
+
+def test_untrack_outside_pages_lock_is_a_data_race(monkeypatch):
+    # tdp_mmu_unlink_sp untracking the NX page after dropping tdp_mmu_pages_lock (the
+    # kernel has no lockdep assert there): the zapper's list_del races vCPU 1's list_add.
+    def unlink(kvm, sp):
+        tdp_mmu.tdp_unaccount_mmu_page(kvm, sp)
+        if not sp.nx_huge_page_disallowed:
+            return
+        kvm.tdp_mmu_pages_lock.lock()
+        sp.nx_huge_page_disallowed = False
+        kvm.tdp_mmu_pages_lock.unlock()
+        mmu.untrack_possible_nx_huge_page(kvm, sp, mmu.KVM_TDP_MMU)
+
+    monkeypatch.setattr(tdp_mmu, "tdp_mmu_unlink_sp", unlink)
+    index, f = _first_failure("nx_zap_roots")
+    assert (index, f.kind, f.thread) == (0, "DATA_RACE", "vcpu1")
+    assert f.message == (
+        "data race on kvm->arch.possible_nx_huge_pages: write by vcpu1 in "
+        "track_possible_nx_huge_page <- _install_child_sp <- kvm_tdp_mmu_map (holding "
+        "tdp_mmu_pages_lock, mmu_lock read) vs write by zap_all_fast in "
+        "untrack_possible_nx_huge_page <- handle_removed_pt <- handle_changed_spte "
+        "(holding mmu_lock read)")
+
+
+def test_root_list_del_without_pages_lock_is_a_data_race(monkeypatch):
+    # kvm_tdp_mmu_put_root's list_del_rcu without tdp_mmu_pages_lock, racing the vCPU's
+    # list_add_rcu of its new root (both under the read mmu_lock).
+    def put_root(kvm, root):
+        root.tdp_mmu_root_count -= 1
+        if root.tdp_mmu_root_count:
+            return
+        kvm.sched.point(ROOTS, ROOTS_KEY, True)
+        kvm.tdp_mmu_roots.remove(root)
+        tdp_mmu.tdp_mmu_free_sp_rcu(kvm, root)
+
+    monkeypatch.setattr(tdp_mmu, "kvm_tdp_mmu_put_root", put_root)
+    index, f = _first_failure("roots_invalidate")
+    assert f.kind == "DATA_RACE"
+    assert f.message.startswith("data race on kvm->arch.tdp_mmu_roots: ")
+    assert "(holding tdp_mmu_pages_lock, mmu_lock read)" in f.message
+    assert "(holding mmu_lock read)" in f.message
+
+
+def test_unmodified_nx_scenarios_have_no_data_race():
+    for name in ("nx_zap_roots", "nx_recovery", "tlb_nx_recovery", "roots_alloc_race"):
+        sc = load_scenario(name)
+        for sched in (DporScheduler(max_executions=60), PctScheduler(seed=0, executions=60)):
+            rep = explore(sc, sched)
+            assert rep.failure is None, (name, rep.failure and rep.failure.failure)
+
+
+def test_detector_is_off_outside_the_explorer_and_ignores_marked_reads():
+    sc = load_scenario("nx_zap_roots")
+    kvm = sc._setup().kvm  # tracked, as every explored world
+    pages = mmu.possible_nx_huge_pages(kvm, mmu.KVM_TDP_MMU)
+    assert type(pages) is TrackedNxList and len(pages) == 1
+    assert RACES.kvm is None
+    seen = {f: dict(d) for f, d in RACES.seen.items()}
+    pages.remove(pages[0])  # a sequential run: no explorer, nothing recorded
+    assert RACES.seen == seen
+    RACES.start(kvm, ["a", "b"])
+    try:
+        kvm.sched.cpu = 0
+        len(pages)  # READ_ONCE(nr_pages): marked, never a race
+        kvm.sched.cpu = 1
+        pages.append(None)
+        assert RACES.found is None
+        kvm.sched.cpu = 0
+        bool(pages)  # list_empty, a plain read with no lock held, after b's plain write
+        assert RACES.found == (
+            "data race on kvm->arch.possible_nx_huge_pages: read by a in ? (holding no lock) "
+            "vs write by b in ? (holding no lock)")  # no model function on the stack
+    finally:
+        RACES.stop()
