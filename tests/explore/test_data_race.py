@@ -1,7 +1,7 @@
 """Issue 14, session 4: the data-race check (``tracking.RaceDetector``, KCSAN's job): the
 fields tdp_mmu_pages_lock protects, touched by two threads without a common exclusion, one
-access a write.  It fires on bugs planted with monkeypatch and stays silent on the
-unmodified model."""
+access a write; and the scenario where a zap yields mmu_lock (``tlb_zap_yield``).  Each
+fires on a bug planted with monkeypatch and stays silent on the unmodified model."""
 
 from __future__ import annotations
 
@@ -90,3 +90,17 @@ def test_detector_is_off_outside_the_explorer_and_ignores_marked_reads():
             "vs write by b in ? (holding no lock)")  # no model function on the stack
     finally:
         RACES.stop()
+
+
+def test_zap_yield_is_clean_and_yielding_without_the_flush_is_caught(monkeypatch):
+    sched = DporScheduler(max_executions=100)
+    rep = explore(load_scenario("tlb_zap_yield"), sched)
+    assert (rep.failure, sched.exhausted, rep.executions) == (None, True, 6)
+    real = tdp_mmu.tdp_mmu_iter_cond_resched
+    # tdp_mmu_iter_cond_resched dropping mmu_lock without the caller's pending flush.
+    monkeypatch.setattr(tdp_mmu, "tdp_mmu_iter_cond_resched",
+                        lambda kvm, iter, flush, shared: real(kvm, iter, False, shared))
+    index, f = _first_failure("tlb_zap_yield")
+    assert (index, f.kind, f.thread) == (0, "TLB", "zap")
+    assert f.message.startswith("zap_leafs(start=0x0, end=0x400) returned while vCPU 0 (in "
+                                "guest mode) still caches gfn 0x5")
