@@ -1,7 +1,8 @@
 """Event records, named after the kernel tracepoints they mirror.
 
 The model emits these through ``Kvm.tracer`` (a callable, None when nobody listens — like a
-disabled static key, so untraced runs pay one test).  Metrics, cost, trace output and
+disabled static key, so untraced runs pay one test; the fault path's per-fault events are
+also skipped when the tracer says it does not read them, see ``traces``).  Metrics, cost, trace output and
 reports observe the stream; the model never imports them.
 
 Tracepoints mirrored (``arch/x86/kvm/mmu/mmutrace.h``, ``arch/x86/kvm/trace.h``): field names
@@ -14,6 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .spte import PT_PRESENT_MASK, SpteMasks, is_executable_pte
+
+
+def traces(tracer: object, cls: type) -> bool:
+    """Whether ``tracer`` (not None) reads events of class ``cls``.  A tracer that reads only
+    some classes lists them in its ``reads`` attribute (``Metrics.observe``), so the hot
+    paths skip building the events nobody reads, as an untraced run skips them all."""
+    reads = getattr(tracer, "reads", None)
+    return reads is None or cls in reads
 
 
 @dataclass(frozen=True, slots=True)

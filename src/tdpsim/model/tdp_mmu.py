@@ -32,6 +32,7 @@ from .events import (
     KvmMmuSpteRequested,
     KvmTdpMmuSpteChanged,
     MarkMmioSpte,
+    traces,
 )
 from .mmu_internal import (
     EBUSY,
@@ -820,7 +821,7 @@ def tdp_mmu_map_handle_target_level(vcpu: "KvmVcpu", fault: KvmPageFault, iter: 
             kvm.tracer(MarkMmioSpte(sptep_address(sp, iter.index), iter.gfn,
                                     new_spte & ACC_ALL, get_mmio_spte_generation(new_spte)))
         ret = RET_PF_EMULATE
-    elif kvm.tracer is not None:
+    elif kvm.tracer is not None and traces(kvm.tracer, KvmMmuSetSpte):
         kvm.tracer(KvmMmuSetSpte.assign(kvm.masks, iter.gfn, sp.spt[iter.index], iter.level,
                                         sptep_address(sp, iter.index)))
     return ret
@@ -876,7 +877,7 @@ def kvm_tdp_mmu_map(vcpu: "KvmVcpu", fault: KvmPageFault) -> int:
     kvm = vcpu.kvm
     root = tdp_mmu_get_root_for_fault(vcpu, fault)
     kvm_mmu_hugepage_adjust(vcpu, fault)
-    if kvm.tracer is not None:
+    if kvm.tracer is not None and traces(kvm.tracer, KvmMmuSpteRequested):
         # The tracepoint prints the exact 4K pfn: aligned pfn | offset within the goal.
         offset = fault.gfn & (KVM_PAGES_PER_HPAGE(fault.goal_level) - 1)
         kvm.tracer(KvmMmuSpteRequested(fault.gfn, fault.pfn | offset, fault.goal_level))

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Final, Optional
 
 from .events import KvmPageFault as KvmPageFaultEvent
+from .events import traces
 from .kvm import (
     KVM_REQ_OUTSIDE_GUEST_MODE,
     KVM_REQ_TLB_FLUSH,
@@ -832,7 +833,7 @@ class KvmTdx(KvmX86Ops):
                               "tdx_handle_ept_violation", "instruction fetch from shared GPA"):
                 return -EIO
             local_retry = False
-        if kvm.tracer is not None:
+        if kvm.tracer is not None and traces(kvm.tracer, KvmPageFaultEvent):
             kvm.tracer(KvmPageFaultEvent(vcpu.vcpu_id, rip, gpa, exit_qual))
         tries = 0
         while True:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from .dirty_log import vmx_pml_log
-from .events import KvmPageFault
+from .events import KvmPageFault, traces
 from .mmu_fault import kvm_mmu_page_fault
 from .sched import SPTE_CMPXCHG
 from .spte import (
@@ -94,7 +94,7 @@ def __vmx_handle_ept_violation(vcpu: "KvmVcpu", gpa: int, exit_qualification: in
 def handle_ept_violation(vcpu: "KvmVcpu", gpa: int, exit_qualification: int) -> int:
     """``handle_ept_violation``: trace, then the common handler."""
     kvm = vcpu.kvm
-    if kvm.tracer is not None:
+    if kvm.tracer is not None and traces(kvm.tracer, KvmPageFault):
         kvm.tracer(KvmPageFault(vcpu.vcpu_id, 0, gpa, exit_qualification))
     return __vmx_handle_ept_violation(vcpu, gpa, exit_qualification)
 

@@ -87,6 +87,10 @@ class Metrics:
         elif t is KvmWarn:
             self.warn_events += 1
 
+    # The classes ``observe`` counts: the model does not build the others for it (``traces``).
+    observe.reads = frozenset(  # type: ignore[attr-defined]
+        {KvmTdpMmuSpteChanged, KvmFlushRemoteTlbs, KvmBug, KvmWarn})
+
     # ----------------------------------------------------------------- counters
     def snapshot(self, d: Driver) -> dict[str, int]:
         kvm = d.kvm

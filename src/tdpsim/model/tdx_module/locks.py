@@ -113,9 +113,13 @@ class CallCtx:
             self.sched.point(self.kind, self.key, self.write)
 
     def close(self) -> None:
-        self.point()
-        while self._undo:
-            self._undo.pop()()
+        if not self.pointed:  # point(), inlined: every SEAMCALL/TDCALL closes its context
+            self.pointed = True
+            self.sched.point(self.kind, self.key, self.write)
+        undo = self._undo
+        for release in reversed(undo):
+            release()
+        undo.clear()
 
 
 def _unlock_entry(page: SeptPage, idx: int) -> None:

@@ -11,6 +11,7 @@ Simplifications:
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Final
 
 # --- status codes (high 32 bits, low 32 bits zero) -------------------------------------------
@@ -114,6 +115,7 @@ def is_error(err: int) -> bool:
     return bool(err & TDX_ERROR)
 
 
+@cache  # every SEAMCALL's result is counted by name; the codes seen are a few dozen
 def status_name(code: int) -> str:
     """Decode a 64-bit status, e.g. 0xC0000B0D00000001 -> "TDX_EPT_ENTRY_STATE_INCORRECT|RCX".
 
