@@ -80,6 +80,8 @@ class SchedPoints:
     def __init__(self, hook: SchedHook | None = None) -> None:
         self.hook = hook
         self.cpu = 0
+        # Bound here too: compiled (``tdpsim.accel``), __init__'s stores skip __setattr__.
+        self.point: SchedHook = _detached if hook is None else hook
 
     def __setattr__(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)
