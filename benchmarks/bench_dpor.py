@@ -3,7 +3,7 @@ engine on the same program, and split campaigns on local processes and Ray (prin
 no assertions).
 
   python benchmarks/bench_dpor.py [--cap 30] [--ray] [--skip-builtins]
-  python benchmarks/bench_dpor.py --exhaust [--cap 300]   # section 4 only
+  python benchmarks/bench_dpor.py --exhaust [--cap 300] [SCENARIO ...]  # section 4 only
   python benchmarks/bench_dpor.py --sound [--bound 1] [SCENARIO ...]  # section 5 only
 
 1. Toy programs whose Mazurkiewicz traces are counted independently (unbounded DFS over
@@ -182,9 +182,9 @@ def campaigns(use_ray: bool) -> None:
               f" vs serial{vs}, identical to serial: {_same(st, serial)}", flush=True)
 
 
-def exhaust(cap: float) -> None:
+def exhaust(names: list[str], cap: float) -> None:
     print(f"== optimal DPOR to exhaustion on every built-in scenario (cap {cap:.0f} s wall) ==")
-    for name in builtin_names():
+    for name in names or builtin_names():
         sc = load_scenario(name, {})
         cpu = time.process_time()
         rep = explore(sc, DporScheduler(10**9), time_limit=cap, stop_on_failure=False)
@@ -224,7 +224,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.exhaust or args.sound:
         if args.exhaust:
-            exhaust(args.cap)
+            exhaust(args.scenarios, args.cap)
         if args.sound:
             sound(args.scenarios, args.bound)
         return

@@ -72,12 +72,14 @@ class _Node:
     """One step of the current execution: its wakeup tree (``cur`` is the branch being
     explored, always ``wut.children[0]``) and its sleep set (tid -> footprint)."""
 
-    __slots__ = ("wut", "cur", "sleep")
+    __slots__ = ("wut", "cur", "sleep", "enabled")
 
-    def __init__(self, wut: _WNode, cur: _WNode, sleep: dict[int, frozenset]) -> None:
+    def __init__(self, wut: _WNode, cur: _WNode, sleep: dict[int, frozenset],
+                 enabled: Sequence[int]) -> None:
         self.wut = wut
         self.cur = cur
         self.sleep = sleep
+        self.enabled = enabled  # the runnable threads here (the same in every replay)
 
 
 def normalise(fp: frozenset, memo: dict) -> tuple[frozenset, Optional[tuple]]:
@@ -175,7 +177,7 @@ class DporScheduler(Scheduler):
         if d < len(self.prefix):
             wut = _WNode(-1, None)
             wut.children.append(_WNode(self.prefix[d], None))
-            node = _Node(wut, wut.children[0], self.prefix_sleep[d])
+            node = _Node(wut, wut.children[0], self.prefix_sleep[d], runnable)
             stack.append(node)
             if self.prefix[d] not in runnable:
                 self.pruned += 1
@@ -189,7 +191,7 @@ class DporScheduler(Scheduler):
             last = parent.cur.fp
             wut = parent.cur
             sleep = {q: fp for q, fp in parent.sleep.items() if not dependent(fp, last)}
-        node = _Node(wut, wut, sleep)
+        node = _Node(wut, wut, sleep, runnable)
         stack.append(node)
         if d < self.eager and not wut.children:
             wut.children.extend(_WNode(r, None) for r in runnable if r not in sleep)
@@ -329,7 +331,7 @@ class DporScheduler(Scheduler):
             if _weak_initial(v, q, qfp):
                 return
         if self.optimal:
-            _insert(node.wut, v)
+            _insert(node.wut, v, node.enabled)
             return
         # Source-DPOR: one initial of v in the backtrack set is enough.
         covered = {c.tid for c in node.wut.children}
@@ -391,8 +393,11 @@ def _weak_initial(v: list, q: int, qfp: Optional[frozenset]) -> bool:
     return True
 
 
-def _insert(root: _WNode, v: list) -> None:
-    """Insert v into the wakeup tree rooted at ``root`` (POPL 2014 §6.2)."""
+def _insert(root: _WNode, v: list, enabled: Sequence[int]) -> None:
+    """Insert v into the wakeup tree rooted at ``root`` (POPL 2014 §6.2).  A new branch of
+    the root itself whose thread cannot run there (``enabled``: a race only a blocking wait
+    forbids reversing) is not added: replaying to it would only drop it and waste the
+    execution."""
     node = root
     while True:
         for c in node.children:
@@ -406,6 +411,8 @@ def _insert(root: _WNode, v: list) -> None:
             elif c.fp is not None and all(not dependent(c.fp, fp) for _, fp in v):
                 break
         else:
+            if node is root and v[0][0] not in enabled:
+                return
             for t, fp in v:
                 n = _WNode(t, fp)
                 node.children.append(n)
