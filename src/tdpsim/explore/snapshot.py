@@ -106,36 +106,31 @@ class _Pickler(pickle.Pickler):
     costliest part of a restore); flat containers of atoms as copies of a template
     (``_copier``)."""
 
-    def __init__(self, buf: io.BytesIO, shared: list, copiers: list) -> None:
+    def __init__(self, buf: io.BytesIO, table: list, copiers: list) -> None:
         super().__init__(buf, protocol=pickle.HIGHEST_PROTOCOL)
-        self.shared = shared
+        self.table = table
         self.copiers = copiers
-        self._shared_ids: dict[int, int] = {}
-        self._copied_ids: dict[int, int] = {}
+        self._ids: dict[int, int] = {}  # id(obj) -> its persistent id (index in ``table``)
         self._keep: list = []
 
     def persistent_id(self, obj: Any) -> Any:
-        if getattr(type(obj), "__dataclass_params__", None) is None:
-            return self._copied_id(obj)
-        i = self._shared_ids.get(id(obj))
-        if i is None:
+        i = self._ids.get(id(obj))
+        if i is not None:
+            return i
+        if getattr(type(obj), "__dataclass_params__", None) is not None:
             if not _immutable(obj):
                 return None
-            i = self._shared_ids[id(obj)] = len(self.shared)
-            self.shared.append(obj)
-        return i
-
-    def _copied_id(self, obj: Any) -> Any:
-        """A negative id (``~index``) for a container a restore copies from a template."""
-        i = self._copied_ids.get(id(obj))
-        if i is None:
+            shared = obj
+        else:
             copier = _copier(obj)
             if copier is None:
                 return None
-            i = self._copied_ids[id(obj)] = len(self.copiers)
-            self.copiers.append(copier)
-            self._keep.append(obj)  # its id() must stay its own for the whole dump
-        return ~i
+            self.copiers.append((len(self.table), copier))
+            shared = None  # a restore puts its copy here
+        i = self._ids[id(obj)] = len(self.table)
+        self.table.append(shared)
+        self._keep.append(obj)  # its id() must stay its own for the whole dump
+        return i
 
     def reducer_override(self, obj: Any) -> Any:
         t = type(obj)
@@ -166,24 +161,18 @@ class Snapshot:
 
     def __init__(self, root: Any) -> None:
         buf = io.BytesIO()
+        # Persistent id -> the shared object, or None where a restore puts a fresh copy.
         self.shared: list = []
-        self.copiers: list[Callable[[], Any]] = []
+        self.copiers: list[tuple[int, Callable[[], Any]]] = []
         _Pickler(buf, self.shared, self.copiers).dump(root)
         self.data = buf.getvalue()
 
     def restore(self) -> Any:
         u = pickle.Unpickler(io.BytesIO(self.data))
-        shared, copiers = self.shared, self.copiers
-        # Persistent ids bypass pickle's memo: a container referenced twice must come back
-        # as one copy, not two.
-        made: dict[int, Any] = {}
-
-        def load(pid: int) -> Any:
-            if pid >= 0:
-                return shared[pid]
-            c = made.get(pid)
-            if c is None:
-                c = made[pid] = copiers[~pid]()
-            return c
-        u.persistent_load = load
+        # Every copied container is referenced at least once, so all copies are made up
+        # front; one per persistent id, so a container referenced twice stays one object.
+        table = self.shared[:]
+        for i, copy in self.copiers:
+            table[i] = copy()
+        u.persistent_load = table.__getitem__
         return u.load()
