@@ -29,6 +29,8 @@ which is all it is used for (workers each take their own).
 from __future__ import annotations
 
 import array
+import collections
+import copyreg
 import dataclasses
 import enum
 import functools
@@ -141,6 +143,10 @@ class _Pickler(pickle.Pickler):
                 return (_new_cell, ())
             # State set after the (memoised) empty cell exists: cycles through it are fine.
             return (_new_cell, (), contents, None, None, _set_cell)
+        if t is collections.Counter:
+            # Its own reduce rebuilds it through ``Counter.__init__`` (Python, per restore);
+            # an empty one filled item by item is the same Counter.
+            return (copyreg.__newobj__, (t,), obj.__dict__ or None, None, iter(obj.items()))
         if t is types.FunctionType and not _importable(obj):
             if obj.__dict__:
                 raise pickle.PicklingError(f"snapshot: function {obj.__qualname__} carries "
