@@ -6,15 +6,18 @@ fires on a bug planted with monkeypatch and stays silent on the unmodified model
 from __future__ import annotations
 
 from tdpsim.explore import DporScheduler, PctScheduler, explore, load_scenario
+from tdpsim.explore import tracking
 from tdpsim.explore.tracking import RACES, TrackedNxList
 from tdpsim.model import mmu, tdp_mmu
+from tdpsim.model.mmu_internal import KvmMmuPageRole
 from tdpsim.model.sched import ROOTS, ROOTS_KEY
 
 
-# Not a built-in: under PCT (seed 0, execution 310) vCPU 1 parks in its RET_PF_RETRY wait
-# with nothing left to change although its next attempt would reload the invalidated root
-# and succeed (a gap of the engine's RETRY_WAIT / untracked ``role.invalid``, not of this
-# check); the first DPOR executions used here are unaffected.
+# Not a built-in: one execution is ~10,000 steps (the zap of a whole root), ~12 per second.
+# Under PCT (seed 0, execution 310) it once reported a false LIVELOCK: vCPU 1 parked in its
+# RET_PF_RETRY wait although its next attempt reloads the invalidated root, because
+# ``role.invalid`` had no footprint key (now ``tracking.KEY_ROOTS_INVALID``; 1,000 PCT
+# executions clean).
 NX_ZAP_ROOTS = '''name = "nx_zap_roots"
 summary = "Invalidated roots are zapped under the read lock while a vCPU tracks a new NX huge page"
 description = """
@@ -157,3 +160,25 @@ def test_zap_yield_is_clean_and_yielding_without_the_flush_is_caught(monkeypatch
     assert (index, f.kind, f.thread) == (0, "TLB", "zap")
     assert f.message.startswith("zap_leafs(start=0x0, end=0x400) returned while vCPU 0 (in "
                                 "guest mode) still caches gfn 0x5")
+
+
+def test_root_invalid_is_a_footprint_key():
+    # kvm_tdp_mmu_invalidate_roots' store and every later load of role.invalid (the fault's
+    # kvm_mmu_reload / is_page_fault_stale) are one key, so a RET_PF_RETRY wait that read
+    # the root valid is woken by the invalidation (the retry reloads the root).
+    class Root:
+        role = KvmMmuPageRole(4)
+
+    root = Root()
+    tracking._track_role(root)
+    sink: list = []
+    tracking.TRACKER.sink = sink
+    try:
+        assert not root.role.invalid
+        root.role.invalid = True
+        word = root.role.word
+    finally:
+        tracking.TRACKER.sink = None
+    key = tracking.KEY_ROOTS_INVALID
+    assert sink == [(key, False), (key, True), (key, False)]
+    assert word & (1 << 11)  # role.invalid's bit in union kvm_mmu_page_role

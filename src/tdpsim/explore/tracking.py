@@ -16,6 +16,10 @@ them without mmu_lock (as in the kernel):
 - the page-table frame allocator (``Kvm.alloc_pt_pfn`` and its free list): in explorer runs
   a freed table's frame backs the next table, so which frame a table gets depends on the
   order of allocations and frees (``("vm", "pt_alloc")``);
+- ``root->role.invalid`` — set by ``kvm_tdp_mmu_invalidate_roots`` (write lock), read by the
+  fault's ``is_page_fault_stale`` and ``kvm_mmu_reload`` at the next attempt; one key for all
+  roots (``("vm", "roots_invalid")``: only invalidation writes it).  Without it a fault that
+  saw its root die parks at RETRY_WAIT although its next attempt reloads the root;
 - ``sp->nx_huge_page_disallowed`` — cleared by NX recovery and ``tdp_mmu_unlink_sp``, read by
   ``disallowed_hugepage_adjust``, all under the *shared* mmu_lock (``("sp", pfn, "nx")``);
 - the vCPU mode protocol (``vcpu->mode``, requests, and the CPU side beside them: in guest,
@@ -49,10 +53,11 @@ from typing import Any, Optional
 from tdpsim.model.kvm import Kvm, KvmVcpu
 from tdpsim.model.locking import Rcu
 from tdpsim.model.memslot import GuestMemfd, HostBacking, KvmMemorySlot, RangeSet
-from tdpsim.model.mmu_internal import KvmMmuPage
+from tdpsim.model.mmu_internal import KvmMmuPage, KvmMmuPageRole
 
 KEY_INVALIDATE = ("vm", "mmu_invalidate")
 KEY_ATTRS = ("vm", "mem_attributes")
+KEY_ROOTS_INVALID = ("vm", "roots_invalid")
 
 
 class Tracker:
@@ -177,6 +182,31 @@ class TrackedNxList(list):
         return list.__iter__(self)
 
 
+_INVALID = KvmMmuPageRole.invalid  # the slot descriptor
+
+
+class TrackedRole(KvmMmuPageRole):
+    """A ``kvm_mmu_page_role`` whose ``invalid`` reports its accesses."""
+
+    __slots__ = ()
+
+    @property
+    def invalid(self) -> bool:  # type: ignore[override]
+        TRACKER.note(KEY_ROOTS_INVALID, False)
+        return _INVALID.__get__(self)
+
+    @invalid.setter
+    def invalid(self, value: bool) -> None:
+        TRACKER.note(KEY_ROOTS_INVALID, True)
+        _INVALID.__set__(self, value)
+
+
+def _track_role(root: Any) -> None:
+    """Only roots are invalidated (``kvm_tdp_mmu_invalidate_roots``)."""
+    if type(root.role) is KvmMmuPageRole:
+        root.role.__class__ = TrackedRole
+
+
 class TrackedRoots(list):
     """``kvm->arch.tdp_mmu_roots``: ``list_add_rcu`` / ``list_del_rcu`` must be serialised
     by tdp_mmu_pages_lock (readers walk it under RCU alone: not checked)."""
@@ -185,10 +215,12 @@ class TrackedRoots(list):
 
     def insert(self, i: int, root: Any) -> None:
         RACES.access(self.FIELD, True)
+        _track_role(root)
         list.insert(self, i, root)
 
     def append(self, root: Any) -> None:
         RACES.access(self.FIELD, True)
+        _track_role(root)
         list.append(self, root)
 
     def remove(self, root: Any) -> None:
@@ -456,6 +488,8 @@ def track(kvm: Kvm) -> Tracker:
     for sp in kvm.sp_by_pfn.values():
         if type(sp) is KvmMmuPage:
             sp.__class__ = TrackedMmuPage
+    for root in kvm.tdp_mmu_roots:
+        _track_role(root)
     kvm.rcu.nesting = TrackedNesting(kvm.rcu.nesting)
     kvm.rcu.__class__ = TrackedRcu
     for vcpu in kvm.vcpus:
