@@ -50,3 +50,27 @@ def test_same_seed_same_run_other_seed_differs():
     assert (a.totals, a.samples) != (c.totals, c.samples)
 
 
+
+
+
+def test_metrics_reads_lists_every_event_class_it_counts():
+    # Metrics.observe lists the classes it reads, so the model skips building the others
+    # for it.  Fed a run's complete stream, observe must count exactly what it counts when
+    # fed only the listed classes (it would not if it counted a class it omits).
+    from collections import Counter
+
+    from tdpsim.model.events import KvmMmuSetSpte, KvmMmuSpteRequested, KvmPageFault
+    from tdpsim.sim.metrics import Metrics
+
+    events: list = []
+    simulate(loads_workload(SMALL_TD, "small-td"), seed=3, tracer=events.append)
+    kinds = Counter(type(ev) for ev in events)
+    assert kinds[KvmPageFault] and kinds[KvmMmuSpteRequested] and kinds[KvmMmuSetSpte]
+    full, lean = Metrics(), Metrics()
+    for ev in events:
+        full.observe(ev)
+        if type(ev) in Metrics.observe.reads:
+            lean.observe(ev)
+    counters = ("mappings", "flush_events", "bug_events", "warn_events")
+    assert [getattr(full, c) for c in counters] == [getattr(lean, c) for c in counters]
+    assert full.mappings != [0, 0, 0, 0]

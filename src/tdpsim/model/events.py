@@ -2,8 +2,8 @@
 
 The model emits these through ``Kvm.tracer`` (a callable, None when nobody listens — like a
 disabled static key, so untraced runs pay one test; the fault path's per-fault events are
-also skipped when the tracer says it does not read them, see ``traces``).  Metrics, cost, trace output and
-reports observe the stream; the model never imports them.
+also skipped when the tracer says it does not read them, see ``traces``).  Metrics, cost,
+trace output and reports observe the stream; the model never imports them.
 
 Tracepoints mirrored (``arch/x86/kvm/mmu/mmutrace.h``, ``arch/x86/kvm/trace.h``): field names
 are the ``TP_STRUCT__entry`` names.  ``KvmBug``, ``KvmWarn`` and ``KvmFlushRemoteTlbs`` are

@@ -60,7 +60,7 @@ WAIT_COND = "wait_cond"  # wait until a condition on ``key`` holds (the explorer
 SchedHook = Callable[[str, Hashable, bool], None]
 
 
-def _detached(kind: str, key: Hashable, write: bool = False) -> None:
+def _detached(kind: str, key: Hashable, write: bool) -> None:
     """``SchedPoints.point`` while no hook is attached: nothing to switch to."""
 
 
@@ -71,8 +71,10 @@ class SchedPoints:
     another model thread and come back later; the model re-reads whatever it needs after
     the point, exactly as kernel code re-reads memory after a preemption.
 
-    ``point(kind, key, write=False)`` is bound when ``hook`` is set: the hook itself, or a
-    no-op while detached, so sequential runs (millions of points) pay one empty call.
+    ``point(kind, key, write)`` is bound when ``hook`` is set: the hook itself, or a no-op
+    while detached, so sequential runs (millions of points) pay one empty call.  ``write``
+    has no default: the explorer's hook takes three arguments, so the detached no-op does
+    too, and a call missing it fails in every run, not only under the explorer.
     """
 
     __slots__ = ("hook", "cpu", "point")

@@ -113,9 +113,7 @@ class CallCtx:
             self.sched.point(self.kind, self.key, self.write)
 
     def close(self) -> None:
-        if not self.pointed:  # point(), inlined: every SEAMCALL/TDCALL closes its context
-            self.pointed = True
-            self.sched.point(self.kind, self.key, self.write)
+        self.point()
         undo = self._undo
         for release in reversed(undo):
             release()
