@@ -1,6 +1,6 @@
 """Mutation benchmark: does the explorer (and do the tests) kill planted concurrency bugs?
 
-  python benchmarks/bench_mutation.py [--executions 1000] [--set old|fresh|fresh4|all]
+  python benchmarks/bench_mutation.py [--executions 1000] [--set old|fresh|fresh4|fresh5|all]
                                       [--only NAME ...] [--tests] [--json out.json]
 
 Each mutant of ``benchmarks/mutants.py`` is applied alone to a copy of ``src/tdpsim`` in a
@@ -14,8 +14,8 @@ executions spent on every scenario before it (``spent``: the cost of finding the
 without knowing where it is).  ``--tests`` also runs
 ``tests/model tests/explore tests/stateful`` against the copy (``-x``): *killed by the tests*
 when they fail.  ``--set``: the 26 bugs of session 2 (``old``), the fresh bugs of session 3
-(``fresh``) or of session 4 (``fresh4``), each set written before the checks that see them,
-or all three.  A mutant that does not apply (its text is gone) is reported as such, never
+(``fresh``), of session 4 (``fresh4``) or of session 5 (``fresh5``), each set written before
+the checks that see them, or all four.  A mutant that does not apply (its text is gone) is reported as such, never
 counted.  Prints one line per mutant and the kill rates.
 """
 
@@ -37,7 +37,7 @@ ROOT = HERE.parent
 # worktree do not leak into later mutants).
 SRC = ROOT / "src" / "tdpsim"
 sys.path.insert(0, str(HERE))
-from mutants import FRESH, FRESH4, MUTANTS  # noqa: E402
+from mutants import FRESH, FRESH4, FRESH5, MUTANTS  # noqa: E402
 
 WORKER = r'''
 import json, sys
@@ -132,7 +132,7 @@ def summarise(rows: list[dict], label: str, tests: bool, budget: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--executions", type=int, default=1000)
-    ap.add_argument("--set", choices=("old", "fresh", "fresh4", "all"), default="all")
+    ap.add_argument("--set", choices=("old", "fresh", "fresh4", "fresh5", "all"), default="all")
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--scenarios", nargs="*", default=[],
                     help="explore only these built-in scenarios (default: all)")
@@ -144,8 +144,8 @@ def main() -> None:
     if args.src is not None:
         SRC = args.src
     rows = []
-    sets = {"old": MUTANTS, "fresh": FRESH, "fresh4": FRESH4}
-    chosen = sets[args.set] if args.set != "all" else MUTANTS + FRESH + FRESH4
+    sets = {"old": MUTANTS, "fresh": FRESH, "fresh4": FRESH4, "fresh5": FRESH5}
+    chosen = sets[args.set] if args.set != "all" else MUTANTS + FRESH + FRESH4 + FRESH5
     for m in chosen:
         if args.only and m["name"] not in args.only:
             continue
@@ -169,7 +169,7 @@ def main() -> None:
             (" tests:KILL" if res["tests_killed"] else " tests:survive")
         print(f"{m['name']:38s} {m['cls']:5s} {'KILL' if res['killed'] else 'LIVE'} "
               f"{where}{tests} ({res['seconds']}s)", flush=True)
-    for label in ("old", "fresh", "fresh4"):
+    for label in ("old", "fresh", "fresh4", "fresh5"):
         sub = [r for r in rows if r["set"] == label]
         if sub:
             summarise(sub, label, args.tests, args.executions)

@@ -542,3 +542,142 @@ FRESH4: list[dict] = [
             self.wait_for_sept_zap = False
             r = self._seamcall(function, leaf, gfn, level, fn, *args)"""),
 ]
+
+# Fresh bugs (session 5), written before this session's scenarios and checks (the RCU root
+# walker, the two-vCPU S-EPT-zap race, a cheap NX-untrack race), by the same rule as
+# ``FRESH``: kinds upstream has fixed, placed where a KVM developer would slip.
+FRESH5: list[dict] = [
+    # ------------------------------------------------------------------ RCU
+    dict(name="rcu_nx_recover_shared_no_rcu", cls="RCU",
+         what="the read-lock NX recovery reads and zaps the parent SPTE without rcu_read_lock",
+         file="model/kvm_main.py",
+         old="""    kvm.mmu_lock.read_lock()
+    kvm.rcu.rcu_read_lock()
+    for _ in range(to_zap):""",
+         new="""    kvm.mmu_lock.read_lock()
+    for _ in range(to_zap):""",
+         also=[("model/kvm_main.py", """            kvm.rcu.rcu_read_unlock()
+            kvm.mmu_lock.read_unlock()
+            kvm.mmu_lock.read_lock()
+            kvm.rcu.rcu_read_lock()""", """            kvm.mmu_lock.read_unlock()
+            kvm.mmu_lock.read_lock()"""),
+               ("model/kvm_main.py", """        kvm.kvm_flush_remote_tlbs()
+    kvm.rcu.rcu_read_unlock()
+    kvm.mmu_lock.read_unlock()
+    return zapped""", """        kvm.kvm_flush_remote_tlbs()
+    kvm.mmu_lock.read_unlock()
+    return zapped""")]),
+    dict(name="rcu_put_root_free_before_del", cls="RCU",
+         what="kvm_tdp_mmu_put_root queues the RCU free before list_del_rcu (readers that "
+              "find the root afterwards are not waited for)",
+         file="model/tdp_mmu.py",
+         old="""    kvm.tdp_mmu_pages_lock.lock()
+    kvm.sched.point(ROOTS, ROOTS_KEY, True)  # list_del_rcu
+    kvm.tdp_mmu_roots.remove(root)
+    kvm.tdp_mmu_pages_lock.unlock()
+    tdp_mmu_free_sp_rcu(kvm, root)""",
+         new="""    tdp_mmu_free_sp_rcu(kvm, root)
+    kvm.tdp_mmu_pages_lock.lock()
+    kvm.sched.point(ROOTS, ROOTS_KEY, True)  # list_del_rcu
+    kvm.tdp_mmu_roots.remove(root)
+    kvm.tdp_mmu_pages_lock.unlock()"""),
+    dict(name="rcu_clear_dirty_unprotected", cls="RCU",
+         what="clear_dirty_gfn_range (PML dirty-log enable) walks without rcu_read_lock",
+         file="model/tdp_mmu.py",
+         old="""    spte_set = False
+    kvm.rcu.rcu_read_lock()
+    for iter in for_each_tdp_pte(kvm, root, start, end):
+        while (is_shadow_present_pte(iter.old_spte)""",
+         new="""    spte_set = False
+    for iter in for_each_tdp_pte(kvm, root, start, end):
+        while (is_shadow_present_pte(iter.old_spte)""",
+         also=[("model/tdp_mmu.py", """                spte_set = True
+                break
+    kvm.rcu.rcu_read_unlock()
+    return spte_set
+
+
+def kvm_tdp_mmu_clear_dirty_slot""", """                spte_set = True
+                break
+    return spte_set
+
+
+def kvm_tdp_mmu_clear_dirty_slot""")]),
+    # ------------------------------------------------------------------ TLB
+    dict(name="tlb_zap_leafs_flush_4k_only", cls="TLB",
+         what="tdp_mmu_zap_leafs asks for a flush only after zapping a 4K leaf",
+         file="model/tdp_mmu.py",
+         old="""        if not root.role.invalid:
+            flush = True""",
+         new="""        if not root.role.invalid and iter.level == PG_LEVEL_4K:
+            flush = True"""),
+    dict(name="tlb_unmap_flush_per_root", cls="TLB",
+         what="kvm_tdp_mmu_unmap_gfn_range keeps only the last root's flush",
+         file="model/tdp_mmu.py",
+         old="""    for root in for_each_tdp_mmu_root_yield_safe(kvm, types):
+        flush = tdp_mmu_zap_leafs(kvm, root, start, end, may_block, flush)
+    return flush""",
+         new="""    for root in for_each_tdp_mmu_root_yield_safe(kvm, types):
+        flush = tdp_mmu_zap_leafs(kvm, root, start, end, may_block, False)
+    return flush"""),
+    # ------------------------------------------------------------------ lock edges / barriers
+    dict(name="lock_notifier_zap_before_begin", cls="LOCK",
+         what="invalidate_range_start zaps (and drops mmu_lock) before publishing the "
+              "invalidation",
+         file="model/kvm_main.py",
+         old="""        if not found:
+            found = True
+            kvm.mmu_lock.write_lock()
+            kvm_mmu_invalidate_begin(kvm)
+        kvm_mmu_invalidate_range_add(kvm, start, end)
+        flush = kvm_tdp_mmu_unmap_gfn_range(kvm, start, end, KVM_FILTER_SHARED, blockable, flush)""",
+         new="""        kvm.mmu_lock.write_lock()
+        if kvm_tdp_mmu_unmap_gfn_range(kvm, start, end, KVM_FILTER_SHARED, blockable, False):
+            kvm.kvm_flush_remote_tlbs()
+        kvm.mmu_lock.write_unlock()
+        if not found:
+            found = True
+            kvm.mmu_lock.write_lock()
+            kvm_mmu_invalidate_begin(kvm)
+        kvm_mmu_invalidate_range_add(kvm, start, end)"""),
+    dict(name="lock_stale_ignores_invalid_root", cls="LOCK",
+         what="is_page_fault_stale does not check for an obsolete root under mmu_lock",
+         file="model/mmu_fault.py",
+         old="""    if vcpu.root is not None and vcpu.root.role.invalid:
+        return True
+    return fault.slot is not None""",
+         new="""    return fault.slot is not None"""),
+    dict(name="lock_write_spte_no_xchg", cls="LOCK",
+         what="kvm_tdp_mmu_write_spte writes leaves with volatile bits plainly (A/D bits set "
+              "by the CPU meanwhile are lost)",
+         file="model/tdp_mmu.py",
+         old="""    if kvm_tdp_mmu_spte_need_atomic_write(kvm.masks, old_spte, level):
+        return kvm_tdp_mmu_write_spte_atomic(kvm, sp, index, new_spte)
+    __kvm_tdp_mmu_write_spte(kvm, sp, index, new_spte)""",
+         new="""    __kvm_tdp_mmu_write_spte(kvm, sp, index, new_spte)"""),
+    # ------------------------------------------------------------------ guests in the race
+    dict(name="guest_busy_enter_no_exit", cls="GUEST",
+         what="tdx_vcpu_run leaves IN_GUEST_MODE set when TDH.VP.ENTER returns BUSY",
+         file="model/tdx.py",
+         old="""        if tdx_operand_busy(r.status):
+            self.stats.vcpu_enter_refused += 1
+            kvm_vcpu_guest_exited(vcpu)
+            return EXIT_FASTPATH_EXIT_HANDLED""",
+         new="""        if tdx_operand_busy(r.status):
+            self.stats.vcpu_enter_refused += 1
+            return EXIT_FASTPATH_EXIT_HANDLED"""),
+    dict(name="guest_track_kick_only_after_busy", cls="GUEST",
+         what="tdx_track kicks the vCPUs only when TDH.MEM.TRACK was BUSY ('else no vCPU "
+              "was in the TD')",
+         file="model/tdx.py",
+         old="""        r = self.tdh_do_no_vcpus(kvm, "tdx_track", "TDH.MEM.TRACK", 0, 0,
+                                 self.module.tdh_mem_track)
+        self.TDX_BUG_ON(kvm, r, "tdx_track", "TDH.MEM.TRACK")
+        self.kick_all_vcpus(kvm)""",
+         new="""        busy = self.stats.busy_retries
+        r = self.tdh_do_no_vcpus(kvm, "tdx_track", "TDH.MEM.TRACK", 0, 0,
+                                 self.module.tdh_mem_track)
+        self.TDX_BUG_ON(kvm, r, "tdx_track", "TDH.MEM.TRACK")
+        if self.stats.busy_retries != busy:
+            self.kick_all_vcpus(kvm)"""),
+]
