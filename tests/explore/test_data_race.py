@@ -71,29 +71,6 @@ def _nx_zap_roots(tmp_path):
     return str(path)
 
 
-def test_untrack_outside_pages_lock_is_a_data_race(monkeypatch, tmp_path):
-    # tdp_mmu_unlink_sp untracking the NX page after dropping tdp_mmu_pages_lock (the
-    # kernel has no lockdep assert there): the zapper's list_del races vCPU 1's list_add.
-    def unlink(kvm, sp):
-        tdp_mmu.tdp_unaccount_mmu_page(kvm, sp)
-        if not sp.nx_huge_page_disallowed:
-            return
-        kvm.tdp_mmu_pages_lock.lock()
-        sp.nx_huge_page_disallowed = False
-        kvm.tdp_mmu_pages_lock.unlock()
-        mmu.untrack_possible_nx_huge_page(kvm, sp, mmu.KVM_TDP_MMU)
-
-    monkeypatch.setattr(tdp_mmu, "tdp_mmu_unlink_sp", unlink)
-    index, f = _first_failure(_nx_zap_roots(tmp_path))
-    assert (index, f.kind, f.thread) == (0, "DATA_RACE", "vcpu1")
-    assert f.message == (
-        "data race on kvm->arch.possible_nx_huge_pages: write by vcpu1 in "
-        "track_possible_nx_huge_page <- _install_child_sp <- kvm_tdp_mmu_map (holding "
-        "tdp_mmu_pages_lock, mmu_lock read) vs write by zap_all_fast in "
-        "untrack_possible_nx_huge_page <- handle_removed_pt <- handle_changed_spte "
-        "(holding mmu_lock read)")
-
-
 def _unlink_untracking_outside_pages_lock(kvm, sp):
     tdp_mmu.tdp_unaccount_mmu_page(kvm, sp)
     if not sp.nx_huge_page_disallowed:
@@ -102,6 +79,20 @@ def _unlink_untracking_outside_pages_lock(kvm, sp):
     sp.nx_huge_page_disallowed = False
     kvm.tdp_mmu_pages_lock.unlock()
     mmu.untrack_possible_nx_huge_page(kvm, sp, mmu.KVM_TDP_MMU)
+
+
+def test_untrack_outside_pages_lock_is_a_data_race(monkeypatch, tmp_path):
+    # tdp_mmu_unlink_sp untracking the NX page after dropping tdp_mmu_pages_lock (the
+    # kernel has no lockdep assert there): the zapper's list_del races vCPU 1's list_add.
+    monkeypatch.setattr(tdp_mmu, "tdp_mmu_unlink_sp", _unlink_untracking_outside_pages_lock)
+    index, f = _first_failure(_nx_zap_roots(tmp_path))
+    assert (index, f.kind, f.thread) == (0, "DATA_RACE", "vcpu1")
+    assert f.message == (
+        "data race on kvm->arch.possible_nx_huge_pages: write by vcpu1 in "
+        "track_possible_nx_huge_page <- _install_child_sp <- kvm_tdp_mmu_map (holding "
+        "tdp_mmu_pages_lock, mmu_lock read) vs write by zap_all_fast in "
+        "untrack_possible_nx_huge_page <- handle_removed_pt <- handle_changed_spte "
+        "(holding mmu_lock read)")
 
 
 def test_recovery_untracking_outside_pages_lock_is_a_data_race(monkeypatch):
