@@ -1,6 +1,6 @@
 """Mutation benchmark: does the explorer (and do the tests) kill planted concurrency bugs?
 
-  python benchmarks/bench_mutation.py [--executions 1000] [--set old|fresh|fresh4|fresh5|all]
+  python benchmarks/bench_mutation.py [--executions 1000] [--set NAME|all]
                                       [--only NAME ...] [--tests] [--json out.json]
 
 Each mutant of ``benchmarks/mutants.py`` is applied alone to a copy of ``src/tdpsim`` in a
@@ -13,10 +13,10 @@ gives the scenario, strategy, failure kind, the executions that run needed and t
 executions spent on every scenario before it (``spent``: the cost of finding the bug
 without knowing where it is).  ``--tests`` also runs
 ``tests/model tests/explore tests/stateful`` against the copy (``-x``): *killed by the tests*
-when they fail.  ``--set``: the 26 bugs of session 2 (``old``), the fresh bugs of session 3
-(``fresh``), of session 4 (``fresh4``) or of session 5 (``fresh5``), each set written before
-the checks that see them, or all four.  A mutant that does not apply (its text is gone) is reported as such, never
-counted.  Prints one line per mutant and the kill rates.
+when they fail.  ``--set``: one of ``mutants.SETS`` (the 26 bugs of session 2, ``old``; the fresh
+bugs of session 3, ``fresh``, of session 4, ``fresh4``, ...), each written before the checks
+that see them, or ``all``.  A mutant that does not apply (its text is gone) is reported as
+such, never counted.  Prints one line per mutant and the kill rates.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ ROOT = HERE.parent
 # worktree do not leak into later mutants).
 SRC = ROOT / "src" / "tdpsim"
 sys.path.insert(0, str(HERE))
-from mutants import FRESH, FRESH4, FRESH5, MUTANTS  # noqa: E402
+from mutants import SETS  # noqa: E402
 
 WORKER = r'''
 import json, sys
@@ -132,7 +132,7 @@ def summarise(rows: list[dict], label: str, tests: bool, budget: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--executions", type=int, default=1000)
-    ap.add_argument("--set", choices=("old", "fresh", "fresh4", "fresh5", "all"), default="all")
+    ap.add_argument("--set", choices=(*SETS, "all"), default="all")
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--scenarios", nargs="*", default=[],
                     help="explore only these built-in scenarios (default: all)")
@@ -144,8 +144,7 @@ def main() -> None:
     if args.src is not None:
         SRC = args.src
     rows = []
-    sets = {"old": MUTANTS, "fresh": FRESH, "fresh4": FRESH4, "fresh5": FRESH5}
-    chosen = sets[args.set] if args.set != "all" else MUTANTS + FRESH + FRESH4 + FRESH5
+    chosen = SETS[args.set] if args.set != "all" else [m for ms in SETS.values() for m in ms]
     for m in chosen:
         if args.only and m["name"] not in args.only:
             continue
@@ -160,7 +159,7 @@ def main() -> None:
             if args.tests:
                 res["tests_killed"] = run_tests(dest)
         res.update(name=m["name"], cls=m["cls"], what=m["what"],
-                   set=next(label for label, ms in sets.items() if m in ms))
+                   set=next(label for label, ms in SETS.items() if m in ms))
         rows.append(res)
         where = (f"{res['scenario']}/{res['strategy']} after {res['executions']} exec: "
                  f"{res['kind']}: {res['message'][:70]}") if res["killed"] else \
@@ -169,7 +168,7 @@ def main() -> None:
             (" tests:KILL" if res["tests_killed"] else " tests:survive")
         print(f"{m['name']:38s} {m['cls']:5s} {'KILL' if res['killed'] else 'LIVE'} "
               f"{where}{tests} ({res['seconds']}s)", flush=True)
-    for label in ("old", "fresh", "fresh4", "fresh5"):
+    for label in SETS:
         sub = [r for r in rows if r["set"] == label]
         if sub:
             summarise(sub, label, args.tests, args.executions)

@@ -374,9 +374,9 @@ FRESH: list[dict] = [
     fault.mmu_seq = kvm.mmu_invalidate_seq
     kvm.sched.point(BARRIER, MMU_INVALIDATE_KEY, False)  # smp_rmb(): seq before the pfn
     if fault.is_private != kvm.kvm_mem_is_private(fault.gfn):
-        return -EFAULT  # kvm_mmu_prepare_memory_fault_exit: userspace must convert""",
+        return kvm_mmu_prepare_memory_fault_exit(vcpu, fault)   # userspace must convert""",
          new="""    if fault.is_private != kvm.kvm_mem_is_private(fault.gfn):
-        return -EFAULT  # kvm_mmu_prepare_memory_fault_exit: userspace must convert
+        return kvm_mmu_prepare_memory_fault_exit(vcpu, fault)   # userspace must convert
     kvm.sched.point(MMU_INVALIDATE, MMU_INVALIDATE_KEY, False)
     fault.mmu_seq = kvm.mmu_invalidate_seq
     kvm.sched.point(BARRIER, MMU_INVALIDATE_KEY, False)  # smp_rmb(): seq before the pfn"""),
@@ -681,3 +681,8 @@ def kvm_tdp_mmu_clear_dirty_slot""")]),
         if self.stats.busy_retries != busy:
             self.kick_all_vcpus(kvm)"""),
 ]
+
+# The sets ``bench_mutation.py --set`` offers, oldest first: each was written before the
+# scenarios and checks of the session that followed it, so its first run is a blind figure.
+SETS: dict[str, list[dict]] = {"old": MUTANTS, "fresh": FRESH, "fresh4": FRESH4,
+                               "fresh5": FRESH5}

@@ -101,11 +101,12 @@ def test_recovery_untracking_outside_pages_lock_is_a_data_race(monkeypatch):
     monkeypatch.setattr(tdp_mmu, "tdp_mmu_unlink_sp", _unlink_untracking_outside_pages_lock)
     index, f = _first_failure("nx_recover_track")
     assert (index, f.kind, f.thread) == (0, "DATA_RACE", "vcpu1")
-    assert f.message.startswith(
+    assert f.message == (
         "data race on kvm->arch.possible_nx_huge_pages: write by vcpu1 in "
         "track_possible_nx_huge_page <- _install_child_sp <- kvm_tdp_mmu_map (holding "
         "tdp_mmu_pages_lock, mmu_lock read) vs write by recover in "
-        "untrack_possible_nx_huge_page <- handle_removed_pt <- handle_changed_spte")
+        "untrack_possible_nx_huge_page <- handle_removed_pt <- handle_changed_spte "
+        "(holding mmu_lock read)")
 
 
 def test_nx_recover_track_is_clean_under_exhaustive_dpor():
