@@ -186,9 +186,11 @@ def test_nx_recovery_owes_a_flush_to_a_guest(monkeypatch):
 def test_present_ept_entry_lets_fast_page_fault_try(monkeypatch):
     # An EPT violation on a present (write-protected) entry sets PFERR_PRESENT_MASK; the
     # fast path then races the host's zap, and a plain store instead of its cmpxchg
-    # resurrects the zapped SPTE.
+    # resurrects the zapped SPTE.  It still logs the page dirty: without that the
+    # dirty-log check fires first (the write escapes the migration).
     def plain(vcpu, fault, sp, index, old_spte, new_spte):
         tdp_mmu.__kvm_tdp_mmu_write_spte(vcpu.kvm, sp, index, new_spte)
+        fault.slot.mark_page_dirty_in_slot(fault.gfn)
         return True
 
     monkeypatch.setattr(mmu_fault, "fast_pf_fix_direct_spte", plain)

@@ -67,8 +67,8 @@ class _Abort(BaseException):
 @dataclass(frozen=True)
 class Failure:
     """Why an execution failed: ``kind`` is one of KVM_BUG, KERNEL_BUG, WARN, LOST_UPDATE,
-    RETRY_BOUND, LIVELOCK, DEADLOCK, TDX_FATAL, INVARIANT, TLB, DATA_RACE, EXCEPTION,
-    STEP_BOUND."""
+    RETRY_BOUND, LIVELOCK, DEADLOCK, TDX_FATAL, INVARIANT, TLB, DATA_RACE, DIRTY_LOG,
+    EXCEPTION, STEP_BOUND."""
 
     kind: str
     message: str

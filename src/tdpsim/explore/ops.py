@@ -15,6 +15,11 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from tdpsim.model.dirty_log import (
+    kvm_alloc_dirty_bitmap,
+    kvm_dirty_bitmap_bytes,
+    kvm_get_dirty_log_protect,
+)
 from tdpsim.model.kvm import Kvm, kvm_vcpu_guest_exited, kvm_vcpu_insn_end
 from tdpsim.model.kvm_main import (
     kvm_gmem_punch_hole,
@@ -43,6 +48,10 @@ RETRY_WAIT = "retry_wait"  # a vCPU parks between two RET_PF_RETRY attempts
 HOST_MM = "host_mm"  # a primary-MMU page-table update (kind of scheduling point)
 KEY_SRCU = ("lock", "srcu")  # a wait condition; like a lock, not data a fault reads
 KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
+# The dirty-log check's record (``OpContext.dirty_*``): the order of a guest write and of a
+# KVM_GET_DIRTY_LOG's return decides whether that harvest had to report the write, so DPOR
+# must see the two as dependent (two writes, or two harvests, commute).
+KEY_DIRTY_LOG = ("vm", "dirty_log_record")
 
 
 class RetryBoundExceeded(Exception):
@@ -65,6 +74,14 @@ class OpContext:
     srcu_gen: int = 0
     srcu_readers: dict = field(default_factory=dict)  # vcpu -> generation at entry
     srcu_wait_gen: int = -1
+    # Userspace's view of dirty logging on slot 0, for ``scenario.check_dirty_log``: armed
+    # once the ioctl enabling it returned (a live migration copies all memory after that,
+    # so only later writes must be logged); the guest writes since, and each
+    # KVM_GET_DIRTY_LOG's reported gfns, in one order (``dirty_seq``).
+    dirty_armed: bool = False
+    dirty_seq: int = 0
+    dirty_writes: list = field(default_factory=list)  # (seq, vcpu, gfn)
+    dirty_harvests: list = field(default_factory=list)  # (seq, frozenset of gfns)
 
     # Footprints: a reader reads the generation and writes only its own slot, so two vCPUs'
     # read sections commute with each other (as SRCU's per-CPU counters do) and only
@@ -77,6 +94,13 @@ class OpContext:
     def srcu_read_unlock(self, vcpu: int) -> None:
         TRACKER.note(KEY_SRCU + (vcpu,), True)
         del self.srcu_readers[vcpu]
+
+    def dirty_record(self, write: bool) -> int:
+        """The next position in the dirty-log record (a harvest or the arming ``write``s
+        it, a guest write reads it)."""
+        TRACKER.note(KEY_DIRTY_LOG, write)
+        self.dirty_seq += 1
+        return self.dirty_seq
 
     def srcu_quiescent(self) -> bool:
         """No reader that entered before the pending ``synchronize_srcu`` is left."""
@@ -182,6 +206,8 @@ def op_guest_access(ctx: OpContext, vcpu: int, gfn: int, write: bool = False,
         pfn = guest_memory_access(v, gfn | gfn_bits, write, exec)
         if pfn is not None:
             kvm_vcpu_insn_end(v)
+            if write and ctx.dirty_armed:
+                ctx.dirty_writes.append((ctx.dirty_record(False), vcpu, gfn))
             return pfn
         # EPT violation: VM exit (a TD exit for a TD), then KVM's fault handling.
         present = ept_translate(kvm, v.root, gfn | gfn_bits) is not None
@@ -329,9 +355,40 @@ def op_dirty_log(ctx: OpContext, enable: bool = True) -> None:
         old.flags & ~KVM_MEM_LOG_DIRTY_PAGES
     new = copy.copy(old)
     new.flags = flags
+    if enable and not old.flags & KVM_MEM_LOG_DIRTY_PAGES:
+        # kvm_prepare_memory_region: the new slot gets a bitmap of its own, zeroed (or all
+        # set with INITIALLY_SET), before it is installed.
+        kvm_alloc_dirty_bitmap(kvm, new)
     kvm.memslots[0] = new
     ctx.synchronize_srcu()
     kvm_mmu_slot_apply_flags(kvm, old, flags)
+    if enable != ctx.dirty_armed:
+        ctx.dirty_record(True)
+        # The explorer's guest accesses set no A/D bits (the simulator's ept_hw_access
+        # does), so a write under PML would go unlogged here: armed for write protection.
+        ctx.dirty_armed = enable and not kvm.policy.enable_pml
+        # Disabling ends the migration: what was not harvested no longer has to be.
+        ctx.dirty_writes.clear()
+        ctx.dirty_harvests.clear()
+
+
+def op_get_dirty_log(ctx: OpContext) -> int:
+    """KVM_GET_DIRTY_LOG on slot 0 (``kvm_vm_ioctl_get_dirty_log`` →
+    ``kvm_get_dirty_log_protect``): report the dirty pages and write-protect them again.
+    Returns how many pages it reported, or -errno (-ENOENT: the slot does not log).  The
+    kernel serialises it with memslot updates (slots_lock): do not race it with
+    ``dirty_log`` in one scenario."""
+    kvm = ctx.kvm
+    slot = kvm.memslots[0]
+    bitmap = bytearray(kvm_dirty_bitmap_bytes(slot))
+    r = kvm_get_dirty_log_protect(kvm, slot.id, bitmap)
+    if r < 0:
+        return r
+    gfns = frozenset(slot.base_gfn + i for i in range(slot.npages)
+                     if bitmap[i >> 3] >> (i & 7) & 1)
+    if ctx.dirty_armed:
+        ctx.dirty_harvests.append((ctx.dirty_record(True), gfns))
+    return len(gfns)
 
 
 OPS: dict[str, Callable[..., Any]] = {
@@ -347,6 +404,7 @@ OPS: dict[str, Callable[..., Any]] = {
     "mmu_reload": op_mmu_reload,
     "nx_recovery": op_nx_recovery,
     "dirty_log": op_dirty_log,
+    "get_dirty_log": op_get_dirty_log,
     "guest_access": op_guest_access,
     "guest_exit": op_guest_exit,
     "flush": op_flush,

@@ -153,6 +153,7 @@ class Scenario:
                  kvm.tdp_mmu_pages_lock.key: kvm.tdp_mmu_pages_lock}
         cache: dict = {}
         end_checks, step_checks = _checks(kvm, tdx, self.invariants, self._memo, cache)
+        end_checks.append(lambda: check_dirty_log(ctx))
         return World(kvm=kvm, threads=threads, locks=locks, tracker=tracker, tdx=tdx,
                      end_checks=end_checks, step_checks=step_checks,
                      fail_on_warn=self.fail_on_warn, retry_bound=self.retry_bound,
@@ -276,6 +277,28 @@ def _checks(kvm: Any, tdx: Any, mode: str, memo: dict, cache: dict) -> tuple[lis
         step.append(tlb)
     step.append(_tlb_step(kvm))
     return end, step
+
+
+def check_dirty_log(ctx: OpContext) -> Optional[tuple[str, str]]:
+    """End check of dirty logging's promise to userspace: a guest write made while slot 0
+    logs (after the ioctl enabling it returned) is reported by a KVM_GET_DIRTY_LOG that
+    returned after it, or is still set in the bitmap, which the final pass of a live
+    migration harvests with the vCPUs stopped.  Otherwise the destination never gets that
+    write: the write-protect, flush or fast-page-fault logging it relied on failed."""
+    if not ctx.dirty_writes:
+        return None
+    slot = ctx.kvm.memslots[0]
+    bitmap = slot.dirty_bitmap
+    for seq, vcpu, gfn in ctx.dirty_writes:
+        rel = gfn - slot.base_gfn
+        if bitmap[rel >> 3] >> (rel & 7) & 1:
+            continue
+        if any(h > seq and gfn in gfns for h, gfns in ctx.dirty_harvests):
+            continue
+        return ("DIRTY_LOG", f"vCPU {vcpu}'s write to gfn {gfn:#x} after dirty logging was "
+                             "enabled is in no dirty log harvested after it nor in the "
+                             "bitmap: a live migration loses it")
+    return None
 
 
 def _thread_body(ctx: OpContext, tid: int, ops: tuple[OpSpec, ...]) -> Callable[[], Any]:

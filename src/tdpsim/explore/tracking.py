@@ -301,10 +301,46 @@ class TrackedRangeSet(RangeSet):
 _SLOT_FLAGS = KvmMemorySlot.flags  # the slot descriptor
 
 
+class TrackedBitmap(bytearray):
+    """A memslot's dirty bitmap whose every byte access reports ``("slot", id,
+    "dirty_bitmap")`` as a write: mark_page_dirty_in_slot's set_bit and the harvest's xchg
+    are its only users, and the fast page fault sets bits without mmu_lock, so only this
+    key orders the two.  Per access, not per lookup of ``slot->dirty_bitmap``: the kernel
+    (and the model) keep the pointer across the mmu_lock section."""
+
+    __slots__ = ("key",)
+
+    def __getitem__(self, i: Any) -> Any:
+        TRACKER.note(self.key, True)
+        return bytearray.__getitem__(self, i)
+
+    def __setitem__(self, i: Any, value: Any) -> None:
+        TRACKER.note(self.key, True)
+        bytearray.__setitem__(self, i, value)
+
+
+def _tracked_bitmap(slot_id: int, bitmap: bytearray) -> TrackedBitmap:
+    tracked = TrackedBitmap(bitmap)
+    tracked.key = ("slot", slot_id, "dirty_bitmap")
+    return tracked
+
+
 class TrackedSlot(KvmMemorySlot):
-    """A memslot whose ``flags`` report their accesses (``("slot", id, "flags")``)."""
+    """A memslot whose ``flags`` report their accesses (``("slot", id, "flags")``) and
+    whose dirty bitmaps are ``TrackedBitmap``s."""
 
     __slots__ = ()
+
+    @property
+    def dirty_bitmap(self) -> bytearray:  # type: ignore[override]
+        return _SLOT_BITMAP.__get__(self)
+
+    @dirty_bitmap.setter
+    def dirty_bitmap(self, value: bytearray) -> None:
+        # A slot copied for a flags-only change shares its bitmap, as the kernel's does.
+        if type(value) is not TrackedBitmap:
+            value = _tracked_bitmap(_SLOT_ID.__get__(self), value)
+        _SLOT_BITMAP.__set__(self, value)
 
     @property
     def flags(self) -> int:  # type: ignore[override]
@@ -318,6 +354,7 @@ class TrackedSlot(KvmMemorySlot):
 
 
 _SLOT_ID = KvmMemorySlot.id
+_SLOT_BITMAP = KvmMemorySlot.dirty_bitmap
 
 
 class TrackedGmem(GuestMemfd):
@@ -500,6 +537,7 @@ def track(kvm: Kvm) -> Tracker:
     kvm.mem_attr_private.__class__ = TrackedRangeSet
     for slot in kvm.memslots:
         slot.__class__ = TrackedSlot
+        slot.dirty_bitmap = slot.dirty_bitmap
         slot.backing.__class__ = TrackedBacking
         if slot.gmem is not None:
             slot.gmem.__class__ = TrackedGmem
