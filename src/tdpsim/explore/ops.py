@@ -16,8 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from tdpsim.model.dirty_log import (
+    KVM_DIRTY_LOG_INITIALLY_SET,
+    KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
     kvm_alloc_dirty_bitmap,
+    kvm_clear_dirty_log_protect,
     kvm_dirty_bitmap_bytes,
+    kvm_enable_manual_dirty_log_protect,
     kvm_get_dirty_log_protect,
 )
 from tdpsim.model.kvm import Kvm, kvm_vcpu_guest_exited, kvm_vcpu_insn_end
@@ -372,23 +376,39 @@ def op_dirty_log(ctx: OpContext, enable: bool = True) -> None:
         ctx.dirty_harvests.clear()
 
 
-def op_get_dirty_log(ctx: OpContext) -> int:
-    """KVM_GET_DIRTY_LOG on slot 0 (``kvm_vm_ioctl_get_dirty_log`` →
-    ``kvm_get_dirty_log_protect``): report the dirty pages and write-protect them again.
-    Returns how many pages it reported, or -errno (-ENOENT: the slot does not log).  The
-    kernel serialises it with memslot updates (slots_lock): do not race it with
-    ``dirty_log`` in one scenario."""
+def op_get_dirty_log(ctx: OpContext, clear_pages: int = 0) -> int:
+    """One harvest of slot 0 by userspace: KVM_GET_DIRTY_LOG (``kvm_vm_ioctl_get_dirty_log``
+    → ``kvm_get_dirty_log_protect``), which also clears and write-protects the dirty pages;
+    with manual protect (op ``manual_protect``) it only copies the bitmap, and
+    KVM_CLEAR_DIRTY_LOG of what it reported (``kvm_clear_dirty_log_protect``) follows, as
+    in QEMU's migration, over the first ``clear_pages`` pages (0: the whole slot; QEMU
+    clears in chunks).  Returns how many pages it reported (and so will copy), or -errno
+    (-ENOENT: the slot does not log).  The kernel serialises both with memslot updates (slots_lock): do not
+    race this op with ``dirty_log`` in one scenario."""
     kvm = ctx.kvm
     slot = kvm.memslots[0]
     bitmap = bytearray(kvm_dirty_bitmap_bytes(slot))
     r = kvm_get_dirty_log_protect(kvm, slot.id, bitmap)
+    npages = slot.npages
+    if r == 0 and kvm.manual_dirty_log_protect:
+        npages = clear_pages or npages
+        r = kvm_clear_dirty_log_protect(kvm, slot.id, 0, npages, bitmap)
     if r < 0:
         return r
-    gfns = frozenset(slot.base_gfn + i for i in range(slot.npages)
+    gfns = frozenset(slot.base_gfn + i for i in range(npages)
                      if bitmap[i >> 3] >> (i & 7) & 1)
     if ctx.dirty_armed:
         ctx.dirty_harvests.append((ctx.dirty_record(True), gfns))
     return len(gfns)
+
+
+def op_manual_protect(ctx: OpContext, initially_set: bool = True) -> int:
+    """KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2), as QEMU enables it: harvests no
+    longer re-protect, KVM_CLEAR_DIRTY_LOG does; with INITIALLY_SET enabling logging marks
+    every page dirty and protects (and splits) nothing until the first clear."""
+    args0 = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | \
+        (KVM_DIRTY_LOG_INITIALLY_SET if initially_set else 0)
+    return kvm_enable_manual_dirty_log_protect(ctx.kvm, 0, args0)
 
 
 OPS: dict[str, Callable[..., Any]] = {
@@ -405,6 +425,7 @@ OPS: dict[str, Callable[..., Any]] = {
     "nx_recovery": op_nx_recovery,
     "dirty_log": op_dirty_log,
     "get_dirty_log": op_get_dirty_log,
+    "manual_protect": op_manual_protect,
     "guest_access": op_guest_access,
     "guest_exit": op_guest_exit,
     "flush": op_flush,

@@ -1,11 +1,15 @@
 """Issue 14, session 6: dirty logging's promise to userspace (``scenario.check_dirty_log``)
-and the built-in that races it, ``dirty_log_harvest``: KVM_GET_DIRTY_LOG's xchg,
-write-protect and flush against a guest that keeps writing (the fast page fault logs the
-page lockless).  Each planted bug is a real one: the write escapes the migration."""
+and the built-ins that race it: ``dirty_log_harvest`` (KVM_GET_DIRTY_LOG's xchg,
+write-protect and flush against a guest that keeps writing; the fast page fault logs the
+page lockless) and ``dirty_log_clear`` (QEMU's manual protect with INITIALLY_SET: the first
+KVM_CLEAR_DIRTY_LOG splits the huge page the guest writes through).  Each planted bug is a
+real one: the write escapes the migration, or a writable translation outlives the harvest."""
 
 from __future__ import annotations
 
 import inspect
+
+import pytest
 
 from tdpsim.explore import DporScheduler, PctScheduler, explore, load_scenario
 from tdpsim.explore import ops
@@ -19,18 +23,19 @@ from tdpsim.model.vmm import VmConfig, create_vm
 NAME = "dirty_log_harvest"
 
 
-def _first_failure(executions=1000):
-    rep = explore(load_scenario(NAME), DporScheduler(max_executions=executions))
+def _first_failure(executions=1000, name=NAME):
+    rep = explore(load_scenario(name), DporScheduler(max_executions=executions))
     assert rep.failure is not None
     return rep.failure_index, rep.failure.failure
 
 
-def test_harvest_is_clean_under_exhaustive_dpor_and_pct():
+@pytest.mark.parametrize("name,executions", [(NAME, 174), ("dirty_log_clear", 104)])
+def test_clean_under_exhaustive_dpor_and_pct(name, executions):
     sched = DporScheduler(max_executions=1000)
-    rep = explore(load_scenario(NAME), sched)
+    rep = explore(load_scenario(name), sched)
     assert rep.failure is None and sched.exhausted
-    assert rep.executions == 174
-    assert explore(load_scenario(NAME), PctScheduler(seed=0, executions=300)).failure is None
+    assert rep.executions == executions
+    assert explore(load_scenario(name), PctScheduler(seed=0, executions=300)).failure is None
 
 
 def test_fast_page_fault_that_does_not_log_loses_the_write(monkeypatch):
@@ -80,6 +85,27 @@ def test_harvest_clearing_the_bitmap_after_write_protecting_loses_the_write(monk
     # PCT reaches the same order (the fast page fault between the protect and the clear).
     rep = explore(load_scenario(NAME), PctScheduler(seed=0, executions=300))
     assert (rep.failure_index, rep.failure.failure.kind) == (47, "DIRTY_LOG")
+
+
+def test_first_clear_that_leaves_the_huge_page_writable_loses_the_write(monkeypatch):
+    # With INITIALLY_SET nothing was split or write-protected at enable: the first
+    # KVM_CLEAR_DIRTY_LOG of a range must do it, or the guest keeps writing through the 2M
+    # leaf (clearing W on 4K leaves finds none).
+    monkeypatch.setattr(dirty_log, "kvm_mmu_try_split_huge_pages", lambda *args: None)
+    monkeypatch.setattr(dirty_log, "kvm_mmu_slot_gfn_write_protect", lambda *args: False)
+    index, f = _first_failure(name="dirty_log_clear")
+    assert (index, f.kind) == (0, "DIRTY_LOG")
+
+
+def test_manual_protect_harvest_clears_only_what_it_reported():
+    ctx = _ctx()
+    assert ops.op_manual_protect(ctx) == 0
+    ops.op_dirty_log(ctx, enable=True)
+    slot = ctx.kvm.memslots[0]
+    assert slot.dirty_bitmap[:8] == b"\xff" * 8  # INITIALLY_SET
+    assert op_get_dirty_log(ctx, clear_pages=64) == 64
+    assert slot.dirty_bitmap[:8] == bytes(8) and slot.dirty_bitmap[8] == 0xFF
+    assert op_get_dirty_log(ctx, clear_pages=64) == 0
 
 
 def _ctx(policy=None):
