@@ -682,7 +682,145 @@ def kvm_tdp_mmu_clear_dirty_slot""")]),
             self.kick_all_vcpus(kvm)"""),
 ]
 
+# Fresh bugs (session 6), written blind (before this session's explorer changes, without
+# reading them), by the same rule as ``FRESH``: kinds upstream has fixed, on modelled paths.
+FRESH6: list[dict] = [
+    # ------------------------------------------------------------------ RCU
+    dict(name="rcu_split_alloc_no_restart", cls="RCU",
+         what="tdp_mmu_split_huge_pages_root drops RCU and mmu_lock to allocate, then goes "
+              "on from the table it read before (the iterator is not restarted)",
+         file="model/tdp_mmu.py",
+         old="""                kvm.rcu.rcu_read_lock()
+                iter.yielded = True  # restart from the root at this gfn
+                break""",
+         new="""                kvm.rcu.rcu_read_lock()
+                break"""),
+    dict(name="rcu_zap_invalidated_put_first", cls="RCU",
+         what="kvm_tdp_mmu_zap_invalidated_roots drops the TDP MMU's reference before "
+              "zapping the root (the last put frees it via call_rcu; the zap walks it after)",
+         file="model/tdp_mmu.py",
+         old="""        root.tdp_mmu_scheduled_root_to_zap = False
+        tdp_mmu_zap_root(kvm, root, shared)
+        kvm_tdp_mmu_put_root(kvm, root)""",
+         new="""        root.tdp_mmu_scheduled_root_to_zap = False
+        kvm_tdp_mmu_put_root(kvm, root)
+        tdp_mmu_zap_root(kvm, root, shared)"""),
+    dict(name="rcu_get_root_inc_zero", cls="RCU",
+         what="kvm_tdp_mmu_get_root uses refcount_inc, not refcount_inc_not_zero (a root "
+              "whose last reference is gone is resurrected while its free is queued)",
+         file="model/tdp_mmu.py",
+         old="""    if root.tdp_mmu_root_count == 0:
+        return False
+    root.tdp_mmu_root_count += 1
+    return True""",
+         new="""    root.tdp_mmu_root_count += 1
+    return True"""),
+    # ------------------------------------------------------------------ TLB
+    dict(name="tlb_get_dirty_log_flush_first", cls="TLB",
+         what="KVM_GET_DIRTY_LOG flushes the memslot before re-protecting the dirty pages, "
+              "not after",
+         file="model/dirty_log.py",
+         old="""        buffer = bytearray(n)
+        kvm.mmu_lock.write_lock()""",
+         new="""        buffer = bytearray(n)
+        kvm.kvm_flush_remote_tlbs_memslot(slot)
+        kvm.mmu_lock.write_lock()""",
+         also=[("model/dirty_log.py", """        kvm.mmu_lock.write_unlock()
+    if flush:
+        kvm.kvm_flush_remote_tlbs_memslot(slot)
+    user_bitmap[:n] = buffer""", """        kvm.mmu_lock.write_unlock()
+    user_bitmap[:n] = buffer""")]),
+    dict(name="tlb_flush_memslot_zap_no_flush", cls="TLB",
+         what="kvm_arch_flush_shadow_memslot (no SLOT_ZAP_ALL) zaps the slot's leaves "
+              "without flushing",
+         file="model/kvm_main.py",
+         old="""    if kvm_tdp_mmu_unmap_gfn_range(kvm, slot.base_gfn, slot.end_gfn, KVM_FILTER_SHARED
+                                   | KVM_FILTER_PRIVATE, True, False):
+        kvm.kvm_flush_remote_tlbs()""",
+         new="""    kvm_tdp_mmu_unmap_gfn_range(kvm, slot.base_gfn, slot.end_gfn, KVM_FILTER_SHARED
+                                | KVM_FILTER_PRIVATE, True, False)"""),
+    dict(name="tlb_zap_leafs_yield_drops_flush", cls="TLB",
+         what="tdp_mmu_zap_leafs yields without handing its pending flush to "
+              "tdp_mmu_iter_cond_resched, and forgets it",
+         file="model/tdp_mmu.py",
+         old="""        if can_yield and tdp_mmu_iter_cond_resched(kvm, iter, flush, False):
+            flush = False
+            continue""",
+         new="""        if can_yield and tdp_mmu_iter_cond_resched(kvm, iter, False, False):
+            flush = False
+            continue"""),
+    # ------------------------------------------------------------------ lock edges / barriers
+    dict(name="lock_retry_gfn_seq_only_idle", cls="LOCK",
+         what="mmu_invalidate_retry_gfn checks mmu_invalidate_seq only when no invalidation "
+              "is in progress (one elsewhere hides a finished one on this gfn)",
+         file="model/mmu_fault.py",
+         old="""    kvm.mmu_lock.lockdep_assert_held()
+    kvm.sched.point(MMU_INVALIDATE, MMU_INVALIDATE_KEY, False)
+    if kvm.mmu_invalidate_in_progress and (
+            kvm.mmu_invalidate_range_start <= gfn < kvm.mmu_invalidate_range_end):
+        return True
+    return kvm.mmu_invalidate_seq != mmu_seq""",
+         new="""    kvm.mmu_lock.lockdep_assert_held()
+    kvm.sched.point(MMU_INVALIDATE, MMU_INVALIDATE_KEY, False)
+    if kvm.mmu_invalidate_in_progress:
+        return kvm.mmu_invalidate_range_start <= gfn < kvm.mmu_invalidate_range_end
+    return kvm.mmu_invalidate_seq != mmu_seq"""),
+    dict(name="lock_get_dirty_log_clear_after_protect", cls="LOCK",
+         what="KVM_GET_DIRTY_LOG clears the bitmap word after re-protecting its pages (a "
+              "lockless fast-PF write in between loses its dirty bit)",
+         file="model/dirty_log.py",
+         old="""            _set_word(dirty_bitmap, i, 0)  # xchg(&dirty_bitmap[i], 0)
+            _set_word(buffer, i, mask)
+            kvm_arch_mmu_enable_log_dirty_pt_masked(kvm, slot, i * BITS_PER_LONG, mask)""",
+         new="""            _set_word(buffer, i, mask)
+            kvm_arch_mmu_enable_log_dirty_pt_masked(kvm, slot, i * BITS_PER_LONG, mask)
+            _set_word(dirty_bitmap, i, 0)"""),
+    dict(name="lock_memslot_invalid_after_zap", cls="LOCK",
+         what="kvm_invalidate_memslot zaps the slot before publishing it KVM_MEMSLOT_INVALID "
+              "(a fault in between maps the dying slot again)",
+         file="model/kvm_main.py",
+         old="""    old.flags |= KVM_MEMSLOT_INVALID
+    kvm_swap_active_memslots(kvm)
+    kvm_arch_flush_shadow_memslot(kvm, old)""",
+         new="""    kvm_arch_flush_shadow_memslot(kvm, old)
+    old.flags |= KVM_MEMSLOT_INVALID
+    kvm_swap_active_memslots(kvm)"""),
+    # ------------------------------------------------------------------ guests in the race
+    dict(name="guest_remove_no_busy_retry", cls="GUEST",
+         what="tdx_sept_remove_private_spte calls TDH.MEM.PAGE.REMOVE directly, not through "
+              "tdh_do_no_vcpus (a guest TDCALL holding the S-EPT lock makes it BUSY)",
+         file="model/tdx.py",
+         old="""        r = self.tdh_do_no_vcpus(kvm, fn_name, "TDH.MEM.PAGE.REMOVE", gfn, level,
+                                 self.module.tdh_mem_page_remove, gpa, tdx_level)""",
+         new="""        r = self._seamcall(fn_name, "TDH.MEM.PAGE.REMOVE", gfn, level,
+                           self.module.tdh_mem_page_remove, gpa, tdx_level)"""),
+    dict(name="guest_track_kick_tlb_request", cls="GUEST",
+         what="tdx_track kicks with KVM_REQ_TLB_FLUSH instead of KVM_REQ_OUTSIDE_GUEST_MODE "
+              "(vCPUs service it in place and stay in the TD, in the old epoch)",
+         file="model/tdx.py",
+         old="""        self.TDX_BUG_ON(kvm, r, "tdx_track", "TDH.MEM.TRACK")
+        self.kick_all_vcpus(kvm)""",
+         new="""        self.TDX_BUG_ON(kvm, r, "tdx_track", "TDH.MEM.TRACK")
+        self.kick_all_vcpus(kvm, KVM_REQ_TLB_FLUSH)"""),
+    dict(name="guest_accept_inhibit_after_unlock", cls="GUEST",
+         what="tdx_honor_guest_accept_level sets GUEST_INHIBIT after dropping mmu_lock (a "
+              "fault in between maps the huge page the ACCEPT just split)",
+         file="model/tdx.py",
+         old="""        if not ret:
+            hugepage_set_guest_inhibit(slot, gfn, level + 1)
+            if level == PG_LEVEL_4K:
+                hugepage_set_guest_inhibit(slot, gfn, level + 2)
+        kvm.mmu_lock.write_unlock()
+        return ret""",
+         new="""        kvm.mmu_lock.write_unlock()
+        if not ret:
+            hugepage_set_guest_inhibit(slot, gfn, level + 1)
+            if level == PG_LEVEL_4K:
+                hugepage_set_guest_inhibit(slot, gfn, level + 2)
+        return ret"""),
+]
+
 # The sets ``bench_mutation.py --set`` offers, oldest first: each was written before the
 # scenarios and checks of the session that followed it, so its first run is a blind figure.
 SETS: dict[str, list[dict]] = {"old": MUTANTS, "fresh": FRESH, "fresh4": FRESH4,
-                               "fresh5": FRESH5}
+                               "fresh5": FRESH5, "fresh6": FRESH6}
