@@ -30,6 +30,15 @@ them without mmu_lock (as in the kernel):
   their own CPU's (``("rcu", cpu)``), and an unlock that ends a grace period runs the queue
   (``("rcu",)`` written).
 
+- the TDX module's try-locks (TDR, OP_STATE, S-EPT tree, TD epoch, PAMT entries, S-EPT entry
+  locks) — a SEAMCALL takes them in the step before its scheduling point and releases them
+  in the step after it, so a second SEAMCALL between the two gets TDX_OPERAND_BUSY;
+  ``("tdx_lock", ...)``: a shared acquire (or a failed shared try) reads, an exclusive try
+  (successful or not) and every release of it write, so shared holders commute;
+- the module's TD_EPOCH and REFCOUNT[2] — read outside any epoch-keyed step by REMOVE's /
+  SEPT.REMOVE's ``is_tlb_tracked``, BLOCK's BEPOCH store and TRACK's check (``KEY_EPOCH``
+  read; every write of them is inside a step keyed ``KEY_EPOCH`` written).
+
 Without them DPOR would treat, e.g., a fault's attribute check and the conversion's store as
 independent and skip one order.  The tracker swaps the classes of those objects (for this
 execution's objects only) for subclasses that report each access as ``(key, write)`` into the
@@ -54,6 +63,8 @@ from tdpsim.model.kvm import Kvm, KvmVcpu
 from tdpsim.model.locking import Rcu
 from tdpsim.model.memslot import GuestMemfd, HostBacking, KvmMemorySlot, RangeSet
 from tdpsim.model.mmu_internal import KvmMmuPage, KvmMmuPageRole
+from tdpsim.model.tdx_module.locks import CallCtx
+from tdpsim.model.tdx_module.module import KEY_EPOCH, TdxModule
 
 KEY_INVALIDATE = ("vm", "mmu_invalidate")
 KEY_ATTRS = ("vm", "mem_attributes")
@@ -507,6 +518,66 @@ class TrackedVcpu(KvmVcpu):
         return KvmVcpu.kvm_check_request(self, req)
 
 
+class TrackedCallCtx(CallCtx):
+    """A SEAMCALL/TDCALL lock context whose try-locks report their footprints: each acquire
+    attempt in the step that makes it, and each held lock again at ``close`` after the call's
+    scheduling point, in the step that releases it (the EXIT label)."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self, sched: Any, kind: str, key: Any, write: bool) -> None:
+        CallCtx.__init__(self, sched, kind, key, write)
+        self._held: list = []
+
+    def _try(self, key: tuple, exclusive: bool, ok: bool) -> bool:
+        TRACKER.note(key, exclusive)
+        if ok:
+            self._held.append((key, exclusive))
+        return ok
+
+    def lock(self, lk: Any, exclusive: bool) -> bool:
+        return self._try(("tdx_lock", lk.name), exclusive, CallCtx.lock(self, lk, exclusive))
+
+    def lock_entry_host(self, page: Any, idx: int) -> bool:
+        return self._try(("tdx_lock", "sept", page.level, page.gfn_of(idx)), True,
+                         CallCtx.lock_entry_host(self, page, idx))
+
+    def lock_entry_guest(self, page: Any, idx: int) -> bool:
+        return self._try(("tdx_lock", "sept", page.level, page.gfn_of(idx)), True,
+                         CallCtx.lock_entry_guest(self, page, idx))
+
+    def lock_pamt(self, pamt: Any, pfn: int, exclusive: bool) -> bool:
+        return self._try(("tdx_lock", "pamt", pfn), exclusive,
+                         CallCtx.lock_pamt(self, pamt, pfn, exclusive))
+
+    def close(self) -> None:
+        self.point()  # the releases belong to the step after the call's point
+        for key, exclusive in self._held:
+            TRACKER.note(key, exclusive)
+        self._held.clear()
+        CallCtx.close(self)
+
+
+def _epoch_field(name: str) -> property:
+    def get(self: Any) -> Any:
+        TRACKER.note(KEY_EPOCH, False)
+        return self.__dict__[name]
+
+    def set_(self: Any, value: Any) -> None:
+        TRACKER.note(KEY_EPOCH, True)
+        self.__dict__[name] = value
+
+    return property(get, set_)
+
+
+class TrackedTdxModule(TdxModule):
+    """The TDX module with footprint-reporting try-locks, TD_EPOCH and REFCOUNT."""
+
+    call_ctx = TrackedCallCtx
+    td_epoch = _epoch_field("td_epoch")
+    refcount = _epoch_field("refcount")
+
+
 def track_cpus(kvm: Kvm, ncpus: int) -> None:
     """Give every CPU an RCU nesting entry before the run, so ``call_rcu`` reads the entry of
     a CPU that has not entered a read-side section yet (it may enter first)."""
@@ -541,4 +612,7 @@ def track(kvm: Kvm) -> Tracker:
         slot.backing.__class__ = TrackedBacking
         if slot.gmem is not None:
             slot.gmem.__class__ = TrackedGmem
+    module = getattr(kvm.x86_ops, "module", None)
+    if type(module) is TdxModule:
+        module.__class__ = TrackedTdxModule
     return TRACKER

@@ -156,6 +156,9 @@ class TdxModule:
     """One TD as the TDX module sees it.  Every SEAMCALL is a method named after its kernel
     wrapper; each returns ``TdxResult`` (status, rcx, rdx, r8)."""
 
+    # The per-call lock context; the explorer swaps in one that reports lock footprints.
+    call_ctx = CallCtx
+
     def __init__(
         self,
         sched: SchedPoints | None = None,
@@ -216,7 +219,7 @@ class TdxModule:
     def _call(self, leaf: str, body, *args, kind: str = _sched.SEAMCALL,
               key: Hashable = KEY_SEPT_TREE, write: bool = True):
         """Run a handler inside a lock/scheduling context and count its result."""
-        c = CallCtx(self.sched, kind, key, write)
+        c = self.call_ctx(self.sched, kind, key, write)
         try:
             res = body(c, *args)
         finally:
