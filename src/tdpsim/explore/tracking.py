@@ -239,16 +239,15 @@ class TrackedRoots(list):
         list.remove(self, root)
 
 
-def _invalidate_property(name: str) -> property:
-    shadow = "_tracked_" + name
-
+def _noted_field(key: tuple, attr: str) -> property:
+    """A property over ``self.__dict__[attr]`` whose loads read ``key`` and stores write it."""
     def get(self: Any) -> Any:
-        TRACKER.note(KEY_INVALIDATE, False)
-        return self.__dict__[shadow]
+        TRACKER.note(key, False)
+        return self.__dict__[attr]
 
     def set_(self: Any, value: Any) -> None:
-        TRACKER.note(KEY_INVALIDATE, True)
-        self.__dict__[shadow] = value
+        TRACKER.note(key, True)
+        self.__dict__[attr] = value
 
     return property(get, set_)
 
@@ -265,7 +264,7 @@ class TrackedKvm(Kvm):
     accesses."""
 
     for _name in _INVALIDATE_FIELDS:
-        locals()[_name] = _invalidate_property(_name)
+        locals()[_name] = _noted_field(KEY_INVALIDATE, "_tracked_" + _name)
     del _name
 
     def alloc_pt_pfn(self) -> int:
@@ -558,24 +557,12 @@ class TrackedCallCtx(CallCtx):
         CallCtx.close(self)
 
 
-def _epoch_field(name: str) -> property:
-    def get(self: Any) -> Any:
-        TRACKER.note(KEY_EPOCH, False)
-        return self.__dict__[name]
-
-    def set_(self: Any, value: Any) -> None:
-        TRACKER.note(KEY_EPOCH, True)
-        self.__dict__[name] = value
-
-    return property(get, set_)
-
-
 class TrackedTdxModule(TdxModule):
     """The TDX module with footprint-reporting try-locks, TD_EPOCH and REFCOUNT."""
 
     call_ctx = TrackedCallCtx
-    td_epoch = _epoch_field("td_epoch")
-    refcount = _epoch_field("refcount")
+    td_epoch = _noted_field(KEY_EPOCH, "td_epoch")
+    refcount = _noted_field(KEY_EPOCH, "refcount")
 
 
 def track_cpus(kvm: Kvm, ncpus: int) -> None:
