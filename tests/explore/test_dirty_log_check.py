@@ -106,6 +106,8 @@ def test_manual_protect_harvest_clears_only_what_it_reported():
     assert op_get_dirty_log(ctx, clear_pages=64) == 64
     assert slot.dirty_bitmap[:8] == bytes(8) and slot.dirty_bitmap[8] == 0xFF
     assert op_get_dirty_log(ctx, clear_pages=64) == 0
+    with pytest.raises(ValueError, match=r"clear_pages: 10 is not a multiple of 64"):
+        op_get_dirty_log(ctx, clear_pages=10)
 
 
 def _ctx(policy=None):

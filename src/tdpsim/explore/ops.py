@@ -100,8 +100,8 @@ class OpContext:
         del self.srcu_readers[vcpu]
 
     def dirty_record(self, write: bool) -> int:
-        """The next position in the dirty-log record (a harvest or the arming ``write``s
-        it, a guest write reads it)."""
+        """The next position in the dirty-log record.  Harvests and (dis)arming write the
+        record's key, guest writes read it: only a write against a harvest is ordered."""
         TRACKER.note(KEY_DIRTY_LOG, write)
         self.dirty_seq += 1
         return self.dirty_seq
@@ -382,11 +382,15 @@ def op_get_dirty_log(ctx: OpContext, clear_pages: int = 0) -> int:
     with manual protect (op ``manual_protect``) it only copies the bitmap, and
     KVM_CLEAR_DIRTY_LOG of what it reported (``kvm_clear_dirty_log_protect``) follows, as
     in QEMU's migration, over the first ``clear_pages`` pages (0: the whole slot; QEMU
-    clears in chunks).  Returns how many pages it reported (and so will copy), or -errno
-    (-ENOENT: the slot does not log).  The kernel serialises both with memslot updates (slots_lock): do not
-    race this op with ``dirty_log`` in one scenario."""
+    clears in chunks, a multiple of 64).  Returns how many pages it reported (and so will
+    copy), or -errno (-ENOENT: the slot does not log).  The kernel serialises both with
+    memslot updates (slots_lock): do not race this op with ``dirty_log`` in one scenario."""
     kvm = ctx.kvm
     slot = kvm.memslots[0]
+    if not 0 <= clear_pages <= slot.npages or (clear_pages & 63 and clear_pages != slot.npages):
+        # KVM_CLEAR_DIRTY_LOG would fail -EINVAL: a scenario mistake, not a finding.
+        raise ValueError(f"clear_pages: {clear_pages} is not a multiple of 64 within the "
+                         f"slot's {slot.npages} pages")
     bitmap = bytearray(kvm_dirty_bitmap_bytes(slot))
     r = kvm_get_dirty_log_protect(kvm, slot.id, bitmap)
     npages = slot.npages
