@@ -820,7 +820,93 @@ FRESH6: list[dict] = [
         return ret"""),
 ]
 
+# Session 8, written by the lead before any of the session's lanes landed and without
+# reading their work (the lead knew only which fresh6 survivors each lane targets:
+# memslot deletion, overlapping invalidations, guest ACCEPT's inhibit window, root
+# refcounts; two of the bugs below lie near those: ``lock_invalidate_range_add_replace``
+# and ``lock_tdx_local_retry_ignores_invalid_slot``).
+FRESH7: list[dict] = [
+    # ------------------------------------------------------------------ RCU
+    dict(name="rcu_cond_resched_no_yield_mark", cls="RCU",
+         what="tdp_mmu_iter_cond_resched does not mark the iterator yielded: after mmu_lock "
+              "and RCU were dropped the walk goes on from the table it read before",
+         file="model/tdp_mmu.py",
+         old="""                     "iterator ahead of next_last_level_gfn")
+    iter.yielded = True
+    return True""",
+         new="""                     "iterator ahead of next_last_level_gfn")
+    return True"""),
+    # ------------------------------------------------------------------ TLB / stale mappings
+    dict(name="tlb_unmap_skips_invalid_roots", cls="TLB",
+         what="kvm_tdp_mmu_unmap_gfn_range skips invalid roots (a vCPU that has not yet "
+              "reloaded keeps using one, with a mapping of the invalidated range)",
+         file="model/tdp_mmu.py",
+         old="""    types = kvm_gfn_range_filter_to_root_types(kvm, attr_filter) | KVM_INVALID_ROOTS""",
+         new="""    types = kvm_gfn_range_filter_to_root_types(kvm, attr_filter)"""),
+    dict(name="tlb_clear_dirty_log_no_flush", cls="TLB",
+         what="KVM_CLEAR_DIRTY_LOG re-protects the cleared pages but never flushes",
+         file="model/dirty_log.py",
+         old="""        if mask:
+            flush = True
+            kvm_arch_mmu_enable_log_dirty_pt_masked(kvm, slot, offset, mask)""",
+         new="""        if mask:
+            kvm_arch_mmu_enable_log_dirty_pt_masked(kvm, slot, offset, mask)"""),
+    # ------------------------------------------------------------------ lock edges
+    dict(name="lock_invalidate_range_add_replace", cls="LOCK",
+         what="kvm_mmu_invalidate_range_add replaces the in-flight range instead of widening "
+              "it (a second invalidation hides the first one's gfns from faults)",
+         file="model/kvm_main.py",
+         old="""    if kvm.mmu_invalidate_range_start == INVALID_GPA:
+        kvm.mmu_invalidate_range_start, kvm.mmu_invalidate_range_end = start, end
+    else:
+        kvm.mmu_invalidate_range_start = min(kvm.mmu_invalidate_range_start, start)
+        kvm.mmu_invalidate_range_end = max(kvm.mmu_invalidate_range_end, end)""",
+         new="""    kvm.mmu_invalidate_range_start, kvm.mmu_invalidate_range_end = start, end"""),
+    dict(name="lock_tdx_local_retry_ignores_invalid_slot", cls="LOCK",
+         what="tdx_handle_ept_violation's local retry loop keeps retrying on a memslot being "
+              "deleted, holding SRCU (the deletion's synchronize_srcu never returns)",
+         file="model/tdx.py",
+         old="""            # An invalid (being deleted/moved) memslot never faults in: let SRCU go.
+            slot = kvm.gfn_to_memslot(gfn)
+            if slot is not None and slot.flags & KVM_MEMSLOT_INVALID:
+                return ret
+""",
+         new=""),
+    # ------------------------------------------------------------------ guests in the race
+    dict(name="guest_request_skips_outside_vcpus", cls="GUEST",
+         what="kvm_make_all_cpus_request sets the request only on vCPUs not outside guest "
+              "mode (one about to enter misses the flush it needs)",
+         file="model/kvm.py",
+         old="""            if req != KVM_REQ_OUTSIDE_GUEST_MODE:
+                sp.point(VCPU, vcpu.req_key, True)
+                vcpu.kvm_make_request(req)
+            sp.point(BARRIER, vcpu.mode_key, True)
+            if vcpu.mode == OUTSIDE_GUEST_MODE:
+                continue""",
+         new="""            sp.point(BARRIER, vcpu.mode_key, True)
+            if vcpu.mode == OUTSIDE_GUEST_MODE:
+                continue
+            if req != KVM_REQ_OUTSIDE_GUEST_MODE:
+                sp.point(VCPU, vcpu.req_key, True)
+                vcpu.kvm_make_request(req)"""),
+    dict(name="guest_remove_track_before_block", cls="GUEST",
+         what="tdx_sept_remove_private_spte runs TDH.MEM.TRACK + kick before "
+              "TDH.MEM.RANGE.BLOCK (vCPUs may cache the page again before the block)",
+         file="model/tdx.py",
+         old="""        r = self.tdh_do_no_vcpus(kvm, fn_name, "TDH.MEM.RANGE.BLOCK", gfn, level,
+                                 self.module.tdh_mem_range_block, gpa, tdx_level)
+        if self.TDX_BUG_ON(kvm, r, fn_name, "TDH.MEM.RANGE.BLOCK"):
+            return
+        self.tdx_track(kvm)""",
+         new="""        self.tdx_track(kvm)
+        r = self.tdh_do_no_vcpus(kvm, fn_name, "TDH.MEM.RANGE.BLOCK", gfn, level,
+                                 self.module.tdh_mem_range_block, gpa, tdx_level)
+        if self.TDX_BUG_ON(kvm, r, fn_name, "TDH.MEM.RANGE.BLOCK"):
+            return"""),
+]
+
 # The sets ``bench_mutation.py --set`` offers, oldest first: each was written before the
 # scenarios and checks of the session that followed it, so its first run is a blind figure.
 SETS: dict[str, list[dict]] = {"old": MUTANTS, "fresh": FRESH, "fresh4": FRESH4,
-                               "fresh5": FRESH5, "fresh6": FRESH6}
+                               "fresh5": FRESH5, "fresh6": FRESH6,
+                               "fresh7": FRESH7}
