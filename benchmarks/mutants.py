@@ -779,11 +779,13 @@ FRESH6: list[dict] = [
          what="kvm_invalidate_memslot zaps the slot before publishing it KVM_MEMSLOT_INVALID "
               "(a fault in between maps the dying slot again)",
          file="model/kvm_main.py",
-         old="""    old.flags |= KVM_MEMSLOT_INVALID
+         old="""    invalid_slot.flags |= KVM_MEMSLOT_INVALID
+    kvm_replace_memslot(kvm, old, invalid_slot)
     kvm_swap_active_memslots(kvm)
     kvm_arch_flush_shadow_memslot(kvm, old)""",
          new="""    kvm_arch_flush_shadow_memslot(kvm, old)
-    old.flags |= KVM_MEMSLOT_INVALID
+    invalid_slot.flags |= KVM_MEMSLOT_INVALID
+    kvm_replace_memslot(kvm, old, invalid_slot)
     kvm_swap_active_memslots(kvm)"""),
     # ------------------------------------------------------------------ guests in the race
     dict(name="guest_remove_no_busy_retry", cls="GUEST",

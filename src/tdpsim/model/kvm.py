@@ -329,6 +329,10 @@ def kvm_vcpu_wait_exit_done(vcpu: KvmVcpu) -> None:
         sp.point(WAIT_COND, vcpu.exit_key, False)
 
 
+def _no_srcu_readers() -> None:
+    """``synchronize_srcu_expedited`` with no reader in a read-side section."""
+
+
 class Kvm:
     """``struct kvm`` + ``struct kvm_arch``: one VM or TD."""
 
@@ -388,6 +392,10 @@ class Kvm:
         self.memslots: list[KvmMemorySlot] = []          # sorted by base_gfn (gfn_tree)
         self.memslot_id_hash: dict[int, KvmMemorySlot] = {}   # by id (id_hash)
         self.memslots_generation = 0
+        # synchronize_srcu_expedited(&kvm->srcu) after each memslot swap: the sequential
+        # model holds no SRCU reader across an ioctl, so it returns at once; the explorer
+        # installs its SRCU (OpContext), whose readers are the vCPUs handling faults.
+        self.synchronize_srcu_expedited: Callable[[], None] = _no_srcu_readers
         self.mem_attr_private = RangeSet()
         self.mmu_invalidate_seq = 0
         self.mmu_invalidate_in_progress = 0

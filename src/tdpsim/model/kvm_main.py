@@ -21,6 +21,7 @@ Simplifications (one line each):
 
 from __future__ import annotations
 
+import copy
 from bisect import bisect_right
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Final, Optional
@@ -187,7 +188,9 @@ def hugepage_has_attrs(kvm: "Kvm", slot: KvmMemorySlot, gfn: int, level: int, at
 
 def kvm_mmu_init_memslot_memory_attributes(kvm: "Kvm", slot: KvmMemorySlot) -> None:
     """``kvm_mmu_init_memslot_memory_attributes``: MIXED for every huge frame inside the
-    slot whose gfns do not share one attribute."""
+    slot whose gfns do not share one attribute (VMs with private memory only)."""
+    if not kvm.kvm_arch_has_private_mem():
+        return
     for level in range(PG_LEVEL_2M, KVM_MAX_HUGEPAGE_LEVEL + 1):
         nr = KVM_PAGES_PER_HPAGE(level)
         start = gfn_round_for_level(slot.base_gfn + nr - 1, level)
@@ -262,18 +265,51 @@ def kvm_check_memslot_overlap(kvm: "Kvm", id: int, start: int, end: int) -> bool
 
 
 def kvm_swap_active_memslots(kvm: "Kvm") -> None:
-    """``kvm_swap_active_memslots``: the new memslots become visible under a new
-    generation (bit 0, update in progress, never shows in the sequential model)."""
+    """``kvm_swap_active_memslots``: the memslots just edited are published;
+    ``synchronize_srcu_expedited`` then waits for every vCPU that may still use a slot it
+    looked up before, and the generation moves on (bit 0, update in progress, is not
+    modelled)."""
+    kvm.synchronize_srcu_expedited()
     kvm.memslots_generation += KVM_ADDRESS_SPACE_NUM
 
 
-def kvm_create_memslot(kvm: "Kvm", slot: KvmMemorySlot) -> None:
-    """``kvm_create_memslot`` (KVM_MR_CREATE, with x86's memory-attribute set-up)."""
-    if kvm.kvm_arch_has_private_mem():
-        kvm_mmu_init_memslot_memory_attributes(kvm, slot)
-    kvm.memslots.insert(_slot_index(kvm, slot.base_gfn), slot)
-    kvm.memslot_id_hash[slot.id] = slot
+def kvm_replace_memslot(kvm: "Kvm", old: Optional[KvmMemorySlot],
+                        new: Optional[KvmMemorySlot]) -> None:
+    """``kvm_replace_memslot``: ``new`` takes ``old``'s place in the gfn tree and id hash
+    (None: only remove / only add).  The model keeps one memslot set, edited in one step
+    and published by the ``kvm_swap_active_memslots`` that follows (the kernel edits the
+    inactive set, swaps, then edits the other)."""
+    if old is not None:
+        kvm.memslots.remove(old)
+        del kvm.memslot_id_hash[old.id]
+    if new is not None:
+        kvm.memslots.insert(_slot_index(kvm, new.base_gfn), new)
+        kvm.memslot_id_hash[new.id] = new
+
+
+def kvm_activate_memslot(kvm: "Kvm", old: Optional[KvmMemorySlot],
+                         new: Optional[KvmMemorySlot]) -> None:
+    """``kvm_activate_memslot``: ``new`` replaces ``old`` and the memslots are swapped."""
+    kvm_replace_memslot(kvm, old, new)
     kvm_swap_active_memslots(kvm)
+
+
+def kvm_create_memslot(kvm: "Kvm", slot: KvmMemorySlot) -> None:
+    """``kvm_create_memslot`` (KVM_MR_CREATE, with x86's memory-attribute set-up, which
+    the kernel's ``kvm_arch_prepare_memory_region`` does)."""
+    kvm_mmu_init_memslot_memory_attributes(kvm, slot)
+    kvm_activate_memslot(kvm, None, slot)
+
+
+def kvm_delete_memslot(kvm: "Kvm", invalid_slot: KvmMemorySlot) -> None:
+    """``kvm_delete_memslot``: the INVALID copy leaves the memslots."""
+    kvm_activate_memslot(kvm, invalid_slot, None)
+
+
+def kvm_move_memslot(kvm: "Kvm", invalid_slot: KvmMemorySlot, new: KvmMemorySlot) -> None:
+    """``kvm_move_memslot``: the slot at its new gfns replaces the INVALID copy."""
+    kvm_mmu_init_memslot_memory_attributes(kvm, new)
+    kvm_activate_memslot(kvm, invalid_slot, new)
 
 
 def kvm_set_memory_region(kvm: "Kvm", slot: KvmMemorySlot) -> None:
@@ -370,37 +406,39 @@ def __kvm_set_memory_region(kvm: "Kvm", mem: KvmUserspaceMemoryRegion2,
 
 def kvm_set_memslot(kvm: "Kvm", old: Optional[KvmMemorySlot], new: Optional[KvmMemorySlot],
                     change: int, while_invalid: Optional[Callable[[], None]] = None) -> int:
-    """``kvm_set_memslot``: a slot being deleted or moved is first made INVALID and
-    zapped (``kvm_invalidate_memslot``) so vCPUs keep running without reaching it; then
-    ``kvm_arch_prepare_memory_region`` (a failure restores the old slot) and the swap."""
+    """``kvm_set_memslot``: a slot being deleted or moved is first replaced by an INVALID
+    copy and zapped (``kvm_invalidate_memslot``) so vCPUs keep running without reaching
+    it; then ``kvm_arch_prepare_memory_region`` (a failure puts the old slot back) and
+    the final swap.  ``slots_arch_lock`` is not modelled (one ioctl at a time)."""
+    invalid_slot = None
     if change in (KVM_MR_DELETE, KVM_MR_MOVE):
-        kvm_invalidate_memslot(kvm, old)
+        invalid_slot = kvm_invalidate_memslot(kvm, old)
         if while_invalid is not None:
             while_invalid()
     r = kvm_arch_prepare_memory_region(kvm, new, change)
-    if change in (KVM_MR_DELETE, KVM_MR_MOVE):
-        # The kernel flags a copy: the old slot itself is never INVALID.
-        old.flags &= ~KVM_MEMSLOT_INVALID
     if r:
-        if change in (KVM_MR_DELETE, KVM_MR_MOVE):
-            kvm_swap_active_memslots(kvm)
+        if invalid_slot is not None:
+            kvm_activate_memslot(kvm, invalid_slot, old)
         return r
-    if change in (KVM_MR_DELETE, KVM_MR_MOVE):
-        kvm.memslots.remove(old)
-        del kvm.memslot_id_hash[old.id]
-    if change == KVM_MR_DELETE:
-        kvm_swap_active_memslots(kvm)
-    else:
+    if change == KVM_MR_CREATE:
         kvm_create_memslot(kvm, new)
+    elif change == KVM_MR_DELETE:
+        kvm_delete_memslot(kvm, invalid_slot)
+    else:
+        kvm_move_memslot(kvm, invalid_slot, new)
     return 0
 
 
-def kvm_invalidate_memslot(kvm: "Kvm", old: KvmMemorySlot) -> None:
-    """``kvm_invalidate_memslot``: publish the slot as KVM_MEMSLOT_INVALID (faults on it
-    retry), then ``kvm_arch_flush_shadow_memslot`` zaps its SPTEs."""
-    old.flags |= KVM_MEMSLOT_INVALID
+def kvm_invalidate_memslot(kvm: "Kvm", old: KvmMemorySlot) -> KvmMemorySlot:
+    """``kvm_invalidate_memslot``: publish a KVM_MEMSLOT_INVALID copy of the slot (faults
+    that look it up retry; the swap waits for those that still hold the old one), then
+    ``kvm_arch_flush_shadow_memslot`` zaps the old slot's SPTEs.  Returns the copy."""
+    invalid_slot = copy.copy(old)  # kzalloc + kvm_copy_memslot (arch data shared)
+    invalid_slot.flags |= KVM_MEMSLOT_INVALID
+    kvm_replace_memslot(kvm, old, invalid_slot)
     kvm_swap_active_memslots(kvm)
     kvm_arch_flush_shadow_memslot(kvm, old)
+    return invalid_slot
 
 
 def kvm_arch_prepare_memory_region(kvm: "Kvm", new: Optional[KvmMemorySlot],
