@@ -181,8 +181,9 @@ def _memo_key(kvm: Any, tdx: Any, cache: dict) -> bytes:
     mmu_lock state, bugs.  TD: every S-EPT page as raw arrays (state, flags, the pfns of its
     non-FREE entries, used, children, accept counters), the PAMT entries and entry locks,
     epochs/refcounts/vCPUs, module locks, unflushed pages, guest_memfd holes, fatal/teardown
-    flags and KVM's vCPU modes; the memory attributes, invalidations in progress and the host
-backing (split frames, migrated pages) the MMU checks compare leaves with.  Raw bytes instead of per-entry tuples: ~20x cheaper than
+    flags and KVM's vCPU modes; the memory attributes, invalidations in progress, the
+    memslots' gfns and the host backing (split frames, migrated pages) the MMU checks
+    compare leaves with.  Raw bytes instead of per-entry tuples: ~20x cheaper than
     ``repr(list(sept_leaves(m)))``.  Every key component the previous key (tables digest +
     S-EPT entries + epochs) had is kept, so the memo never merges states it used to keep
     apart."""
@@ -226,7 +227,8 @@ backing (split frames, migrated pages) the MMU checks compare leaves with.  Raw 
     h.update(repr((kvm.mmu_invalidate_in_progress, attrs.starts, attrs.ends)).encode())
     for slot in kvm.memslots:
         b = slot.backing
-        h.update(repr((sorted(b.split_frames), sorted(b.moved.items()))).encode())
+        h.update(repr((slot.id, slot.base_gfn, slot.npages, sorted(b.split_frames),
+                       sorted(b.moved.items()))).encode())
         g = slot.gmem
         if g is not None:
             h.update(repr((g.pfn_base, g.npages, g.punched.starts, g.punched.ends)).encode())

@@ -10,7 +10,8 @@ attributes; no
 leaf above the largest mapping level allowed, nor a shared one above the host's mapping
 level outside an mmu_notifier invalidation, nor a shared 4K one on a page the host
 migrated away; every present non-leaf points to a live SP one
-level down (same role, same gfn, linked back); no frozen SPTE outside an operation.
+level down (same role, same gfn, linked back); no frozen SPTE outside an operation; no leaf
+of a valid root on a gfn outside every memslot.
 
 ``check_tdx_invariants(kvm, tdx)``: the mirror root and the S-EPT agree; no private page
 freed (punched or removed-but-not-WBINVDed) while mapped; no KVM_BUG; no TDX error the kernel
@@ -76,6 +77,8 @@ def _walk_root(kvm: "Kvm", root: KvmMmuPage, out: list[str], counts: list[int],
     # Outside every invalidation each leaf sits on its side of the memory attributes.
     attrs = kvm.mem_attr_private if kvm.kvm_arch_has_private_mem() and \
         not kvm.mmu_invalidate_in_progress else None
+    # An invalid root is unreachable for new entries (and zapped before its slot goes).
+    valid = not root.role.invalid
     stack = [root]
     while stack:
         sp = stack.pop()
@@ -102,6 +105,8 @@ def _walk_root(kvm: "Kvm", root: KvmMmuPage, out: list[str], counts: list[int],
                     _check_host_level(kvm, gfn, level, out)
                 elif moved:
                     _check_host_pfn(kvm, gfn, spte, out)
+                if valid:
+                    _check_memslot(kvm, gfn, spte, kind, level, out)
                 if attrs is not None:
                     _check_attributes(attrs, gfn, step, mirror, level, out)
                 if leaves is not None:
@@ -136,6 +141,18 @@ def _check_host_level(kvm: "Kvm", gfn: int, level: int, out: list[str]) -> None:
     if host < level:
         out.append(f"direct L{level} gfn {gfn:#x}: leaf above the host mapping level "
                    f"{host} (stale after a host split)")
+
+
+def _check_memslot(kvm: "Kvm", gfn: int, spte: int, kind: str, level: int,
+                   out: list[str]) -> None:
+    """A leaf of a valid root maps a gfn some memslot holds: a DELETE or MOVE publishes
+    the slot's KVM_MEMSLOT_INVALID copy (new faults retry), waits for faults still using
+    the old one, zaps its leaves (``kvm_arch_flush_shadow_memslot``) and only then drops
+    it.  A leaf left behind maps a page userspace may unmap and the host reuse."""
+    if kvm.gfn_to_memslot(gfn) is None:
+        out.append(f"{kind} L{level} gfn {gfn:#x}: maps pfn {spte_to_pfn(spte):#x}, but no "
+                   "memslot holds the gfn (left behind by a memslot DELETE/MOVE: use after "
+                   "free)")
 
 
 def _check_attributes(attrs, gfn: int, npages: int, mirror: bool, level: int,
