@@ -30,6 +30,7 @@ SYNC_CALLS = {
     "read_lock", "write_lock", "lock", "rcu_read_lock", "call_rcu", "lock_entry_guest",
     "try_cmpxchg64", "kvm_tdp_mmu_write_spte_atomic", "tdp_mmu_set_spte_atomic",
     "kvm_make_all_cpus_request", "kick_all_vcpus", "synchronize_srcu", "srcu_read_lock",
+    "synchronize_srcu_expedited",
     "kvm_vcpu_enter_guest_mode", "tdh_do_no_vcpus",
 }
 PRIMITIVES = {"locking.py", "sched.py"}  # where the primitives themselves live

@@ -25,25 +25,33 @@ from tdpsim.model.dirty_log import (
     kvm_get_dirty_log_protect,
 )
 from tdpsim.model.kvm import Kvm, kvm_vcpu_guest_exited, kvm_vcpu_insn_end
+from tdpsim.model.ioctl import KVM_CAP_DISABLE_QUIRKS2, kvm_vm_ioctl_enable_cap
 from tdpsim.model.kvm_main import (
+    KvmUserspaceMemoryRegion2,
+    id_to_memslot,
     kvm_gmem_punch_hole,
     kvm_mmu_notifier_invalidate_range,
     kvm_mmu_slot_apply_flags,
     kvm_mmu_zap_all_fast,
     kvm_recover_nx_huge_pages,
+    kvm_replace_memslot,
+    kvm_vm_ioctl_set_memory_region,
     kvm_vm_set_mem_attributes,
 )
-from tdpsim.model.memslot import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMORY_ATTRIBUTE_PRIVATE
+from tdpsim.model.memslot import (
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMORY_ATTRIBUTE_PRIVATE, HostBacking,
+)
 from tdpsim.model.mmu_fault import (
     ept_violation_error_code,
     kvm_mmu_page_fault,
     kvm_mmu_load,
 )
-from tdpsim.model.mmu_internal import RET_PF_RETRY
+from tdpsim.model.mmu_internal import EEXIST, ENOENT, RET_PF_EMULATE, RET_PF_RETRY
 from tdpsim.model.sched import WAIT_COND
 from tdpsim.model.tdp_mmu import kvm_tdp_mmu_zap_leafs
-from tdpsim.model.spte import PAGE_SHIFT
+from tdpsim.model.spte import PAGE_SHIFT, PG_LEVEL_2M
 from tdpsim.model.tlb import ept_translate, guest_memory_access
+from tdpsim.model.vmm import RAM_HVA_BASE
 from tdpsim.model.vmx import vcpu_enter_guest
 
 from .tracking import KEY_HOST_PTE, TRACKER
@@ -69,7 +77,8 @@ class OpContext:
     ``srcu_*`` model ``kvm->srcu`` for memslot updates: a vCPU holds the SRCU read side
     while it handles a fault (it uses the memslot it looked up), and a memslot update
     installs the new slot, then ``synchronize_srcu`` waits for readers that may still hold
-    the old one.  The model mutates slots in place and has no SRCU, so the ops add it.
+    the old one.  The model has no SRCU readers of its own, so the ops add them, and the
+    VM's memslot swaps (``kvm_swap_active_memslots``) wait on this SRCU.
     """
 
     kvm: Kvm
@@ -86,6 +95,9 @@ class OpContext:
     dirty_seq: int = 0
     dirty_writes: list = field(default_factory=list)  # (seq, vcpu, gfn)
     dirty_harvests: list = field(default_factory=list)  # (seq, frozenset of gfns)
+
+    def __post_init__(self) -> None:
+        self.kvm.synchronize_srcu_expedited = self.synchronize_srcu
 
     # Footprints: a reader reads the generation and writes only its own slot, so two vCPUs'
     # read sections commute with each other (as SRCU's per-CPU counters do) and only
@@ -187,7 +199,8 @@ def op_guest_access(ctx: OpContext, vcpu: int, gfn: int, write: bool = False,
     TLB hit or the CPU's EPT walk (``tlb.guest_memory_access``); on an EPT violation the
     vCPU exits, KVM handles the fault (``op_fault``) and the access runs again.  A TD's
     private gfn goes through the TDX module (``TdGuest.touch``, #VE accepted).  The vCPU
-    stays in guest mode afterwards.  Returns the host pfn reached, or -errno."""
+    stays in guest mode afterwards.  Returns the host pfn reached, or -errno (-ENOENT: KVM
+    emulated the access, no memslot holds the gfn: a KVM_EXIT_MMIO for userspace)."""
     kvm = ctx.kvm
     v = kvm.vcpus[vcpu]
     if private is None:
@@ -223,6 +236,8 @@ def op_guest_access(ctx: OpContext, vcpu: int, gfn: int, write: bool = False,
         r = op_fault(ctx, vcpu, gfn, write=write, exec=exec, private=False, present=present)
         if r < 0:
             return r
+        if r == RET_PF_EMULATE:
+            return -ENOENT
     raise RetryBoundExceeded(f"vCPU {vcpu}: guest access to gfn {gfn:#x} still faulting "
                              f"after {ctx.retry_bound} tries")
 
@@ -363,7 +378,7 @@ def op_dirty_log(ctx: OpContext, enable: bool = True) -> None:
         # kvm_prepare_memory_region: the new slot gets a bitmap of its own, zeroed (or all
         # set with INITIALLY_SET), before it is installed.
         kvm_alloc_dirty_bitmap(kvm, new)
-    kvm.memslots[0] = new
+    kvm_replace_memslot(kvm, old, new)
     ctx.synchronize_srcu()
     kvm_mmu_slot_apply_flags(kvm, old, flags)
     if enable != ctx.dirty_armed:
@@ -374,6 +389,48 @@ def op_dirty_log(ctx: OpContext, enable: bool = True) -> None:
         # Disabling ends the migration: what was not harvested no longer has to be.
         ctx.dirty_writes.clear()
         ctx.dirty_harvests.clear()
+
+
+def op_disable_quirks(ctx: OpContext, quirks: int) -> None:
+    """KVM_ENABLE_CAP(KVM_CAP_DISABLE_QUIRKS2) with ``quirks`` as args[0], e.g. 0x80
+    (KVM_X86_QUIRK_SLOT_ZAP_ALL: a memslot DELETE/MOVE then zaps only that slot)."""
+    if kvm_vm_ioctl_enable_cap(ctx.kvm, KVM_CAP_DISABLE_QUIRKS2, quirks):
+        raise ValueError(f"quirks: {quirks:#x} has bits KVM_CAP_DISABLE_QUIRKS2 does not "
+                         "know (-EINVAL)")
+
+
+def op_set_memory_region(ctx: OpContext, slot: int, gfn: int = 0, npages: int = 0,
+                         host_page_level: int = PG_LEVEL_2M) -> None:
+    """KVM_SET_USER_MEMORY_REGION2 (``kvm_vm_ioctl_set_memory_region``) on memslot
+    ``slot``: ``npages`` 0 deletes it (KVM_MR_DELETE), a new base ``gfn`` moves it
+    (KVM_MR_MOVE), a new id creates it (KVM_MR_CREATE) over fresh anonymous memory at
+    the VMM's hva for ``gfn`` (``host_page_level``: 1 = 4K pages, 2 = THP).  A DELETE or
+    MOVE publishes the slot's KVM_MEMSLOT_INVALID copy, waits for faults still using the
+    old slot (SRCU), zaps the old slot and waits again after the final swap.  Shared
+    memory of a VM without private memory only."""
+    kvm = ctx.kvm
+    if not 1 <= host_page_level <= 3:
+        raise ValueError(f"host_page_level: expected 1 (4K), 2 (THP) or 3 (hugetlb 1G), got "
+                         f"{host_page_level}")
+    if kvm.kvm_arch_has_private_mem():
+        raise ValueError("set_memory_region: only VMs without private memory are modelled "
+                         "(no guest_memfd binding)")
+    old = id_to_memslot(kvm, slot)
+    if old is None and not npages:
+        raise ValueError(f"slot: no memslot {slot} to delete")
+    if old is not None:
+        mem = KvmUserspaceMemoryRegion2(slot, old.flags, gfn << PAGE_SHIFT,
+                                        npages << PAGE_SHIFT, old.userspace_addr)
+    else:
+        hva = RAM_HVA_BASE + (gfn << PAGE_SHIFT)
+        mem = KvmUserspaceMemoryRegion2(
+            slot, 0, gfn << PAGE_SHIFT, npages << PAGE_SHIFT, hva,
+            backing=HostBacking(hva, npages << PAGE_SHIFT, host_page_level))
+    r = kvm_vm_ioctl_set_memory_region(kvm, mem)
+    if r:
+        why = "overlaps another memslot" if r == -EEXIST else "invalid"
+        raise ValueError(f"KVM_SET_USER_MEMORY_REGION2 on slot {slot} (gfn {gfn:#x}, npages "
+                         f"{npages:#x}) failed with {r}: {why}")
 
 
 def op_get_dirty_log(ctx: OpContext, clear_pages: int = 0) -> int:
@@ -430,6 +487,8 @@ OPS: dict[str, Callable[..., Any]] = {
     "dirty_log": op_dirty_log,
     "get_dirty_log": op_get_dirty_log,
     "manual_protect": op_manual_protect,
+    "disable_quirks": op_disable_quirks,
+    "set_memory_region": op_set_memory_region,
     "guest_access": op_guest_access,
     "guest_exit": op_guest_exit,
     "flush": op_flush,

@@ -9,6 +9,9 @@ them without mmu_lock (as in the kernel):
 - the memory-attributes xarray (``mem_attr_private``) — stored by
   ``kvm_vm_set_mem_attributes`` between its two write-locked sections, read by the fault;
 - ``slot->flags`` — flipped by ``kvm_mmu_slot_apply_flags`` without mmu_lock;
+- the memslots themselves (``kvm->memslots``: the gfn tree a fault looks its slot up in) —
+  replaced by a memslot update between its SRCU waits, read by every lookup
+  (``("vm", "memslots")``); a slot an update installs is tracked like the others;
 - guest_memfd's folios — punched by ``kvm_gmem_punch_hole`` outside mmu_lock, allocated by
   ``kvm_gmem_get_pfn`` in the fault;
 - the host page tables behind a memslot — read by the fault's ``hva_to_pfn``, rewritten by a
@@ -367,6 +370,47 @@ _SLOT_ID = KvmMemorySlot.id
 _SLOT_BITMAP = KvmMemorySlot.dirty_bitmap
 
 
+def _track_slot(slot: KvmMemorySlot) -> None:
+    if type(slot) is KvmMemorySlot:
+        slot.__class__ = TrackedSlot
+        slot.dirty_bitmap = slot.dirty_bitmap
+    if type(slot.backing) is HostBacking:
+        slot.backing.__class__ = TrackedBacking
+    if type(slot.gmem) is GuestMemfd:
+        slot.gmem.__class__ = TrackedGmem
+
+
+KEY_MEMSLOTS = ("vm", "memslots")
+
+
+class TrackedMemslots(list):
+    """``kvm->memslots``: lookups read it, ``kvm_replace_memslot`` writes it."""
+
+    __slots__ = ()
+
+    def __iter__(self) -> Any:
+        TRACKER.note(KEY_MEMSLOTS, False)
+        return list.__iter__(self)
+
+    def __getitem__(self, i: Any) -> Any:
+        TRACKER.note(KEY_MEMSLOTS, False)
+        return list.__getitem__(self, i)
+
+    def insert(self, i: Any, slot: Any) -> None:
+        TRACKER.note(KEY_MEMSLOTS, True)
+        _track_slot(slot)
+        list.insert(self, i, slot)
+
+    def remove(self, slot: Any) -> None:
+        TRACKER.note(KEY_MEMSLOTS, True)
+        list.remove(self, slot)
+
+    def __setitem__(self, i: Any, slot: Any) -> None:
+        TRACKER.note(KEY_MEMSLOTS, True)
+        _track_slot(slot)
+        list.__setitem__(self, i, slot)
+
+
 class TrackedGmem(GuestMemfd):
     """guest_memfd whose allocation and hole punch report their accesses."""
 
@@ -594,11 +638,8 @@ def track(kvm: Kvm) -> Tracker:
     kvm.__class__ = TrackedKvm
     kvm.mem_attr_private.__class__ = TrackedRangeSet
     for slot in kvm.memslots:
-        slot.__class__ = TrackedSlot
-        slot.dirty_bitmap = slot.dirty_bitmap
-        slot.backing.__class__ = TrackedBacking
-        if slot.gmem is not None:
-            slot.gmem.__class__ = TrackedGmem
+        _track_slot(slot)
+    kvm.memslots = TrackedMemslots(kvm.memslots)
     module = getattr(kvm.x86_ops, "module", None)
     if type(module) is TdxModule:
         module.__class__ = TrackedTdxModule
