@@ -1,6 +1,7 @@
-"""Memslot DELETE/MOVE raced against vCPUs (``set_memory_region``, ``memslot_delete``): the
-ioctl goes through ``kvm_set_memslot`` with an SRCU wait at each memslot swap; the TLB check
-sees a zap without its flush and the memslot invariant a leaf left on a deleted slot."""
+"""Memslot DELETE/MOVE raced against vCPUs (``set_memory_region``, ``memslot_delete``,
+``memslot_move``): the ioctl goes through ``kvm_set_memslot`` with an SRCU wait at each
+memslot swap; the TLB check sees a zap without its flush and the memslot invariant a leaf
+left on a deleted slot."""
 
 from __future__ import annotations
 
@@ -27,12 +28,13 @@ def _scenario(setup, threads):
     return parse_scenario(raw, "t.toml", {})
 
 
-def test_memslot_delete_is_clean_under_exhaustive_dpor_and_pct():
+@pytest.mark.parametrize("name, executions", [("memslot_delete", 185), ("memslot_move", 330)])
+def test_memslot_scenarios_are_clean_under_exhaustive_dpor_and_pct(name, executions):
     sched = DporScheduler(max_executions=5000)
-    rep = explore(load_scenario("memslot_delete"), sched)
+    rep = explore(load_scenario(name), sched)
     assert rep.failure is None and sched.exhausted
-    assert rep.executions == 185
-    rep = explore(load_scenario("memslot_delete"), PctScheduler(seed=0, depth=3, executions=500))
+    assert rep.executions == executions
+    rep = explore(load_scenario(name), PctScheduler(seed=0, depth=3, executions=500))
     assert rep.failure is None and rep.executions == 500
 
 

@@ -9,6 +9,8 @@ the x86 hooks they call from ``arch/x86/kvm/x86.c`` and ``mmu.c``
 Simplifications (one line each):
 - One memslot per attribute-range call: ranges must not straddle slots.
 - ``slots_lock`` is not modelled: these paths are always called from one thread.
+- One memslot set, edited in place between swaps (the kernel's active/inactive pair);
+  ``kvm->srcu`` readers exist only under the explorer (``Kvm.synchronize_srcu_expedited``).
 - HP-v3's ``kvm_split_cross_boundary_leafs`` -ENOMEM cannot happen (allocation never fails).
 - The memslot generation steps by 2 per swap for every VM type (the kernel steps by 1
   where there is no SMM address space: VMs with private memory); SMM slots (as_id 1)

@@ -188,8 +188,9 @@ def kvm_mmu_prepare_memory_fault_exit(vcpu: "KvmVcpu", fault: KvmPageFault) -> i
 
 def vcpu_cache_mmio_info(vcpu: "KvmVcpu", gfn: int) -> None:
     """``vcpu_cache_mmio_info`` (x86.h) for a TDP fault (gva 0): remember the MMIO gfn
-    under the current memslot generation (never while a memslot update is in flight,
-    which the sequential model does not have)."""
+    under the current memslot generation.  The kernel skips it while a memslot update is
+    in flight (KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS, not modelled); an entry cached then
+    here is just as stale once the swap's generation bump follows its SRCU wait."""
     vcpu.mmio_gfn = gfn
     vcpu.mmio_gen = vcpu.kvm.memslots_generation
 
