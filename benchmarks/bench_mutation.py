@@ -48,8 +48,9 @@ CHEAP_FIRST = ["roots_invalidate", "roots_alloc_race", "seed_2vcpu", "td_convert
                "memslot_delete", "memslot_move",
                "tlb_reenter", "tlb_dirty_log", "pml_nx_recovery", "tlb_flush_race", "tlb_zap",
                "tlb_zap_yield",
-               "tlb_nx_recovery", "fast_pf_migrate",
-               "host_migrate", "tlb_recover", "tlb_notifier", "aug_vs_demote", "nx_recovery",
+               "tlb_nx_recovery", "fast_pf_migrate", "host_migrate", "host_migrate_notifier",
+               "tlb_recover",
+               "tlb_notifier", "aug_vs_demote", "nx_recovery",
                "td_entry_track", "td_accept_punch", "td_accept_convert", "seed_promotion",
                "eager_split"]
 names = sys.argv[2:] or builtin_names()
