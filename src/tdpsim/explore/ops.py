@@ -49,6 +49,7 @@ from tdpsim.model.mmu_fault import (
 from tdpsim.model.mmu_internal import EEXIST, ENOENT, RET_PF_EMULATE, RET_PF_RETRY
 from tdpsim.model.sched import WAIT_COND
 from tdpsim.model.tdp_mmu import kvm_tdp_mmu_zap_leafs
+from tdpsim.model.tdx import TdGuest
 from tdpsim.model.spte import PAGE_SHIFT, PG_LEVEL_2M
 from tdpsim.model.tlb import ept_translate, guest_memory_access
 from tdpsim.model.vmm import RAM_HVA_BASE
@@ -193,6 +194,21 @@ def _enter(ctx: OpContext, v: Any) -> int:
                              f"{ctx.retry_bound} attempts")
 
 
+class ParkingTdGuest(TdGuest):
+    """The TD guest kernel (``TdGuest``) with the explorer's vCPU loop, ``_enter``: an entry
+    that ``wait_for_sept_zap`` or a BUSY TDH.VP.ENTER refused parks until another thread
+    wrote what it read.  The kernel's KVM_RUN loop spins there; spinning cannot change the
+    outcome and would multiply the interleavings (one per spin)."""
+
+    def __init__(self, ctx: OpContext, vcpu: int) -> None:
+        TdGuest.__init__(self, ctx.kvm, ctx.tdx, vcpu)
+        self.ctx = ctx
+
+    def enter(self, vcpu_id: Optional[int] = None) -> bool:
+        v = self._vcpu(vcpu_id)
+        return _enter(self.ctx, v) == 0 and v.in_guest
+
+
 def op_guest_access(ctx: OpContext, vcpu: int, gfn: int, write: bool = False,
                     exec: bool = False, private: Optional[bool] = None) -> int:
     """The guest on ``vcpu`` loads/stores/fetches ``gfn`` (entering guest mode first): a
@@ -208,9 +224,7 @@ def op_guest_access(ctx: OpContext, vcpu: int, gfn: int, write: bool = False,
     if private:
         if ctx.tdx is None:
             raise ValueError("a private access needs a TD with the TDX glue")
-        from tdpsim.model.tdx import TdGuest
-
-        res = TdGuest(kvm, ctx.tdx, vcpu).touch(gfn << PAGE_SHIFT, write, accept_on_ve=True)
+        res = ParkingTdGuest(ctx, vcpu).touch(gfn << PAGE_SHIFT, write, accept_on_ve=True)
         return res.pfn if res.pfn is not None else -14  # -EFAULT
     gfn_bits = kvm.gfn_direct_bits
     for _ in range(ctx.retry_bound + 1):
@@ -264,9 +278,7 @@ def op_accept(ctx: OpContext, vcpu: int, gfn: int, npages: int = 1) -> bool:
     ``tdx_handle_ept_violation`` and re-executed.  Needs the TDX glue."""
     if ctx.tdx is None:
         raise ValueError("accept needs a TD with the TDX glue (tdx.external_ops = 'tdx')")
-    from tdpsim.model.tdx import TdGuest
-
-    guest = TdGuest(ctx.kvm, ctx.tdx, vcpu)
+    guest = ParkingTdGuest(ctx, vcpu)
     return guest.accept_memory(gfn << PAGE_SHIFT, (gfn + npages) << PAGE_SHIFT, vcpu)
 
 

@@ -594,7 +594,7 @@ class TrackedCallCtx(CallCtx):
                          CallCtx.lock_pamt(self, pamt, pfn, exclusive))
 
     def close(self) -> None:
-        self.point()  # the releases belong to the step after the call's point
+        self.exit_point()  # the releases belong to the step after the call's point
         for key, exclusive in self._held:
             TRACKER.note(key, exclusive)
         self._held.clear()

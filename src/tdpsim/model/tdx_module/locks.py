@@ -69,8 +69,9 @@ class CallCtx:
 
     Handlers take locks through this object, call ``point()`` once all checks passed (holding
     every lock), mutate, and return.  ``close()`` runs the point if an early error return skipped
-    it, so every call is exactly one scheduling point, taken while its locks are held, and then
-    releases the locks in reverse order, like the handlers' EXIT label.
+    it (as a read: an early error mutated nothing), so every call is exactly one scheduling
+    point, taken while its locks are held, and then releases the locks in reverse order, like
+    the handlers' EXIT label.
     """
 
     __slots__ = ("sched", "kind", "key", "write", "pointed", "_undo")
@@ -112,8 +113,15 @@ class CallCtx:
             self.pointed = True
             self.sched.point(self.kind, self.key, self.write)
 
+    def exit_point(self) -> None:
+        """The point of a call that returned before it (an early error): it changed nothing
+        its point names, so there it only read (a lock it failed to take is noted apart)."""
+        if not self.pointed:
+            self.write = False
+            self.point()
+
     def close(self) -> None:
-        self.point()
+        self.exit_point()
         undo = self._undo
         for release in reversed(undo):
             release()
