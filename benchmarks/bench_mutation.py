@@ -51,9 +51,8 @@ CHEAP_FIRST = ["roots_invalidate", "roots_alloc_race", "seed_2vcpu", "td_convert
                "tlb_nx_recovery", "fast_pf_migrate", "host_migrate", "host_migrate_notifier",
                "tlb_recover",
                "tlb_notifier", "aug_vs_demote", "nx_recovery",
-               "td_entry_track", "td_accept_punch", "td_accept_convert", "td_accept_4k_fault_2m",
-               "seed_promotion",
-               "eager_split"]
+               "td_zap_reenter", "td_entry_track", "td_accept_punch", "td_accept_convert",
+               "td_accept_4k_fault_2m", "seed_promotion", "eager_split"]
 names = sys.argv[2:] or builtin_names()
 spent = 0
 for name in [x for x in CHEAP_FIRST if x in names] + [x for x in names if x not in CHEAP_FIRST]:
