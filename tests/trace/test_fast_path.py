@@ -176,6 +176,16 @@ def test_fast_path_takes_valid_lines(recs: list[TraceRecord], style: str):
     assert out == recs
 
 
+def test_comm_with_colon_space_and_empty_candidate_is_decoded():
+    """A task name "0: :" puts a digit before the first ": " and an empty candidate event
+    name after it: the line is an event, not "another event" (hypothesis found it)."""
+    rec = EVENT_CLASSES["kvm_mmu_zap_all_fast"](
+        comm="0: :", pid=0, cpu=0, timestamp="9", lineno=1, tgid=None, flags=None,
+        mmu_valid_gen=0, mmu_used_pages=0)
+    for style in ("trace-cmd", "ftrace"):
+        assert list(TraceParser([format_line(rec, style=style) + "\n"])) == [rec]
+
+
 def test_bytes_and_unusual_sources_match():
     text = (GOLDEN / "good_split.txt").read_text()
     lines = text.splitlines(keepends=True)

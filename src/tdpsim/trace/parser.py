@@ -980,9 +980,11 @@ class TraceParser:
         e = line.find(":", k + 2)
         if e < 0:
             return 1
-        ent = table.get(line[k + 2:e]) or table.bind(line[k + 2:e])
-        if ent is None and " " in line[k + 2:e]:
-            # the ': ' found is probably inside the task name; look further
+        name = line[k + 2:e]
+        ent = table.get(name) or table.bind(name)
+        if ent is None and (not name or " " in name):
+            # No event is named that (empty, or with a space): the ': ' found is inside
+            # the task name (e.g. "0: :"); look further
             found = self._next_event(line, k)
             if found is not None:
                 k, e = found
@@ -1106,7 +1108,7 @@ class TraceParser:
             e = line.find(":", k + 2)
             if e < 0:
                 return None
-            if " " not in line[k + 2:e]:
+            if e > k + 2 and " " not in line[k + 2:e]:
                 return k, e
 
     def _bad(self, fname: str, lineno: int, line: str, fld: str, reason: str, event: str) -> None:
