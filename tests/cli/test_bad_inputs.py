@@ -255,13 +255,20 @@ def test_pool_workers_leave_sigint_to_the_parent():
         signal.signal(signal.SIGINT, old)
 
 
+def _sigint_default() -> None:
+    """As at a terminal: a suite started in the background (``cmd &`` in a script) runs
+    with SIGINT ignored, which the tdpsim process would inherit and so never see the
+    Ctrl-C (it then ran on until the 60 s timeout)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_explore_jobs_2_prints_no_worker_traceback(tmp_path):
     """Ctrl-C at a terminal signals the whole process group: parent and pool workers."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tdpsim", "explore", "seed_2vcpu", "-j", "2", "-n",
          "10000000", "--chunk", "50", "--checkpoint", str(tmp_path / "c.json")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(SRC)})
+        env={**os.environ, "PYTHONPATH": str(SRC)}, preexec_fn=_sigint_default)
     deadline = time.monotonic() + 60
     while not (tmp_path / "c.json").exists() and time.monotonic() < deadline:
         time.sleep(0.2)  # the workers are up once the first chunk is checkpointed
