@@ -47,9 +47,9 @@ n = int(sys.argv[1]) // 2  # per strategy
 CHEAP_FIRST = ["roots_invalidate", "roots_alloc_race", "seed_2vcpu", "td_convert_shared",
                "memslot_delete", "memslot_move",
                "tlb_reenter", "tlb_dirty_log", "pml_nx_recovery", "tlb_flush_race", "tlb_zap",
-               "tlb_zap_yield",
+               "tlb_zap_yield", "zap_yield_nx_recovery",
                "tlb_nx_recovery", "fast_pf_migrate", "host_migrate", "host_migrate_notifier",
-               "tlb_recover",
+               "host_migrate_overlap", "tlb_recover",
                "tlb_notifier", "aug_vs_demote", "nx_recovery",
                "td_zap_reenter", "td_entry_track", "td_accept_punch", "td_accept_convert",
                "td_accept_4k_fault_2m", "seed_promotion", "eager_split"]
