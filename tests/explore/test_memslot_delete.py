@@ -104,10 +104,11 @@ def test_delete_then_access_is_mmio_and_move_maps_the_new_gfns():
      "setup[2] (set_memory_region): slot: no memslot 2 to delete"),
     ({"op": "set_memory_region", "slot": 2, "gfn": 0x500, "npages": 0x10},
      "setup[2] (set_memory_region): KVM_SET_USER_MEMORY_REGION2 on slot 2 (gfn 0x500, "
-     "npages 0x10) failed with -17: overlaps another memslot"),
+     "npages 0x10) failed: -EEXIST: overlaps another memslot"),
     ({"op": "set_memory_region", "slot": 1, "gfn": 0x400, "npages": 0x10},
      "setup[2] (set_memory_region): KVM_SET_USER_MEMORY_REGION2 on slot 1 (gfn 0x400, "
-     "npages 0x10) failed with -22: invalid"),
+     "npages 0x10) failed: -EINVAL: KVM refused the region (misaligned, a new size for an "
+     "existing slot, or beyond the guest's physical address width)"),
     ({"op": "set_memory_region", "slot": 3, "gfn": 0x800, "npages": 1, "host_page_level": 4},
      "setup[2] (set_memory_region): host_page_level: expected 1 (4K), 2 (THP) or 3 (hugetlb "
      "1G), got 4"),

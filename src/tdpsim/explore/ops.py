@@ -440,9 +440,11 @@ def op_set_memory_region(ctx: OpContext, slot: int, gfn: int = 0, npages: int = 
             backing=HostBacking(hva, npages << PAGE_SHIFT, host_page_level))
     r = kvm_vm_ioctl_set_memory_region(kvm, mem)
     if r:
-        why = "overlaps another memslot" if r == -EEXIST else "invalid"
+        why = ("-EEXIST: overlaps another memslot" if r == -EEXIST else
+               "-EINVAL: KVM refused the region (misaligned, a new size for an existing "
+               "slot, or beyond the guest's physical address width)")
         raise ValueError(f"KVM_SET_USER_MEMORY_REGION2 on slot {slot} (gfn {gfn:#x}, npages "
-                         f"{npages:#x}) failed with {r}: {why}")
+                         f"{npages:#x}) failed: {why}")
 
 
 def op_get_dirty_log(ctx: OpContext, clear_pages: int = 0) -> int:

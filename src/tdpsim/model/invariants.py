@@ -77,7 +77,9 @@ def _walk_root(kvm: "Kvm", root: KvmMmuPage, out: list[str], counts: list[int],
     # Outside every invalidation each leaf sits on its side of the memory attributes.
     attrs = kvm.mem_attr_private if kvm.kvm_arch_has_private_mem() and \
         not kvm.mmu_invalidate_in_progress else None
-    # An invalid root is unreachable for new entries (and zapped before its slot goes).
+    # Only valid roots: an invalid one takes no new leaves, but may keep old ones until
+    # the thread that scheduled it zaps it (a concurrent kvm_mmu_zap_all_fast can return
+    # first); KVM_REQ_MMU_FREE_OBSOLETE_ROOTS keeps vCPUs off it.
     valid = not root.role.invalid
     stack = [root]
     while stack:
