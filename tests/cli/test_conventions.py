@@ -36,7 +36,11 @@ def test_python_dash_m_tdpsim():
     assert r.returncode == 0 and r.stdout == f"tdpsim {__version__}\n", r.stderr
 
 
-def test_shell_completion_is_offered(tdpsim):
+def test_shell_completion_is_offered(tdpsim, monkeypatch):
+    # Typer's own switch: --show-completion takes the shell as its value instead of
+    # detecting it from the parent processes, which fails when no shell is among them
+    # (a suite started with setsid, or under a service manager).
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     r = tdpsim("--show-completion", "bash")
     assert r.exit_code == 0 and "_TDPSIM_COMPLETE=complete_bash" in r.stdout
     assert "--install-completion" in tdpsim("--help").stdout

@@ -33,7 +33,8 @@ linear in what is mapped; nothing scans guest memory.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+import sys
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from .kvm import IN_GUEST_MODE, OUTSIDE_GUEST_MODE
 from .mmu_internal import KvmMmuPage
@@ -61,6 +62,25 @@ def _in_operation(kvm: "Kvm") -> bool:
     return lock.writer or lock.readers > 0
 
 
+_BLOCK = 8  # entries compared at once by _present_indexes
+
+
+def _present_indexes(spt, nonpresent: int) -> Iterator[int]:
+    """Indexes of the entries of a table that are not ``nonpresent``.  Most tables are
+    nearly empty, and an SPTE above 2^62 is a fresh int each time it is read, so blocks of
+    8 entries are compared as bytes first: a scenario that checks invariants after every
+    step walks ~20k tables per execution."""
+    raw = spt.tobytes()
+    size = _BLOCK * spt.itemsize
+    empty = nonpresent.to_bytes(spt.itemsize, sys.byteorder) * _BLOCK
+    for off in range(0, len(raw), size):
+        if raw[off:off + size] != empty:
+            base = off // spt.itemsize
+            for idx in range(base, base + _BLOCK):
+                if spt[idx] != nonpresent:
+                    yield idx
+
+
 def _walk_root(kvm: "Kvm", root: KvmMmuPage, out: list[str], counts: list[int],
                leaves: Optional[dict], tables: Optional[dict], frozen: Optional[set],
                allow_frozen: bool, max_leaf_level: int) -> None:
@@ -86,9 +106,9 @@ def _walk_root(kvm: "Kvm", root: KvmMmuPage, out: list[str], counts: list[int],
         sp = stack.pop()
         level = sp.role.level
         step = KVM_PAGES_PER_HPAGE(level)
-        for idx, spte in enumerate(sp.spt):
-            if spte == nonpresent:
-                continue
+        spt = sp.spt
+        for idx in _present_indexes(spt, nonpresent):
+            spte = spt[idx]
             gfn = (sp.gfn + idx * step) & strip
             if spte == frozen_spte:
                 if frozen is not None:
