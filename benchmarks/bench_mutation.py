@@ -45,7 +45,7 @@ from tdpsim.explore import DporScheduler, PctScheduler, explore, load_scenario
 from tdpsim.explore.scenario import builtin_names
 n = int(sys.argv[1]) // 2  # per strategy
 CHEAP_FIRST = ["roots_invalidate", "roots_alloc_race", "roots_invalidate_migrate", "seed_2vcpu",
-               "td_convert_shared",
+               "td_convert_shared", "td_memslot_delete",
                "memslot_delete", "memslot_move",
                "tlb_reenter", "tlb_dirty_log", "pml_nx_recovery", "tlb_flush_race", "tlb_zap",
                "tlb_zap_yield", "zap_yield_nx_recovery",

@@ -50,9 +50,9 @@ def test_host_migrate_overlap_is_clean():
     # clean too.
     sc = load_scenario("host_migrate_overlap")
     rep = explore(sc, DporScheduler(max_executions=200))
-    assert rep.failure is None and (rep.executions, rep.steps) == (200, 13525)
+    assert rep.failure is None and (rep.executions, rep.steps) == (200, 14096)
     rep = explore(sc, PctScheduler(seed=0, executions=200))
-    assert rep.failure is None and (rep.executions, rep.steps) == (200, 12477)
+    assert rep.failure is None and (rep.executions, rep.steps) == (200, 12686)
 
 
 def test_unmarked_yield_walks_the_table_nx_recovery_freed(monkeypatch):

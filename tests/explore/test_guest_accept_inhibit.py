@@ -39,9 +39,10 @@ def test_inhibit_after_unlock_lets_a_fault_map_2m_over_a_4k_accept(monkeypatch):
 
 
 def test_td_accept_4k_fault_2m_is_clean():
-    # Exhaustive DPOR does not end within 500 executions (~1,100 steps each).
+    # Exhaustive DPOR does not end within 20,000 executions (~100 steps each; ~1,100 before
+    # the local retry loop kept SRCU and parked inside tdx_handle_ept_violation).
     sc = load_scenario("td_accept_4k_fault_2m")
     rep = explore(sc, DporScheduler(max_executions=30))
-    assert rep.failure is None and (rep.executions, rep.steps) == (30, 26210)
+    assert rep.failure is None and (rep.executions, rep.steps) == (30, 2979)
     rep = explore(sc, PctScheduler(seed=0, executions=200))
-    assert rep.failure is None and (rep.executions, rep.steps) == (200, 17046)
+    assert rep.failure is None and (rep.executions, rep.steps) == (200, 17225)

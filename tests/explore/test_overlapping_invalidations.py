@@ -34,6 +34,6 @@ def test_host_migrate_notifier_is_clean():
     # Exhaustive DPOR ends at 72,604 executions (~4 minutes): too slow here.
     sc = load_scenario("host_migrate_notifier")
     rep = explore(sc, DporScheduler(max_executions=200))
-    assert rep.failure is None and (rep.executions, rep.steps) == (200, 14288)
+    assert rep.failure is None and (rep.executions, rep.steps) == (200, 14934)
     rep = explore(sc, PctScheduler(seed=0, executions=200))
-    assert rep.failure is None and (rep.executions, rep.steps) == (200, 12710)
+    assert rep.failure is None and (rep.executions, rep.steps) == (200, 12923)

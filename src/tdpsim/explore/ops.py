@@ -47,7 +47,7 @@ from tdpsim.model.mmu_fault import (
     kvm_mmu_load,
 )
 from tdpsim.model.mmu_internal import EEXIST, ENOENT, RET_PF_EMULATE, RET_PF_RETRY
-from tdpsim.model.sched import WAIT_COND
+from tdpsim.model.sched import BARRIER, RETRY_WAIT, WAIT_COND
 from tdpsim.model.tdp_mmu import kvm_tdp_mmu_zap_leafs
 from tdpsim.model.tdx import TdGuest
 from tdpsim.model.spte import PAGE_SHIFT, PG_LEVEL_2M
@@ -57,7 +57,6 @@ from tdpsim.model.vmx import vcpu_enter_guest
 
 from .tracking import KEY_HOST_PTE, TRACKER
 
-RETRY_WAIT = "retry_wait"  # a vCPU parks between two RET_PF_RETRY attempts
 HOST_MM = "host_mm"  # a primary-MMU page-table update (kind of scheduling point)
 KEY_SRCU = ("lock", "srcu")  # a wait condition; like a lock, not data a fault reads
 KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
@@ -107,6 +106,9 @@ class OpContext:
         TRACKER.note(KEY_SRCU, False)
         TRACKER.note(KEY_SRCU + (vcpu,), True)
         self.srcu_readers[vcpu] = self.srcu_gen
+        # __srcu_read_lock's smp_mb(): the section's lookups (the memslot of the fault)
+        # come after it, so a memslot update may publish its new slots in between.
+        self.kvm.sched.point(BARRIER, KEY_SRCU + (vcpu,), False)
 
     def srcu_read_unlock(self, vcpu: int) -> None:
         TRACKER.note(KEY_SRCU + (vcpu,), True)
@@ -159,8 +161,8 @@ def op_fault(ctx: OpContext, vcpu: int, gfn: int, write: bool = True, exec: bool
             kvm_mmu_load(v)  # kvm_mmu_reload() on the next entry
         ctx.srcu_read_lock(vcpu)
         if ctx.tdx is not None and private:
-            # tdx_handle_ept_violation with its local retry loop bounded to one attempt:
-            # the loop is this one, which parks the vCPU between attempts.
+            # Its local retry loop keeps SRCU; RET_PF_RETRY here means it gave up (an
+            # invalid memslot, or the bound) and the vCPU re-enters the guest.
             r = ctx.tdx.tdx_handle_ept_violation(v, gpa)
         else:
             r = kvm_mmu_page_fault(v, gpa, err)
@@ -418,15 +420,17 @@ def op_set_memory_region(ctx: OpContext, slot: int, gfn: int = 0, npages: int = 
     (KVM_MR_MOVE), a new id creates it (KVM_MR_CREATE) over fresh anonymous memory at
     the VMM's hva for ``gfn`` (``host_page_level``: 1 = 4K pages, 2 = THP).  A DELETE or
     MOVE publishes the slot's KVM_MEMSLOT_INVALID copy, waits for faults still using the
-    old slot (SRCU), zaps the old slot and waits again after the final swap.  Shared
-    memory of a VM without private memory only."""
+    old slot (SRCU), zaps the old slot and waits again after the final swap.  In a VM
+    with private memory only a DELETE is modelled (a guest_memfd slot cannot move, and
+    creating one needs a guest_memfd binding the op does not make)."""
     kvm = ctx.kvm
     if not 1 <= host_page_level <= 3:
         raise ValueError(f"host_page_level: expected 1 (4K), 2 (THP) or 3 (hugetlb 1G), got "
                          f"{host_page_level}")
-    if kvm.kvm_arch_has_private_mem():
-        raise ValueError("set_memory_region: only VMs without private memory are modelled "
-                         "(no guest_memfd binding)")
+    if kvm.kvm_arch_has_private_mem() and npages:
+        raise ValueError("set_memory_region: a VM with private memory can only delete a "
+                         "memslot here (npages = 0): creating or moving one needs a "
+                         "guest_memfd binding, which is not modelled")
     old = id_to_memslot(kvm, slot)
     if old is None and not npages:
         raise ValueError(f"slot: no memslot {slot} to delete")

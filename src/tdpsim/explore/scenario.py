@@ -122,7 +122,9 @@ class Scenario:
         """Create the VM, run the setup ops sequentially, start tracking."""
         tdx = None
         if self.vm.tdx and self.external_ops == "tdx":
-            kvm, tdx = create_td(self.vm, self.policy, max_local_retries=0,
+            # tdx_handle_ept_violation retries locally, holding SRCU, parked between
+            # attempts at its RETRY_WAIT point; the scenario's bound ends a livelock.
+            kvm, tdx = create_td(self.vm, self.policy, max_local_retries=self.retry_bound,
                                  sept_ve_disable=False)
             if tdx.tdx_td_finalize(kvm):
                 raise ScenarioError(f"{self.source}: TDH.MR.FINALIZE failed")

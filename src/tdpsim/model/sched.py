@@ -56,6 +56,10 @@ RCU_FREE = "rcu_free"
 ROOTS = "roots"  # an access to kvm->arch.tdp_mmu_roots
 ROOTS_KEY = ("kvm", "tdp_mmu_roots")
 WAIT_COND = "wait_cond"  # wait until a condition on ``key`` holds (the explorer evaluates it)
+# A vCPU that got RET_PF_RETRY waits before its next attempt (``cond_resched()`` in
+# tdx_handle_ept_violation's local retry loop, the KVM_RUN loop's re-entry): the explorer
+# parks it until another thread wrote something the attempt read.
+RETRY_WAIT = "retry_wait"
 
 SchedHook = Callable[[str, Hashable, bool], None]
 

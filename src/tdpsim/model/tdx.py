@@ -77,7 +77,7 @@ from .mmu_internal import (
 )
 from .native import mypyc_attr
 from .policy import Policy
-from .sched import VCPU
+from .sched import RETRY_WAIT, VCPU
 from .spte import (
     KVM_PAGES_PER_HPAGE,
     PAGE_SHIFT,
@@ -850,6 +850,8 @@ class KvmTdx(KvmX86Ops):
             if tries > self.max_local_retries:
                 return ret  # re-enter; the guest faults again
             self.stats.local_retries += 1
+            # cond_resched(), still inside the vCPU's SRCU read section.
+            kvm.sched.point(RETRY_WAIT, ("vcpu", vcpu.vcpu_id), False)
 
     def _kvm_vm_dead(self, kvm: "Kvm") -> None:
         """``kvm_vm_dead``."""
