@@ -55,6 +55,13 @@ PROGRAMS = {
     # a writer section against a reader section: 2 lock orders.
     "reader vs writer": ([[("lock", "r"), (R, "x"), ("unlock", "r")],
                           [("lock", "w"), (W, "x"), ("unlock", "w")]], 2),
+    # t0 takes the lock again (shared) after its writer section: t1's reader section goes
+    # before or after the writer's.  The race of t1's acquisition is with the writer's
+    # release, so the acquisition to reverse is the one that release ended, not t0's
+    # latest (DPOR once reversed the latter and ran 1 execution).
+    "writer then reader vs reader": (
+        [[("lock", "w"), (W, "x"), ("unlock", "w"), ("lock", "r"), (R, "x"), ("unlock", "r")],
+         [("lock", "r"), (R, "x"), ("unlock", "r")]], 2),
 }
 
 

@@ -260,12 +260,18 @@ class DporScheduler(Scheduler):
         last_write: dict = {}
         reads: dict = {}
         acquired: dict = {}  # (tid, lock) -> that thread's latest acquisition
+        # release step -> the acquisition it ended.  Not acquired[...] at the race: the
+        # releasing thread may have taken the lock again since, and reversing that later
+        # acquisition instead loses the trace where the other thread went first.
+        ended: dict[int, int] = {}
         writes: dict = {}  # key -> [(step, tid)]
         attempt: dict[int, dict] = {}  # tid -> data key -> first step of this retry attempt
         for j, (p, raw, kind) in enumerate(events):
             fp, rel = normalise(raw, memo)
             norm.append(fp)
             released.append(rel)
+            if rel is not None and (p, rel) in acquired:
+                ended[j] = acquired[(p, rel)]
             waited = None
             if kind == RETRY_WAIT:
                 # The keys the failed attempt read, as the engine's RETRY_WAIT wait uses them.
@@ -294,7 +300,7 @@ class DporScheduler(Scheduler):
                             (lock, True) in fp or (lock, False) in fp):
                         # Reverse the two acquisitions instead (see the module docstring),
                         # and the release step's other accesses if they conflict too.
-                        e = acquired.get((pi, lock))
+                        e = ended.get(i)
                         if e is not None and e >= low and vc[pi] < e:
                             self._reverse(e, j, events, norm, vcs)
                         rest = frozenset(kw for kw in norm[i] if kw[0] != lock)
